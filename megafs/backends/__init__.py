@@ -1,0 +1,46 @@
+"""Storage backends and the one place where they are assembled into a stack."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+from megafs.backends.base import Backend, NoSuchObject, ObjectExists, TransientError
+from megafs.errors import UsageError
+
+__all__ = ["Backend", "NoSuchObject", "ObjectExists", "TransientError", "open_backend",
+           "parse_url"]
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """Split a storage URL into (scheme, location); raise UsageError if malformed."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "local":
+        if parsed.netloc or not parsed.path.startswith("/"):
+            raise UsageError(f"bad storage URL {url!r}: use local:///absolute/path")
+        return "local", os.path.normpath(parsed.path)
+    if parsed.scheme in ("s3", "s3+http"):
+        raise UsageError(f"storage URL {url!r}: the s3 backend is not available in this version")
+    raise UsageError(f"bad storage URL {url!r}: expected local:///absolute/path")
+
+
+def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
+    """Build the backend stack for *url*: base backend -> fault injection -> retries.
+
+    Fault injection is only inserted when ``MEGAFS_FAULTS`` is set (tests).
+    """
+    from megafs.backends.retry import RetryBackend
+
+    scheme, location = parse_url(url)
+    if scheme == "local":
+        from megafs.backends.local import LocalBackend
+
+        backend: Backend = LocalBackend(location)
+    else:  # pragma: no cover - parse_url rejects the rest
+        raise UsageError(url)
+    spec = os.environ.get("MEGAFS_FAULTS")
+    if spec:
+        from megafs.backends.faults import from_spec
+
+        backend = from_spec(backend, spec)
+    return RetryBackend(backend, deadline=retry_deadline)

@@ -1,0 +1,99 @@
+"""The one backend interface every storage layer implements.
+
+A backend stores opaque byte strings under string keys made of ``[a-z0-9/._-]``.
+It knows nothing about encryption; decorators (retry, fault injection) wrap a
+backend and expose the same interface, so layers stack freely (see
+:func:`megafs.backends.open_backend`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+
+class NoSuchObject(KeyError):
+    """The key does not exist in the backend."""
+
+
+class ObjectExists(Exception):
+    """A conditional put (``if_absent=True``) found the key already present."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying (timeouts, 5xx, connection resets)."""
+
+
+class Backend(abc.ABC):
+    """Asynchronous key/value object storage."""
+
+    #: A short human-readable description of where objects go (for messages).
+    description: str = "backend"
+
+    #: How many requests are worth running in parallel against this backend.
+    parallelism: int = 4
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes:
+        """Return the object's bytes, or raise :class:`NoSuchObject`."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Store *data* under *key* atomically (readers see old or new, never a mix).
+
+        With ``if_absent=True`` raise :class:`ObjectExists` when *key* exists.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove *key*; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """Yield every key starting with *prefix*, in no particular order."""
+
+    @abc.abstractmethod
+    async def size(self, key: str) -> int | None:
+        """Return the stored size of *key*, or None when it does not exist."""
+
+    async def sync(self) -> None:  # noqa: B027 - optional hook
+        """Make every completed put durable (a write barrier). Default: no-op."""
+
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """Raise a :class:`megafs.errors.MegafsError` if the store location is unusable."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+
+class BackendWrapper(Backend):
+    """Base for decorators: forwards everything to ``self.inner``."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.description = inner.description
+        self.parallelism = inner.parallelism
+
+    async def get(self, key):
+        return await self.inner.get(key)
+
+    async def put(self, key, data, *, if_absent=False):
+        await self.inner.put(key, data, if_absent=if_absent)
+
+    async def delete(self, key):
+        await self.inner.delete(key)
+
+    def list(self, prefix=""):
+        return self.inner.list(prefix)
+
+    async def size(self, key):
+        return await self.inner.size(key)
+
+    async def sync(self):
+        await self.inner.sync()
+
+    async def check(self):
+        await self.inner.check()
+
+    async def aclose(self):
+        await self.inner.aclose()

@@ -1,0 +1,65 @@
+"""Retry transient backend failures with exponential backoff and full jitter."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from megafs.backends.base import BackendWrapper, TransientError
+from megafs.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class RetryBackend(BackendWrapper):
+    """Retries :class:`TransientError` until *deadline* seconds have passed.
+
+    Permanent errors (missing keys, conditional-write conflicts, authentication)
+    pass straight through. When the deadline is exceeded the last error is
+    raised as :class:`BackendUnavailable`.
+    """
+
+    def __init__(self, inner, *, deadline: float = 60.0, base_delay: float = 0.05,
+                 max_delay: float = 5.0):
+        super().__init__(inner)
+        self.deadline = deadline
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+
+    async def _retry(self, what: str, fn, *args, **kw):
+        start = trio.current_time()
+        attempt = 0
+        while True:
+            try:
+                return await fn(*args, **kw)
+            except TransientError as e:
+                attempt += 1
+                elapsed = trio.current_time() - start
+                if elapsed >= self.deadline:
+                    raise BackendUnavailable(
+                        f"{self.description}: {what} failed for {elapsed:.0f}s: {e}"
+                    ) from None
+                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+                log.debug("%s: %s failed (%s), retry %d in %.2fs", self.description, what, e,
+                          attempt, delay)
+                await trio.sleep(min(delay, max(0.0, self.deadline - elapsed)))
+
+    async def get(self, key):
+        return await self._retry(f"GET {key}", self.inner.get, key)
+
+    async def put(self, key, data, *, if_absent=False):
+        # The inner backend reports a conditional put that already succeeded on
+        # an earlier attempt as ObjectExists; callers that need to tell the
+        # two apart write a unique token into the object and read it back.
+        await self._retry(f"PUT {key}", self.inner.put, key, data, if_absent=if_absent)
+
+    async def delete(self, key):
+        await self._retry(f"DELETE {key}", self.inner.delete, key)
+
+    async def size(self, key):
+        return await self._retry(f"HEAD {key}", self.inner.size, key)
+
+    async def sync(self):
+        await self._retry("sync", self.inner.sync)

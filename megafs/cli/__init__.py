@@ -1,0 +1,1 @@
+"""Command-line tools. Each ``main()`` returns a process exit code."""

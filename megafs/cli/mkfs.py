@@ -1,0 +1,59 @@
+"""mkfs.megafs: create an encrypted filesystem in a store."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import trio
+
+from megafs.cli.common import (
+    add_passphrase_option,
+    parse_size,
+    parser,
+    read_passphrase,
+    run,
+    setup_logging,
+)
+from megafs.errors import UsageError
+from megafs.store import lifecycle
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+
+
+def build_parser():
+    p = parser("mkfs.megafs", "Create a new encrypted megafs filesystem in STORAGE_URL.")
+    add_passphrase_option(p)
+    p.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE, metavar="SIZE",
+                   help="size of the blocks files are split into (default 1M, 64K..64M)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite whatever the store holds (destroys an existing filesystem)")
+    p.add_argument("storage_url", metavar="STORAGE_URL", help="e.g. local:///srv/megafs-store")
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug)
+    if not (64 << 10) <= args.block_size <= (64 << 20):
+        raise UsageError("--block-size must be between 64K and 64M")
+    passphrase = read_passphrase(args.passphrase_file, confirm=True)
+
+    async def go():
+        backend = await lifecycle.connect(args.storage_url)
+        try:
+            return await lifecycle.create(backend, passphrase, block_size=args.block_size,
+                                          force=args.force, uid=os.getuid(), gid=os.getgid())
+        finally:
+            await backend.aclose()
+
+    _, recovery = trio.run(go)
+    print(f"Created a megafs filesystem in {args.storage_url}.")
+    print("Recovery key (shown once; it restores access if you lose the passphrase):")
+    print(f"    {recovery}")
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv=None) -> int:
+    return run("mkfs.megafs", _main, argv)

@@ -1,0 +1,1 @@
+"""The filesystem core: metadata (SQLite), block cache, uploads, metadata snapshots."""

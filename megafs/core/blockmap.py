@@ -1,0 +1,81 @@
+"""The block map: which stored object holds each block, with reference counts.
+
+Objects are deduplicated by a keyed hash of their plaintext. An object whose
+reference count reaches zero stays in the table (and in the store) until a
+metadata snapshot that no longer references it has been committed; then
+:meth:`BlockMap.take_garbage` hands it to the snapshot code for deletion.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+
+class BlockMap:
+    def __init__(self, conn: apsw.Connection):
+        self.db = conn
+        self.ex = conn.execute
+
+    def object_of(self, ino: int, blockno: int) -> str | None:
+        row = self.ex(
+            "SELECT o.key FROM blocks b JOIN objects o ON o.id = b.object"
+            " WHERE b.inode=? AND b.blockno=?", (ino, blockno)).fetchone()
+        return row[0] if row else None
+
+    def find_duplicate(self, digest: bytes) -> int | None:
+        row = self.ex("SELECT id FROM objects WHERE hash=?", (digest,)).fetchone()
+        return row[0] if row else None
+
+    def add_object(self, key: str, digest: bytes, size: int, stored_size: int) -> int:
+        """Register a freshly uploaded object (refcount 0); return its id."""
+        self.ex("INSERT INTO objects (key, hash, refcount, size, stored_size) VALUES (?,?,0,?,?)",
+                (key, digest, size, stored_size))
+        return self.db.last_insert_rowid()
+
+    def _decref(self, obj: int) -> None:
+        self.ex("UPDATE objects SET refcount=refcount-1 WHERE id=?", (obj,))
+
+    def set_block(self, ino: int, blockno: int, obj: int | None) -> None:
+        """Point (ino, blockno) at *obj* (None: make it a hole)."""
+        with self.db:
+            old = self.ex("SELECT object FROM blocks WHERE inode=? AND blockno=?",
+                          (ino, blockno)).fetchone()
+            if old and old[0] == obj:
+                return
+            if obj is None:
+                self.ex("DELETE FROM blocks WHERE inode=? AND blockno=?", (ino, blockno))
+            else:
+                self.ex("INSERT OR REPLACE INTO blocks (inode, blockno, object) VALUES (?,?,?)",
+                        (ino, blockno, obj))
+                self.ex("UPDATE objects SET refcount=refcount+1 WHERE id=?", (obj,))
+            if old:
+                self._decref(old[0])
+
+    def drop_from(self, ino: int, first_block: int) -> None:
+        """Unmap every block of *ino* numbered >= *first_block*."""
+        with self.db:
+            self.ex(
+                "UPDATE objects SET refcount = refcount - (SELECT count(*) FROM blocks"
+                " WHERE inode=? AND blockno>=? AND object=objects.id) WHERE id IN"
+                " (SELECT object FROM blocks WHERE inode=? AND blockno>=?)",
+                (ino, first_block, ino, first_block))
+            self.ex("DELETE FROM blocks WHERE inode=? AND blockno>=?", (ino, first_block))
+
+    def garbage(self) -> list[tuple[int, str]]:
+        return self.ex("SELECT id, key FROM objects WHERE refcount=0").fetchall()
+
+    def forget_if_garbage(self, obj: int) -> bool:
+        """Delete the row of *obj* if it is still unreferenced; True if deleted."""
+        self.ex("DELETE FROM objects WHERE id=? AND refcount=0", (obj,))
+        return self.db.changes() > 0
+
+    def stats(self) -> dict:
+        blocks = self.ex("SELECT count(*) FROM blocks").fetchone()[0]
+        objs, plain, stored = self.ex(
+            "SELECT count(*), coalesce(sum(size),0), coalesce(sum(stored_size),0) FROM objects"
+            " WHERE refcount>0").fetchone()
+        logical = self.ex(
+            "SELECT coalesce(sum(o.size),0) FROM blocks b JOIN objects o ON o.id=b.object"
+        ).fetchone()[0]
+        return {"blocks": blocks, "objects": objs, "plain_bytes": plain, "stored_bytes": stored,
+                "logical_bytes": logical}

@@ -1,0 +1,266 @@
+"""The local block cache: decrypted blocks as files, with write-back.
+
+Block *n* of inode *i* lives in ``<cache>/blocks/<i>-<n>`` while it is clean
+(identical to the stored object the block map names) and in ``<i>-<n>.d``
+while it holds data not yet uploaded. The name is the durable dirty flag: after
+``kill -9`` the next mount finds every ``.d`` file and uploads it. Fetched
+blocks are written to ``.tmp`` and renamed, so a clean file is never partial.
+
+Invariant: bytes of a block past the end of the file are zero (truncate trims
+the last block), so growing a file never exposes stale data.
+
+Everything here runs in the trio thread; an :class:`Entry`'s file descriptor is
+only used between awaits, so eviction can never close it under a reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+import trio
+
+from megafs.core.blockmap import BlockMap
+from megafs.errors import CacheError
+from megafs.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
+MAX_FDS = 512
+
+
+class Entry:
+    __slots__ = ("ino", "blk", "fd", "dirty", "gen", "size", "last_write", "uploading",
+                 "removed")
+
+    def __init__(self, ino: int, blk: int, size: int, dirty: bool):
+        self.ino, self.blk, self.size, self.dirty = ino, blk, size, dirty
+        self.fd = None
+        self.gen = 0
+        self.last_write = 0.0
+        self.uploading = False
+        self.removed = False
+
+
+class BlockCache:
+    def __init__(self, path: str, store: ObjectStore, blockmap: BlockMap, block_size: int,
+                 max_bytes: int):
+        self.dir = os.path.join(path, "blocks")
+        os.makedirs(self.dir, exist_ok=True)
+        self.store = store
+        self.blockmap = blockmap
+        self.bs = block_size
+        self.max_bytes = max_bytes
+        self.max_dirty = max(max_bytes * 3 // 4, 2 * block_size)
+        self.entries: OrderedDict[tuple[int, int], Entry] = OrderedDict()
+        self.by_ino: dict[int, set[int]] = {}
+        self.dirty: dict[tuple[int, int], Entry] = {}
+        self.loading: dict[tuple[int, int], trio.Event] = {}
+        self.fds: OrderedDict[tuple[int, int], Entry] = OrderedDict()
+        self.total = 0
+        self.dirty_bytes = 0
+        self.changed = trio.Event()  # set whenever dirty data is uploaded or removed
+        self.wanted = trio.Event()  # set when someone waits for uploads
+        self.read_errors = 0
+
+    # -- bookkeeping ----------------------------------------------------------
+    def _path(self, e: Entry) -> str:
+        return f"{self.dir}/{e.ino}-{e.blk}{'.d' if e.dirty else ''}"
+
+    def _fd(self, e: Entry) -> int:
+        if e.fd is None:
+            e.fd = os.open(self._path(e), os.O_RDWR)
+            self.fds[(e.ino, e.blk)] = e
+            if len(self.fds) > MAX_FDS:
+                _, old = self.fds.popitem(last=False)
+                os.close(old.fd)
+                old.fd = None
+        return e.fd
+
+    def _add(self, e: Entry) -> Entry:
+        key = (e.ino, e.blk)
+        self.entries[key] = e
+        self.by_ino.setdefault(e.ino, set()).add(e.blk)
+        self.total += e.size
+        if e.dirty:
+            self.dirty[key] = e
+            self.dirty_bytes += e.size
+        return e
+
+    def _resize(self, e: Entry, size: int) -> None:
+        delta = size - e.size
+        e.size = size
+        self.total += delta
+        if e.dirty:
+            self.dirty_bytes += delta
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _drop(self, e: Entry) -> None:
+        key = (e.ino, e.blk)
+        del self.entries[key]
+        blks = self.by_ino[e.ino]
+        blks.discard(e.blk)
+        if not blks:
+            del self.by_ino[e.ino]
+        if e.fd is not None:
+            os.close(e.fd)
+            del self.fds[key]
+            e.fd = None
+        try:
+            os.unlink(self._path(e))
+        except FileNotFoundError:
+            pass
+        self.total -= e.size
+        if e.dirty:
+            del self.dirty[key]
+            self.dirty_bytes -= e.size
+            self._notify()
+        e.removed = True
+
+    def evict(self, target: int | None = None) -> None:
+        """Drop least recently used clean blocks until the cache is within *target* bytes."""
+        target = self.max_bytes if target is None else target
+        if self.total <= target:
+            return
+        for e in list(self.entries.values()):
+            if self.total <= target:
+                break
+            if not e.dirty and not e.uploading:
+                self._drop(e)
+
+    def recover(self, inode_sizes) -> int:
+        """Index the files left by an earlier run; return the number of dirty blocks found.
+
+        *inode_sizes(ino)* returns an inode's size, or None if it no longer exists.
+        """
+        found: dict[tuple[int, int], bool] = {}
+        for name in os.listdir(self.dir):
+            base, _, suffix = name.partition(".")
+            try:
+                ino, blk = map(int, base.split("-"))
+                size = inode_sizes(ino)
+            except ValueError:
+                size = None
+            if suffix not in ("", "d") or size is None or blk * self.bs >= max(size, 1):
+                os.unlink(os.path.join(self.dir, name))
+                continue
+            if (ino, blk) in found:  # a clean and a dirty copy: the dirty one is newer
+                os.unlink(f"{self.dir}/{ino}-{blk}")
+            found[(ino, blk)] = found.get((ino, blk), False) or suffix == "d"
+        for (ino, blk), dirty in found.items():
+            e = Entry(ino, blk, 0, dirty)
+            e.size = os.stat(self._path(e)).st_size
+            self._add(e)
+        return len(self.dirty)
+
+    # -- access ---------------------------------------------------------------
+    async def entry(self, ino: int, blk: int, *, create: bool, fetch: bool = True) -> Entry | None:
+        """The cache entry of a block, fetching it from the store if needed.
+
+        Returns None for a hole unless *create*. With ``fetch=False`` (the
+        caller overwrites the whole block) the stored content is not fetched.
+        """
+        key = (ino, blk)
+        while True:
+            e = self.entries.get(key)
+            if e is not None:
+                self.entries.move_to_end(key)
+                return e
+            ev = self.loading.get(key)
+            if ev is None:
+                break
+            await ev.wait()
+        objkey = self.blockmap.object_of(ino, blk) if fetch else None
+        if objkey is None:
+            if not create:
+                return None
+            return self._create(ino, blk, b"", dirty=True)
+        ev = self.loading[key] = trio.Event()
+        try:
+            while True:
+                data = await self.store.get_block(objkey)
+                now = self.blockmap.object_of(ino, blk)
+                if now == objkey:
+                    break
+                if now is None:  # truncated away while we fetched
+                    return self._create(ino, blk, b"", dirty=True) if create else None
+                objkey = now
+            return self._create(ino, blk, data, dirty=False)
+        finally:
+            del self.loading[key]
+            ev.set()
+
+    def _create(self, ino: int, blk: int, data: bytes, dirty: bool) -> Entry:
+        e = Entry(ino, blk, len(data), dirty)
+        path = self._path(e)
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except OSError as err:
+            raise CacheError(f"cache directory {self.dir}: {err.strerror}") from None
+        self._add(e)
+        self.evict()
+        return e
+
+    def read(self, e: Entry, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd(e), size, offset)
+        if len(data) < size:
+            data += bytes(size - len(data))
+        return data
+
+    def write(self, e: Entry, offset: int, data) -> None:
+        if not e.dirty:
+            os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}.d")
+            e.dirty = True
+            self.dirty[(e.ino, e.blk)] = e
+            self.dirty_bytes += e.size
+        os.pwrite(self._fd(e), data, offset)
+        end = offset + len(data)
+        if end > e.size:
+            self._resize(e, end)
+        e.gen += 1
+        e.last_write = trio.current_time()
+
+    def truncate_block(self, e: Entry, size: int) -> None:
+        if size < e.size:
+            self.write(e, size, b"")  # marks the block dirty before its content changes
+            os.ftruncate(self._fd(e), size)
+            self._resize(e, size)
+
+    async def wait_for_room(self) -> None:
+        """Block writers while too much data waits for upload."""
+        while self.dirty_bytes >= self.max_dirty:
+            self.wanted.set()
+            await self.changed.wait()
+
+    def drop_inode(self, ino: int, first_blk: int = 0) -> None:
+        for blk in sorted(self.by_ino.get(ino, ())):
+            if blk >= first_blk:
+                self._drop(self.entries[(ino, blk)])
+
+    def dirty_fds(self, ino: int | None) -> list[int]:
+        """New descriptors (the caller closes them) of the dirty blocks of *ino* (None: all)."""
+        if ino is None:
+            entries = list(self.dirty.values())
+        else:
+            entries = [self.entries[(ino, b)] for b in self.by_ino.get(ino, ())]
+        return [os.dup(self._fd(e)) for e in entries if e.dirty]
+
+    # -- used by the uploader -------------------------------------------------
+    def mark_clean(self, e: Entry) -> None:
+        os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}")
+        e.dirty = False
+        del self.dirty[(e.ino, e.blk)]
+        self.dirty_bytes -= e.size
+        self._notify()
+
+    def close(self) -> None:
+        for e in self.fds.values():
+            os.close(e.fd)
+            e.fd = None
+        self.fds.clear()

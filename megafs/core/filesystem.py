@@ -1,0 +1,236 @@
+"""The filesystem core: POSIX operations over the namespace, block map and cache.
+
+Independent of FUSE: the adapter in :mod:`megafs.fs` translates kernel requests
+into these calls. Errors are :class:`FsError` (an errno).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import apsw
+import trio
+
+from megafs.core.blockmap import BlockMap
+from megafs.core.cache import BlockCache
+from megafs.core.namespace import FsError, Namespace, now_ns
+from megafs.core.uploader import Uploader
+from megafs.errors import MegafsError
+from megafs.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
+MAX_FILE_SIZE = 1 << 62
+
+
+class Filesystem:
+    def __init__(self, conn: apsw.Connection, store: ObjectStore, cache_dir: str, *,
+                 block_size: int, cache_size: int, upload_delay: float = 1.0):
+        self.db = conn
+        self.ns = Namespace(conn)
+        self.blockmap = BlockMap(conn)
+        self.store = store
+        self.bs = block_size
+        self.cache = BlockCache(cache_dir, store, self.blockmap, block_size, cache_size)
+        self.uploader = Uploader(self.cache, self.blockmap, store, delay=upload_delay)
+        self.lookups: dict[int, int] = {}
+        self.opened: dict[int, int] = {}
+        self.wal_path = conn.filename + "-wal"
+
+    def recover(self) -> int:
+        """After an unclean stop: purge orphans, index cache files; return dirty blocks found."""
+        for ino in self.ns.orphans():
+            self._purge(ino)
+
+        def size_of(ino: int) -> int | None:
+            row = self.db.execute("SELECT size FROM inodes WHERE id=?", (ino,)).fetchone()
+            return row[0] if row else None
+
+        return self.cache.recover(size_of)
+
+    # -- lookup counting --------------------------------------------------------
+    def _ref(self, row: tuple) -> tuple:
+        ino = row[0]
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        return row
+
+    def forget(self, ino: int, n: int) -> None:
+        left = self.lookups.get(ino, 0) - n
+        if left > 0:
+            self.lookups[ino] = left
+            return
+        self.lookups.pop(ino, None)
+        self._maybe_purge(ino)
+
+    def _maybe_purge(self, ino: int) -> None:
+        if ino in self.lookups or ino in self.opened:
+            return
+        row = self.db.execute("SELECT nlink FROM inodes WHERE id=?", (ino,)).fetchone()
+        if row is not None and row[0] == 0:
+            self._purge(ino)
+
+    def _purge(self, ino: int) -> None:
+        self.cache.drop_inode(ino)
+        with self.db:
+            self.blockmap.drop_from(ino, 0)
+            self.ns.purge(ino)
+
+    # -- namespace --------------------------------------------------------------
+    def getattr(self, ino: int) -> tuple:
+        return self.ns.get(ino)
+
+    def lookup(self, parent: int, name: bytes) -> tuple:
+        if name == b".":
+            return self._ref(self.ns.get(parent))
+        if name == b"..":
+            return self._ref(self.ns.get(self.ns.parent_of(parent)))
+        return self._ref(self.ns.lookup(parent, name))
+
+    def make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *,
+             rdev: int = 0, target: bytes | None = None) -> tuple:
+        return self._ref(self.ns.make(parent, name, mode, uid, gid, rdev=rdev, target=target))
+
+    def link(self, ino: int, parent: int, name: bytes) -> tuple:
+        return self._ref(self.ns.link(ino, parent, name))
+
+    def unlink(self, parent: int, name: bytes, *, rmdir: bool = False) -> None:
+        ino, nlink = self.ns.unlink(parent, name, rmdir=rmdir)
+        if nlink == 0:
+            self._maybe_purge(ino)
+
+    def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int) -> None:
+        replaced = self.ns.rename(p_old, n_old, p_new, n_new, flags)
+        if replaced is not None:
+            self._maybe_purge(replaced)
+
+    def readdir(self, ino: int, after: int, limit: int = 256) -> list[tuple]:
+        return self.ns.readdir(ino, after, limit)
+
+    def ref_entry(self, row: tuple) -> None:
+        """Count a lookup the kernel takes through readdirplus."""
+        self._ref(row)
+
+    # -- attributes ---------------------------------------------------------
+    async def setattr(self, ino: int, fields: dict) -> tuple:
+        t = now_ns()
+        if "size" in fields:
+            size = fields["size"]
+            if size > MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG)
+            old = self.ns.get(ino)
+            if not stat.S_ISREG(old[1]):
+                raise FsError(errno.EINVAL)
+            if size < old[4]:
+                await self._shrink(ino, size)
+            fields.setdefault("mtime_ns", t)
+        if fields:
+            fields.setdefault("ctime_ns", t)
+        with self.db:
+            return self.ns.setattr(ino, fields)
+
+    async def _shrink(self, ino: int, size: int) -> None:
+        bs = self.bs
+        last, within = divmod(size, bs)
+        if within:
+            e = await self.cache.entry(ino, last, create=False)
+            if e is not None:
+                self.cache.truncate_block(e, within)
+            first_dropped = last + 1
+        else:
+            first_dropped = last
+        self.cache.drop_inode(ino, first_dropped)
+        self.blockmap.drop_from(ino, first_dropped)
+
+    # -- data -----------------------------------------------------------------
+    def open(self, ino: int) -> None:
+        self.opened[ino] = self.opened.get(ino, 0) + 1
+
+    def release(self, ino: int) -> None:
+        left = self.opened.get(ino, 0) - 1
+        if left > 0:
+            self.opened[ino] = left
+        else:
+            self.opened.pop(ino, None)
+            self._maybe_purge(ino)
+
+    async def read(self, ino: int, offset: int, size: int) -> bytes:
+        fsize = self.ns.get(ino)[4]
+        if offset >= fsize:
+            return b""
+        end = min(offset + size, fsize)
+        bs = self.bs
+        parts = []
+        pos = offset
+        try:
+            while pos < end:
+                blk, within = divmod(pos, bs)
+                n = min(bs - within, end - pos)
+                e = await self.cache.entry(ino, blk, create=False)
+                parts.append(bytes(n) if e is None else self.cache.read(e, within, n))
+                pos += n
+        except MegafsError as err:
+            log.error("read of inode %d at offset %d failed: %s", ino, pos, err)
+            raise FsError(errno.EIO) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def write(self, ino: int, offset: int, data: bytes) -> int:
+        end = offset + len(data)
+        if end > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        await self.cache.wait_for_room()
+        bs = self.bs
+        pos = 0
+        view = memoryview(data)
+        try:
+            while pos < len(data):
+                blk, within = divmod(offset + pos, bs)
+                n = min(bs - within, len(data) - pos)
+                whole = within == 0 and n == bs
+                e = await self.cache.entry(ino, blk, create=True, fetch=not whole)
+                self.cache.write(e, within, view[pos:pos + n])
+                pos += n
+        except MegafsError as err:
+            log.error("write to inode %d at offset %d failed: %s", ino, offset + pos, err)
+            raise FsError(errno.EIO) from None
+        t = now_ns()
+        self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
+                        (end, t, t, ino))
+        return len(data)
+
+    async def fsync(self, ino: int | None) -> None:
+        """Make written data of *ino* (all inodes if None) survive a crash of this process."""
+        fds = self.cache.dirty_fds(ino)  # duplicates: safe while the cache evicts
+
+        def sync_all():
+            for fd in fds:
+                os.fsync(fd)
+                os.close(fd)
+            try:
+                fd = os.open(self.wal_path, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await trio.to_thread.run_sync(sync_all)
+
+    # -- xattrs / statfs ------------------------------------------------------
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        return self.ns.getxattr(ino, name)
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> None:
+        self.ns.setxattr(ino, name, value, flags)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return self.ns.listxattr(ino)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self.ns.removexattr(ino, name)
+
+    def usage(self) -> tuple[int, int]:
+        """(number of inodes, bytes used in the store)."""
+        return self.ns.counts()

@@ -1,0 +1,113 @@
+"""The metadata database schema (SQLite via apsw).
+
+The same database is the local working copy in the cache directory and, as a
+serialized image sealed in a metadata object, the filesystem's state in the
+store. Schema version lives in ``PRAGMA user_version``.
+
+Tables
+------
+inodes    one row per inode. ``id`` 1 is the root directory. Times are integer
+          nanoseconds since the epoch. ``target`` holds a symlink's target.
+          Directories have nlink = 2 + number of subdirectories.
+dentries  directory entries. ``id`` is AUTOINCREMENT and never reused: it is the
+          readdir cookie, so a listing resumes correctly while entries are
+          added or removed.
+xattrs    extended attributes.
+objects   stored data objects: ``key`` is the backend key (``b/<hex>``),
+          ``hash`` the keyed dedup hash of the plaintext, ``refcount`` the number
+          of ``blocks`` rows naming it. Rows with refcount 0 are garbage that is
+          deleted from the store after the next metadata snapshot is committed.
+blocks    (inode, blockno) -> object. A missing row is a hole (reads as zeros).
+state     key/value: ``seq`` of the last snapshot committed to the store, etc.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE inodes (
+    id INTEGER PRIMARY KEY,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    nlink INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    target BLOB
+);
+CREATE TABLE dentries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    inode INTEGER NOT NULL,
+    UNIQUE (parent, name)
+);
+CREATE INDEX dentries_readdir ON dentries (parent, id);
+CREATE INDEX dentries_inode ON dentries (inode);
+CREATE TABLE xattrs (
+    inode INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (inode, name)
+) WITHOUT ROWID;
+CREATE TABLE objects (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    hash BLOB UNIQUE,
+    refcount INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL
+);
+CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;
+CREATE TABLE blocks (
+    inode INTEGER NOT NULL,
+    blockno INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    PRIMARY KEY (inode, blockno)
+) WITHOUT ROWID;
+CREATE TABLE state (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+#: Column order of inode rows handed around the core (``SELECT INODE_COLS FROM inodes``).
+INODE_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, rdev"
+
+
+def connect(path: str) -> apsw.Connection:
+    """Open a metadata database with the pragmas the core relies on."""
+    conn = apsw.Connection(path)
+    conn.setbusytimeout(5000)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA cache_size=-65536")
+    return conn
+
+
+def create(conn: apsw.Connection, *, root_uid: int, root_gid: int, now_ns: int) -> None:
+    with conn:
+        conn.execute(SCHEMA)
+        conn.execute(
+            "INSERT INTO inodes (id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns)"
+            " VALUES (1, ?, ?, ?, 0, 2, ?, ?, ?)",
+            (0o040755, root_uid, root_gid, now_ns, now_ns, now_ns),
+        )
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def check_version(conn: apsw.Connection) -> None:
+    from megafs.errors import UnsupportedFormat
+
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise UnsupportedFormat(
+            f"metadata schema version {version}; this megafs reads version {SCHEMA_VERSION}"
+        )

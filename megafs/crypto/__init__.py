@@ -1,0 +1,1 @@
+"""Key derivation and the key hierarchy (no primitives of our own: see ``cryptography``)."""

@@ -1,0 +1,48 @@
+"""The key hierarchy below the master key (docs/format.md, "Key hierarchy").
+
+::
+
+    passphrase --Argon2id--> KEK_pass  --wraps--> master key (32 random bytes)
+    recovery key (32 random bytes)     --wraps--> master key
+    master --HKDF(label)--> block-key base, metadata key, dedup key, superblock MAC key
+    block-key base --HMAC(object key)--> one key per data object
+
+Each data object has its own key, so a share link can carry exactly the keys of
+the objects it grants and nothing that leads to any other object.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+LABEL_BLOCK = b"megafs v1 block keys"
+LABEL_META = b"megafs v1 metadata"
+LABEL_DEDUP = b"megafs v1 dedup"
+LABEL_SB_MAC = b"megafs v1 superblock mac"
+
+
+def hkdf(master: bytes, salt: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=label).derive(master)
+
+
+class KeyRing:
+    """Sub-keys of one filesystem, derived from its master key."""
+
+    def __init__(self, master: bytes, store_id: bytes):
+        self.master = master
+        self.store_id = store_id
+        self.block_base = hkdf(master, store_id, LABEL_BLOCK)
+        self.meta = hkdf(master, store_id, LABEL_META)
+        self.dedup = hkdf(master, store_id, LABEL_DEDUP)
+        self.sb_mac = hkdf(master, store_id, LABEL_SB_MAC)
+
+    def block_key(self, object_key: str) -> bytes:
+        """The key of one data object; reveals nothing about other objects' keys."""
+        return hmac.digest(self.block_base, object_key.encode(), "sha256")
+
+    def dedup_hash(self, plaintext: bytes) -> bytes:
+        """Keyed hash of a block's plaintext, used to find duplicates locally."""
+        return hmac.digest(self.dedup, plaintext, "sha256")

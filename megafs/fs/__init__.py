@@ -1,0 +1,1 @@
+"""The thin pyfuse3 adapter over :mod:`megafs.core`."""

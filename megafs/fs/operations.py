@@ -1,0 +1,219 @@
+"""pyfuse3 ``Operations`` that translate kernel requests into core calls.
+
+Kept deliberately thin: argument unpacking, attribute conversion and the
+FsError -> FUSEError translation. Every request path is a handful of Python
+calls plus one or two SQLite statements.
+
+File handles are inode numbers. Attributes go out with 300 s timeouts: this
+process is the only writer, so the kernel may cache them.
+
+The root directory also answers a control channel that is never stored:
+``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
+(see :mod:`megafs.mount`).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import stat
+
+import pyfuse3
+
+from megafs.core.filesystem import Filesystem
+from megafs.core.namespace import ROOT, FsError
+
+log = logging.getLogger(__name__)
+CTRL_PREFIX = b"megafs."
+BLKSIZE = 128 * 1024
+STATFS_BLOCK = 4096
+
+
+def _attrs(row: tuple) -> pyfuse3.EntryAttributes:
+    a = pyfuse3.EntryAttributes()
+    (a.st_ino, a.st_mode, a.st_uid, a.st_gid, a.st_size, a.st_nlink, a.st_atime_ns,
+     a.st_mtime_ns, a.st_ctime_ns, a.st_rdev) = row
+    a.generation = 0
+    a.st_blksize = BLKSIZE
+    a.st_blocks = (a.st_size + 511) // 512 if stat.S_ISREG(a.st_mode) else 0
+    return a
+
+
+def _errors(fn):
+    @functools.wraps(fn)
+    async def wrapper(*args):
+        try:
+            return await fn(*args)
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = True
+
+    def __init__(self, fs: Filesystem, control):
+        super().__init__()
+        self.fs = fs
+        self.control = control
+
+    @_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        return _attrs(self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            self.fs.forget(ino, n)
+
+    @_errors
+    async def getattr(self, inode, ctx=None):
+        return _attrs(self.fs.getattr(inode))
+
+    @_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        f = {}
+        if fields.update_mode:
+            f["mode"] = attr.st_mode
+        if fields.update_uid:
+            f["uid"] = attr.st_uid
+        if fields.update_gid:
+            f["gid"] = attr.st_gid
+        if fields.update_size:
+            f["size"] = attr.st_size
+        if fields.update_atime:
+            f["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            f["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            f["ctime_ns"] = attr.st_ctime_ns
+        return _attrs(await self.fs.setattr(inode, f))
+
+    @_errors
+    async def readlink(self, inode, ctx):
+        return self.fs.ns.readlink(inode)
+
+    @_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev))
+
+    @_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self.fs.unlink(parent_inode, name)
+
+    @_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self.fs.unlink(parent_inode, name, rmdir=True)
+
+    @_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        if len(target) > 4095:
+            raise FsError(errno.ENAMETOOLONG)
+        mode = stat.S_IFLNK | 0o777
+        return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid, target=target))
+
+    @_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return _attrs(self.fs.link(inode, new_parent_inode, new_name))
+
+    @_errors
+    async def open(self, inode, flags, ctx):
+        self.fs.open(inode)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        row = self.fs.make(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid,
+                           ctx.gid)
+        self.fs.open(row[0])
+        return pyfuse3.FileInfo(fh=row[0], keep_cache=True), _attrs(row)
+
+    @_errors
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_errors
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    async def flush(self, fh):
+        pass
+
+    async def release(self, fh):
+        self.fs.release(fh)
+
+    @_errors
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh)
+
+    @_errors
+    async def opendir(self, inode, ctx):
+        if not stat.S_ISDIR(self.fs.getattr(inode)[1]):
+            raise FsError(errno.ENOTDIR)
+        return inode
+
+    @_errors
+    async def readdir(self, fh, start_id, token):
+        while True:
+            rows = self.fs.readdir(fh, start_id)
+            if not rows:
+                return
+            for row in rows:
+                if not pyfuse3.readdir_reply(token, row[1], _attrs(row[2:]), row[0]):
+                    return
+                self.fs.ref_entry(row[2:])
+                start_id = row[0]
+
+    async def releasedir(self, fh):
+        pass
+
+    async def fsyncdir(self, fh, datasync):
+        await self.fs.fsync(None)
+
+    async def statfs(self, ctx):
+        files, used = self.fs.usage()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = STATFS_BLOCK
+        total = max(self.control.capacity(), used) // STATFS_BLOCK
+        s.f_blocks = total
+        s.f_bfree = s.f_bavail = total - used // STATFS_BLOCK
+        s.f_files = files + (1 << 31)
+        s.f_ffree = s.f_favail = 1 << 31
+        s.f_namemax = 255
+        return s
+
+    # -- xattrs (plus the control channel on the root) --------------------------
+    @_errors
+    async def setxattr(self, inode, name, value, ctx):
+        if inode == ROOT and name.startswith(CTRL_PREFIX):
+            await self.control.setxattr(name[len(CTRL_PREFIX):], value)
+            return
+        if name.startswith(b"system."):
+            raise FsError(errno.EOPNOTSUPP)
+        self.fs.setxattr(inode, name, value, 0)
+
+    @_errors
+    async def getxattr(self, inode, name, ctx):
+        if inode == ROOT and name.startswith(CTRL_PREFIX):
+            return self.control.getxattr(name[len(CTRL_PREFIX):])
+        return self.fs.getxattr(inode, name)
+
+    @_errors
+    async def listxattr(self, inode, ctx):
+        return self.fs.listxattr(inode)
+
+    @_errors
+    async def removexattr(self, inode, name, ctx):
+        self.fs.removexattr(inode, name)

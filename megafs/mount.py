@@ -1,0 +1,196 @@
+"""Mount lifecycle: open the store, bring the metadata up to date, serve FUSE, and
+on the way out upload everything before exiting.
+
+The daemon reports readiness (or a one-line error and an exit code) to the
+process that started it through a pipe, so ``mount.megafs`` returns only once
+the mount is usable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from megafs.core import schema
+from megafs.core.filesystem import Filesystem
+from megafs.core.snapshot import Snapshotter, download, get_state, set_state
+from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
+from megafs.fs.operations import Operations
+from megafs.store import lifecycle
+from megafs.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
+DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
+
+
+@dataclass
+class MountConfig:
+    url: str
+    mountpoint: str
+    passphrase: bytes
+    cache_dir: str | None = None
+    cache_size: int = 4 << 30
+    fuse_options: set[str] = field(default_factory=set)
+    upload_delay: float = 1.0
+    metadata_interval: float = 10.0
+
+
+def default_cache_dir(store_id: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "megafs", store_id)
+
+
+def check_mountpoint(path: str, *, nonempty_ok: bool = False) -> None:
+    if not os.path.isdir(path):
+        raise BadMountpoint(f"mountpoint {path} does not exist or is not a directory")
+    if os.path.ismount(path):
+        raise BadMountpoint(f"{path} is already a mount point")
+    if not nonempty_ok and os.listdir(path):
+        raise BadMountpoint(f"mountpoint {path} is not empty")
+
+
+class Control:
+    """Answers the control channel on the mount's root (see megafs.fs.operations)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def getxattr(self, name: bytes) -> bytes:
+        if name == b"pid":
+            return str(os.getpid()).encode()
+        if name == b"status":
+            fs = self.daemon.fs
+            return (f"dirty_bytes={fs.cache.dirty_bytes} cache_bytes={fs.cache.total}"
+                    f" upload_error={fs.uploader.last_error or ''}").encode()
+        raise pyfuse3.FUSEError(61)  # ENODATA
+
+    async def setxattr(self, name: bytes, value: bytes) -> None:
+        if name == b"ctrl" and value == b"flush":
+            await self.daemon.flush()
+        else:
+            raise pyfuse3.FUSEError(22)
+
+    def capacity(self) -> int:
+        return DEFAULT_CAPACITY
+
+
+class Daemon:
+    def __init__(self, cfg: MountConfig):
+        self.cfg = cfg
+        self.fs: Filesystem | None = None
+        self.snap: Snapshotter | None = None
+        self._snap_lock = trio.Lock()
+
+    async def open(self) -> None:
+        """Everything before the kernel mount; raises MegafsError with a clear message."""
+        cfg = self.cfg
+        backend = await lifecycle.connect(cfg.url)
+        store, sb = await lifecycle.unlock(backend, passphrase=cfg.passphrase)
+        cache_dir = cfg.cache_dir or default_cache_dir(sb["store_id"])
+        try:
+            os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+            self.lockfile = open(os.path.join(cache_dir, "lock"), "w")
+        except OSError as e:
+            raise CacheError(f"cache directory {cache_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheError(f"cache directory {cache_dir} is in use by another mount") from None
+        conn = await self._metadata(store, sb, cache_dir)
+        self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
+                             cache_size=cfg.cache_size, upload_delay=cfg.upload_delay)
+        dirty = self.fs.recover()
+        if dirty:
+            log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
+        with conn:
+            set_state(conn, "mounted", 1)
+        self.snap = Snapshotter(conn, store, self.fs.blockmap)
+
+    async def _metadata(self, store: ObjectStore, sb: dict, cache_dir: str):
+        path = os.path.join(cache_dir, "metadata.db")
+        head = await store.read_head()
+        if head is None:
+            raise MegafsError("the store has no metadata head (run fsck.megafs)")
+        if os.path.exists(path):
+            conn = schema.connect(path)
+            schema.check_version(conn)
+            local = int(get_state(conn, "seq", 0))
+            if get_state(conn, "store_id") not in (None, sb["store_id"]):
+                conn.close()
+                raise CacheError(f"cache directory {cache_dir} belongs to another filesystem")
+            if head["seq"] == local:
+                return conn
+            if head["seq"] < local:
+                conn.close()
+                raise RollbackDetected(
+                    f"the store serves metadata version {head['seq']}, but this machine has seen"
+                    f" version {local}: the store was rolled back or replaced")
+            log.info("local metadata %d is older than the store's %d: downloading", local,
+                     head["seq"])
+            conn.close()
+            for name in os.listdir(os.path.join(cache_dir, "blocks")) if os.path.isdir(
+                    os.path.join(cache_dir, "blocks")) else ():
+                os.unlink(os.path.join(cache_dir, "blocks", name))
+        conn = await download(store, head, path)
+        with conn:
+            set_state(conn, "store_id", sb["store_id"])
+        return conn
+
+    async def flush(self) -> None:
+        """Upload all dirty blocks, then a metadata snapshot if anything changed."""
+        await self.fs.uploader.flush()
+        async with self._snap_lock:
+            if self.snap.changed():
+                await self.snap.upload()
+
+    async def _periodic_snapshots(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.metadata_interval)
+            if self.snap.changed() and not self._snap_lock.locked():
+                async with self._snap_lock:
+                    try:
+                        await self.snap.upload()
+                    except MegafsError as e:
+                        log.error("metadata upload failed: %s", e)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                log.info("signal %d: unmounting", sig)
+                self.unmount_requested = True
+                pyfuse3.terminate()
+
+    async def serve(self, ready) -> None:
+        """Mount, call ``ready()``, serve until unmounted, then flush everything."""
+        cfg = self.cfg
+        options = {"fsname=" + cfg.url, "subtype=megafs", "default_permissions"}
+        options |= cfg.fuse_options
+        self.unmount_requested = False
+        pyfuse3.init(Operations(self.fs, Control(self)), cfg.mountpoint, options)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.fs.uploader.run)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(self._periodic_snapshots)
+            try:
+                ready()
+                await pyfuse3.main(min_tasks=4, max_tasks=64)
+            finally:
+                # Unmounted by the kernel (umount, fusermount3 -u) or asked to by a signal.
+                pyfuse3.close(unmount=self.unmount_requested)
+            log.info("unmounted: uploading remaining data")
+            await self.flush()
+            nursery.cancel_scope.cancel()
+        conn = self.fs.db
+        with conn:
+            set_state(conn, "mounted", 0)
+        self.fs.cache.close()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        await self.fs.store.backend.aclose()
+        log.info("clean exit")

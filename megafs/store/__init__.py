@@ -1,0 +1,1 @@
+"""The object store: seals (compress, pad, encrypt, authenticate) and opens objects."""

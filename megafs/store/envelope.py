@@ -1,0 +1,99 @@
+"""The object envelope: how every encrypted object is laid out byte by byte.
+
+::
+
+    offset  size  field
+    0       4     magic  b"MGFS"
+    4       1     format version (1)
+    5       1     kind (see KIND_*)
+    6       12    nonce, random
+    18      32    key commitment = HMAC-SHA256(key, b"megafs commit v1" || nonce)
+    50      n+16  AES-256-GCM(key, nonce, inner, aad) ciphertext and tag
+
+    aad   = bytes 0..5 of the header || object key (UTF-8)
+    inner = flags (1 byte, bit 0: zstd) || payload length (8 bytes, little endian)
+            || payload || zero padding up to the Padme length
+
+Binding the object key and kind into the AAD makes a renamed, swapped or
+re-kinded object fail authentication. The commitment makes the ciphertext open
+under exactly one key (AES-GCM alone is not key-committing).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from megafs.errors import CorruptObject, UnsupportedFormat
+
+MAGIC = b"MGFS"
+VERSION = 1
+KIND_BLOCK = 1
+KIND_METADATA = 2
+KIND_HEAD = 3
+KIND_NAMES = {KIND_BLOCK: "data block", KIND_METADATA: "metadata", KIND_HEAD: "head"}
+
+HEADER = struct.Struct("<4sBB12s32s")
+INNER = struct.Struct("<BQ")
+FLAG_ZSTD = 1
+OVERHEAD = HEADER.size + INNER.size + 16
+_COMMIT_LABEL = b"megafs commit v1"
+
+_cctx = zstandard.ZstdCompressor(level=1)
+
+
+def padme(length: int) -> int:
+    """Padme padding: leaks O(log log L) bits of the length, costs at most ~12%."""
+    if length < 2:
+        return length
+    e = length.bit_length() - 1
+    s = e.bit_length()
+    mask = (1 << (e - s)) - 1
+    return (length + mask) & ~mask
+
+
+def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
+         compress: bool = True) -> bytes:
+    """Return the envelope of *payload* for storage under *object_key*."""
+    flags = 0
+    if compress and len(payload) >= 64:
+        packed = _cctx.compress(payload)
+        if len(packed) < len(payload) * 0.97:
+            payload, flags = packed, FLAG_ZSTD
+    body_len = INNER.size + len(payload)
+    pad = padme(body_len) - body_len
+    inner = b"".join((INNER.pack(flags, len(payload)), payload, bytes(pad)))
+    nonce = os.urandom(12)
+    commit = hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")
+    header = HEADER.pack(MAGIC, VERSION, kind, nonce, commit)
+    aad = header[:6] + object_key.encode()
+    return header + AESGCM(key).encrypt(nonce, inner, aad)
+
+
+def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
+    """Verify and decrypt an envelope; raise CorruptObject on any mismatch."""
+    what = f"{KIND_NAMES.get(kind, 'object')} {object_key}"
+    if len(blob) < OVERHEAD or blob[:4] != MAGIC:
+        raise CorruptObject(f"{what} is damaged (not a megafs object)")
+    magic, version, got_kind, nonce, commit = HEADER.unpack_from(blob)
+    if version != VERSION:
+        raise UnsupportedFormat(f"{what} has format version {version}; this megafs reads {VERSION}")
+    if got_kind != kind:
+        raise CorruptObject(f"{what} failed authentication (wrong object kind)")
+    if not hmac.compare_digest(commit, hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")):
+        raise CorruptObject(f"{what} failed authentication (key commitment)")
+    aad = blob[:6] + object_key.encode()
+    try:
+        inner = AESGCM(key).decrypt(nonce, blob[HEADER.size:], aad)
+    except InvalidTag:
+        raise CorruptObject(f"{what} failed authentication (tampered or damaged)") from None
+    flags, length = INNER.unpack_from(inner)
+    payload = inner[INNER.size:INNER.size + length]
+    if flags & FLAG_ZSTD:
+        payload = zstandard.ZstdDecompressor().decompress(payload)
+    return payload

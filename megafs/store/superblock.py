@@ -1,0 +1,141 @@
+"""The superblock: the only object readable without a key (docs/format.md).
+
+It is UTF-8 JSON stored under the object key ``superblock``. It holds the
+Argon2id parameters and salt, the master key wrapped once by the passphrase
+key and once by the recovery key, and an HMAC (keyed from the master key) over
+every other field, so that nothing in it can be changed unnoticed by anyone
+who does not hold the master key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+import time
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from megafs import FORMAT_VERSION
+from megafs.crypto import kdf
+from megafs.crypto.keys import KeyRing, hkdf
+from megafs.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
+
+OBJECT_KEY = "superblock"
+LABEL_RECOVERY = b"megafs v1 recovery"
+
+
+def _wrap_aad(store_id: bytes, slot: str) -> bytes:
+    return b"megafs superblock v1|" + store_id + b"|" + slot.encode()
+
+
+def _canonical(sb: dict) -> bytes:
+    body = {k: v for k, v in sb.items() if k != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def format_recovery_key(raw: bytes) -> str:
+    text = base64.b32encode(raw).decode().rstrip("=")
+    return "-".join(text[i:i + 4] for i in range(0, len(text), 4))
+
+
+def parse_recovery_key(text: str) -> bytes:
+    clean = "".join(c for c in text.upper() if c.isalnum())
+    try:
+        raw = base64.b32decode(clean + "=" * (-len(clean) % 8))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise WrongPassphrase("that is not a megafs recovery key")
+    return raw
+
+
+def _slot(kek: bytes, master: bytes, store_id: bytes, name: str) -> dict:
+    nonce = os.urandom(12)
+    wrapped = AESGCM(kek).encrypt(nonce, master, _wrap_aad(store_id, name))
+    return {"nonce": nonce.hex(), "wrapped": wrapped.hex()}
+
+
+def _unwrap(kek: bytes, slot: dict, store_id: bytes, name: str) -> bytes:
+    try:
+        return AESGCM(kek).decrypt(bytes.fromhex(slot["nonce"]), bytes.fromhex(slot["wrapped"]),
+                                   _wrap_aad(store_id, name))
+    except InvalidTag:
+        raise WrongPassphrase("wrong passphrase") from None
+
+
+def create(passphrase: bytes, block_size: int) -> tuple[bytes, KeyRing, str]:
+    """Make a new superblock; return (serialized, keyring, printable recovery key)."""
+    store_id = os.urandom(16)
+    master = os.urandom(32)
+    recovery = os.urandom(32)
+    salt = os.urandom(16)
+    params = kdf.default_params()
+    kek = kdf.derive(passphrase, salt, params)
+    sb = {
+        "magic": "megafs",
+        "format": FORMAT_VERSION,
+        "store_id": store_id.hex(),
+        "created": int(time.time()),
+        "block_size": block_size,
+        "kdf": {**params.to_json(), "salt": salt.hex()},
+        "slots": {
+            "passphrase": _slot(kek, master, store_id, "passphrase"),
+            "recovery": _slot(hkdf(recovery, store_id, LABEL_RECOVERY), master, store_id,
+                              "recovery"),
+        },
+    }
+    keys = KeyRing(master, store_id)
+    sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
+    return json.dumps(sb, indent=1).encode(), keys, format_recovery_key(recovery)
+
+
+def parse(blob: bytes) -> dict:
+    """Parse without a key; check magic and version."""
+    try:
+        sb = json.loads(blob)
+        magic, version = sb["magic"], sb["format"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptObject("the superblock is damaged (not megafs JSON)") from None
+    if magic != "megafs":
+        raise CorruptObject("the superblock is not a megafs superblock")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormat(
+            f"the store has format version {version}; this megafs reads version {FORMAT_VERSION}"
+        )
+    return sb
+
+
+def unlock(sb: dict, *, passphrase: bytes | None = None,
+           recovery_key: bytes | None = None) -> KeyRing:
+    """Unwrap the master key and verify the superblock's MAC; blocking (Argon2id)."""
+    try:
+        store_id = bytes.fromhex(sb["store_id"])
+        if recovery_key is not None:
+            kek = hkdf(recovery_key, store_id, LABEL_RECOVERY)
+            master = _unwrap(kek, sb["slots"]["recovery"], store_id, "recovery")
+        else:
+            params = kdf.KdfParams.from_json(sb["kdf"])
+            kek = kdf.derive(passphrase, bytes.fromhex(sb["kdf"]["salt"]), params)
+            master = _unwrap(kek, sb["slots"]["passphrase"], store_id, "passphrase")
+        keys = KeyRing(master, store_id)
+        ok = hmac.compare_digest(bytes.fromhex(sb["mac"]),
+                                 hmac.digest(keys.sb_mac, _canonical(sb), "sha256"))
+    except (KeyError, ValueError, TypeError):
+        raise CorruptObject("the superblock is damaged (missing or malformed fields)") from None
+    if not ok:
+        raise CorruptObject("the superblock failed authentication (tampered)")
+    return keys
+
+
+def rewrap_passphrase(sb: dict, keys: KeyRing, new_passphrase: bytes) -> bytes:
+    """A new superblock whose passphrase slot opens with *new_passphrase*; data untouched."""
+    salt = os.urandom(16)
+    params = kdf.default_params()
+    sb = dict(sb, kdf={**params.to_json(), "salt": salt.hex()})
+    sb["slots"] = dict(sb["slots"], passphrase=_slot(kdf.derive(new_passphrase, salt, params),
+                                                     keys.master, keys.store_id, "passphrase"))
+    sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
+    return json.dumps(sb, indent=1).encode()
