@@ -61,5 +61,12 @@ class RetryBackend(BackendWrapper):
     async def size(self, key):
         return await self._retry(f"HEAD {key}", self.inner.size, key)
 
+    async def list(self, prefix=""):
+        async def collect():
+            return [k async for k in self.inner.list(prefix)]
+
+        for key in await self._retry(f"LIST {prefix}", collect):
+            yield key
+
     async def sync(self):
         await self._retry("sync", self.inner.sync)

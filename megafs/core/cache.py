@@ -203,9 +203,8 @@ class BlockCache:
             os.rename(tmp, path)
         except OSError as err:
             raise CacheError(f"cache directory {self.dir}: {err.strerror}") from None
-        self._add(e)
-        self.evict()
-        return e
+        self.evict(self.max_bytes - e.size)  # before adding: never evict the new entry
+        return self._add(e)
 
     def read(self, e: Entry, offset: int, size: int) -> bytes:
         data = os.pread(self._fd(e), size, offset)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Developer entry point (README's two commands):
+#   ./dev.sh mount [STORE_DIR [MOUNTPOINT]]   set up, create a local store if needed, mount it
+#   ./dev.sh test [PYTEST_ARGS...]            set up, lint, run the whole test suite
+# Both install what they need: Debian packages fuse3, libfuse3-dev, pkg-config
+# (with apt-get, via sudo when not root) and a virtualenv in .venv.
+set -euo pipefail
+cd "$(dirname "$0")"
+here=$PWD
+
+setup() {
+    local need=()
+    for pkg in fuse3 libfuse3-dev pkg-config; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        local sudo=()
+        [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+        echo "dev.sh: installing ${need[*]}" >&2
+        "${sudo[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+    fi
+    if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+        touch .venv/.installed
+    fi
+}
+
+case "${1:-}" in
+mount)
+    setup
+    store=$(realpath -m "${2:-$here/megafs-demo/store}")
+    mnt=$(realpath -m "${3:-$here/megafs-demo/mnt}")
+    mkdir -p "$store" "$mnt"
+    if [ ! -e "$store/superblock" ]; then
+        .venv/bin/mkfs.megafs "local://$store"
+    fi
+    .venv/bin/mount.megafs "local://$store" "$mnt"
+    echo "megafs: local://$store is mounted on $mnt"
+    echo "        unmount with: .venv/bin/umount.megafs $mnt"
+    ;;
+test)
+    shift
+    setup
+    .venv/bin/ruff check megafs tests contrib
+    exec .venv/bin/pytest "$@"
+    ;;
+*)
+    echo "usage: $0 mount [STORE_DIR [MOUNTPOINT]] | test [PYTEST_ARGS...]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,117 @@
+"""The on-storage format: envelope, superblock and key hierarchy (no mount needed)."""
+
+import json
+
+import pytest
+
+from megafs import FORMAT_VERSION
+from megafs.crypto.keys import KeyRing
+from megafs.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
+from megafs.store import envelope, superblock
+
+
+@pytest.fixture(autouse=True)
+def _fast_kdf(monkeypatch):
+    monkeypatch.setenv("MEGAFS_INSECURE_TEST_KDF", "1")
+
+
+KEY = bytes(range(32))
+
+
+def test_envelope_roundtrip_and_compression():
+    text = b"hello world " * 1000
+    blob = envelope.seal(KEY, envelope.KIND_BLOCK, "b/00", text)
+    assert len(blob) < len(text) // 4  # compressed
+    assert envelope.open_(KEY, envelope.KIND_BLOCK, "b/00", blob) == text
+    assert text[:12] not in blob
+
+
+def test_envelope_layout_is_as_documented():
+    blob = envelope.seal(KEY, envelope.KIND_METADATA, "m/ab", b"x" * 10, compress=False)
+    assert blob[:4] == b"MGFS"
+    assert blob[4] == 1 and blob[5] == envelope.KIND_METADATA
+    assert len(blob) == 4 + 1 + 1 + 12 + 32 + envelope.padme(1 + 8 + 10) + 16
+
+
+@pytest.mark.parametrize("offset", [0, 4, 5, 6, 17, 18, 49, 50, 60, -1])
+def test_envelope_detects_any_flipped_bit(offset):
+    blob = bytearray(envelope.seal(KEY, envelope.KIND_BLOCK, "b/00", b"secret data" * 50))
+    blob[offset] ^= 0x01
+    with pytest.raises((CorruptObject, UnsupportedFormat)):
+        envelope.open_(KEY, envelope.KIND_BLOCK, "b/00", bytes(blob))
+
+
+def test_envelope_binds_name_kind_and_key():
+    blob = envelope.seal(KEY, envelope.KIND_BLOCK, "b/00", b"payload")
+    with pytest.raises(CorruptObject):
+        envelope.open_(KEY, envelope.KIND_BLOCK, "b/01", blob)  # renamed / swapped
+    with pytest.raises(CorruptObject):
+        envelope.open_(KEY, envelope.KIND_METADATA, "b/00", blob)  # re-kinded
+    with pytest.raises(CorruptObject):
+        envelope.open_(bytes(32), envelope.KIND_BLOCK, "b/00", blob)  # other key
+    with pytest.raises(CorruptObject):
+        envelope.open_(KEY, envelope.KIND_BLOCK, "b/00", blob[:-1])  # truncated
+    with pytest.raises(CorruptObject):
+        envelope.open_(KEY, envelope.KIND_BLOCK, "b/00", b"")
+
+
+def test_envelope_from_a_future_version_is_refused_clearly():
+    blob = bytearray(envelope.seal(KEY, envelope.KIND_BLOCK, "b/00", b"payload"))
+    blob[4] = 2
+    with pytest.raises(UnsupportedFormat, match="format version 2"):
+        envelope.open_(KEY, envelope.KIND_BLOCK, "b/00", bytes(blob))
+
+
+def test_padme_hides_exact_sizes():
+    sizes = {envelope.padme(n) for n in range(100_000, 101_000)}
+    assert len(sizes) <= 2
+    for n in (1, 100, 4096, 10**6, 10**7):
+        assert n <= envelope.padme(n) <= n * 1.13
+
+
+def test_superblock_unlock_wrong_passphrase_and_recovery():
+    blob, keys, recovery = superblock.create(b"correct horse", 1 << 20)
+    sb = superblock.parse(blob)
+    assert superblock.unlock(sb, passphrase=b"correct horse").master == keys.master
+    with pytest.raises(WrongPassphrase):
+        superblock.unlock(sb, passphrase=b"wrong")
+    rk = superblock.parse_recovery_key(recovery)
+    assert superblock.unlock(sb, recovery_key=rk).master == keys.master
+    assert b"horse" not in blob and keys.master.hex().encode() not in blob
+
+
+def test_superblock_tampering_is_detected():
+    blob, _, _ = superblock.create(b"pass", 1 << 20)
+    sb = json.loads(blob)
+    sb["block_size"] = 4096
+    with pytest.raises(CorruptObject):
+        superblock.unlock(superblock.parse(json.dumps(sb).encode()), passphrase=b"pass")
+
+
+def test_superblock_of_another_format_version_is_refused_clearly():
+    blob, _, _ = superblock.create(b"pass", 1 << 20)
+    sb = json.loads(blob)
+    sb["format"] = FORMAT_VERSION + 1
+    with pytest.raises(UnsupportedFormat, match=f"format version {FORMAT_VERSION + 1}"):
+        superblock.parse(json.dumps(sb).encode())
+    with pytest.raises(CorruptObject):
+        superblock.parse(b"\x00garbage")
+
+
+def test_passphrase_change_keeps_master_key():
+    blob, keys, _ = superblock.create(b"old", 1 << 20)
+    new = superblock.rewrap_passphrase(superblock.parse(blob), keys, b"new")
+    sb = superblock.parse(new)
+    assert superblock.unlock(sb, passphrase=b"new").master == keys.master
+    with pytest.raises(WrongPassphrase):
+        superblock.unlock(sb, passphrase=b"old")
+
+
+def test_sub_keys_are_distinct_and_per_object():
+    ring = KeyRing(bytes(32), bytes(16))
+    subkeys = {ring.block_base, ring.meta, ring.dedup, ring.sb_mac, ring.master}
+    assert len(subkeys) == 5
+    assert ring.block_key("b/00") != ring.block_key("b/01")
+    other = KeyRing(bytes(32), b"\x01" * 16)  # another store, same master: other keys
+    assert other.block_key("b/00") != ring.block_key("b/00")
+    assert ring.dedup_hash(b"x") != other.dedup_hash(b"x")
