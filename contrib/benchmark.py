@@ -1,0 +1,575 @@
+#!/usr/bin/env python3
+"""Benchmark megafs against a plain directory on the same disk.
+
+Runs the same workloads on a plain directory (the baseline) and on a megafs
+mount, in the same run, and prints the medians of both with their ratio
+(megafs / plain) against the floors the project promises:
+
+    write   1 GiB of incompressible data, 1 MiB writes, one final fsync   >= 0.8
+    read    the same file after dropping the kernel page cache
+            (for megafs the blocks are in the local cache)                >= 0.4
+    create  3000 new 4 KiB files in one directory (no fsync)             >= 0.1
+    untar   extract a 2600-file source tarball                           >= 0.12
+
+Each megafs run gets a fresh ``mkfs.megafs`` + ``mount.megafs``; after the
+workloads it is unmounted with ``umount.megafs`` and the time that takes
+(the remaining uploads) is reported for information. Between workloads both
+targets are settled (``sync``; for megafs also a flush of all uploads through
+the control channel) so that one workload's background uploads do not slow the
+next one down; the flush time is reported too (``--no-settle`` turns this off).
+
+Needs root (to drop the page cache) and FUSE. Example::
+
+    sudo .venv/bin/python contrib/benchmark.py --runs 3
+    .venv/bin/python contrib/benchmark.py --workloads write,read --size 256M --json out.json
+
+Targets are pluggable (see ``TARGETS``): the baseline is always ``plain``; add
+e.g. an S3-backed megafs target by subclassing :class:`MegafsTarget`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+CHUNK = MiB
+CREATE_FILES = 3000
+CREATE_SIZE = 4096
+UNTAR_FILES = 2600
+DEFAULT_PASSPHRASE = "megafs-benchmark"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 1G, 256M)") from None
+
+
+def drop_page_cache() -> bool:
+    """sync; echo 3 > /proc/sys/vm/drop_caches. False if not permitted."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError as e:
+        log(f"warning: cannot drop the page cache ({e.strerror}); read numbers are meaningless")
+        return False
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+class Target:
+    """Somewhere to run workloads. ``start()`` returns the directory to work in."""
+
+    name = "?"
+
+    def __init__(self, base: str, args: argparse.Namespace):
+        self.base = base  # private scratch directory of this target for one run
+        self.args = args
+        self.info: dict[str, float] = {}  # informational timings of this run (seconds)
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def settle(self) -> float:
+        """Wait for background work (writeback, uploads) to finish; return seconds taken."""
+        t0 = time.perf_counter()
+        os.sync()
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        """Normal end of a run (may record informational timings in ``self.info``)."""
+
+    def abort(self) -> None:
+        """Best-effort cleanup after an error; must not raise."""
+
+
+class PlainTarget(Target):
+    name = "plain"
+
+    def start(self) -> str:
+        root = os.path.join(self.base, "plain")
+        os.makedirs(root)
+        return root
+
+
+class MegafsTarget(Target):
+    """megafs mounted from a store URL; subclasses say which store."""
+
+    name = "megafs"
+
+    def __init__(self, base: str, args: argparse.Namespace):
+        super().__init__(base, args)
+        self.mnt = os.path.join(base, "mnt")
+        self.cache = os.path.join(base, "cache")
+        self.pid: int | None = None
+        self.env = dict(os.environ)
+        self.env.setdefault("MEGAFS_PASSPHRASE", DEFAULT_PASSPHRASE)
+        if not args.real_kdf:
+            self.env["MEGAFS_INSECURE_TEST_KDF"] = "1"
+
+    def store_url(self) -> str:
+        raise NotImplementedError
+
+    def tool(self, name: str) -> str:
+        return find_tool(name, self.args.bin_dir)
+
+    def run_tool(self, *cmd: str) -> None:
+        r = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): "
+                               f"{(r.stderr or r.stdout).strip()}")
+
+    def start(self) -> str:
+        os.makedirs(self.mnt)
+        os.makedirs(self.cache)
+        mkfs = [self.tool("mkfs.megafs"), "--force"]
+        if self.args.block_size:
+            mkfs += ["--block-size", self.args.block_size]
+        self.run_tool(*mkfs, self.store_url())
+        self.run_tool(self.tool("mount.megafs"), "--cache-dir", self.cache,
+                      "--cache-size", str(self.args.cache_size), self.store_url(), self.mnt)
+        self.pid = int(os.getxattr(self.mnt, "megafs.pid"))
+        return self.mnt
+
+    def settle(self) -> float:
+        t0 = time.perf_counter()
+        os.setxattr(self.mnt, "megafs.ctrl", b"flush")
+        os.sync()
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        t0 = time.perf_counter()
+        self.run_tool(self.tool("umount.megafs"), self.mnt)
+        self.info["umount_s"] = time.perf_counter() - t0
+        self.pid = None
+
+    def abort(self) -> None:
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
+        if self.pid is not None:  # give the daemon a moment to upload and exit, then stop it
+            deadline = time.monotonic() + 30
+            while _alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(self.pid):
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.pid = None
+
+
+class MegafsLocalTarget(MegafsTarget):
+    name = "megafs-local"
+
+    def store_url(self) -> str:
+        return "local://" + os.path.abspath(os.path.join(self.base, "store"))
+
+    def start(self) -> str:
+        os.makedirs(os.path.join(self.base, "store"))
+        return super().start()
+
+
+#: name -> Target class. The baseline is always "plain".
+TARGETS: dict[str, type[Target]] = {"plain": PlainTarget, "megafs-local": MegafsLocalTarget}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def find_tool(name: str, bin_dir: str | None) -> str:
+    for d in filter(None, (bin_dir, os.path.dirname(sys.executable))):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    p = shutil.which(name)
+    if p is None:
+        raise RuntimeError(f"{name} not found (use --bin-dir)")
+    return p
+
+
+# -- workloads -------------------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    """Data generated once, outside every timing."""
+
+    size: int
+    data: bytearray = field(init=False)
+    small: list[bytes] = field(init=False)
+    tarball: str = ""
+    tar_files: int = 0
+
+    def __post_init__(self):
+        self.data = bytearray(os.urandom(self.size))  # incompressible, no duplicate blocks
+        self.small = [os.urandom(CREATE_SIZE) for _ in range(CREATE_FILES)]
+
+
+@dataclass
+class Ctx:
+    root: str  # the target's working directory
+    target: Target
+    inputs: Inputs
+    args: argparse.Namespace
+
+
+@dataclass
+class Workload:
+    name: str
+    unit: str
+    floor: float
+    fn: Callable[[Ctx], float]  # returns a throughput (higher is better)
+    description: str
+
+
+def _write_file(path: str, data: bytearray) -> float:
+    view = memoryview(data)
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, len(view), CHUNK):
+            chunk = view[off:off + CHUNK]
+            while chunk:
+                chunk = chunk[os.write(fd, chunk):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def wl_write(ctx: Ctx) -> float:
+    dt = _write_file(os.path.join(ctx.root, "big"), ctx.inputs.data)
+    return ctx.inputs.size / dt / 1e6
+
+
+def wl_read(ctx: Ctx) -> float:
+    path = os.path.join(ctx.root, "big")
+    if not os.path.exists(path):  # "write" not selected: prepare the file, untimed
+        _write_file(path, ctx.inputs.data)
+        ctx.target.settle()
+    drop_page_cache()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    total = 0
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while n := os.readv(fd, [view]):
+            total += n
+    finally:
+        os.close(fd)
+    dt = time.perf_counter() - t0
+    if total != ctx.inputs.size:
+        raise RuntimeError(f"read {total} bytes, expected {ctx.inputs.size}")
+    if ctx.args.verify:
+        with open(path, "rb") as f:
+            for off in range(0, ctx.inputs.size, 64 * MiB):
+                if f.read(64 * MiB) != ctx.inputs.data[off:off + 64 * MiB]:
+                    raise RuntimeError(f"read back wrong data near offset {off}")
+    return total / dt / 1e6
+
+
+def wl_create(ctx: Ctx) -> float:
+    d = os.path.join(ctx.root, "create")
+    os.mkdir(d)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    small = ctx.inputs.small
+    t0 = time.perf_counter()
+    for i, data in enumerate(small):
+        fd = os.open(f"{d}/f{i:05d}", flags, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    dt = time.perf_counter() - t0
+    return len(small) / dt
+
+
+def wl_untar(ctx: Ctx) -> float:
+    d = os.path.join(ctx.root, "untar")
+    os.mkdir(d)
+    if ctx.args.untar_tool == "tar":
+        t0 = time.perf_counter()
+        subprocess.run(["tar", "-xf", ctx.inputs.tarball, "-C", d], check=True)
+        dt = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        with tarfile.open(ctx.inputs.tarball) as tf:
+            tf.extractall(d, filter="fully_trusted")
+        dt = time.perf_counter() - t0
+    return ctx.inputs.tar_files / dt
+
+
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (
+    Workload("write", "MB/s", 0.8, wl_write, "SIZE incompressible, 1 MiB writes, one fsync"),
+    Workload("read", "MB/s", 0.4, wl_read, "read SIZE back after dropping the page cache"),
+    Workload("create", "files/s", 0.1, wl_create, f"{CREATE_FILES} new 4 KiB files, one dir"),
+    Workload("untar", "files/s", 0.12, wl_untar, f"extract a {UNTAR_FILES}-file source tarball"),
+)}
+
+
+def build_tarball(path: str, count: int = UNTAR_FILES) -> int:
+    """A tarball of the first *count* (sorted) regular .py files of the stdlib."""
+    root = sysconfig.get_paths()["stdlib"]
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__")]
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if f.endswith(".py") and os.path.isfile(p) and not os.path.islink(p):
+                found.append(os.path.relpath(p, root))
+    found.sort()
+    chosen = found[:count]
+    if len(chosen) < count:
+        log(f"warning: only {len(chosen)} .py files in {root}")
+    if os.path.exists(path):
+        with tarfile.open(path) as tf:
+            if sum(m.isfile() for m in tf.getmembers()) == len(chosen):
+                return len(chosen)
+    tmp = path + f".tmp{os.getpid()}"
+    with tarfile.open(tmp, "w") as tf:
+        seen: set[str] = set()
+        for rel in chosen:
+            parts = rel.split(os.sep)[:-1]
+            for i in range(1, len(parts) + 1):  # directory entries, parents first
+                d = os.sep.join(parts[:i])
+                if d not in seen:
+                    seen.add(d)
+                    tf.add(os.path.join(root, d), arcname=f"src/{d}", recursive=False)
+            tf.add(os.path.join(root, rel), arcname=f"src/{rel}", recursive=False)
+    os.replace(tmp, path)
+    return len(chosen)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+class Profiler:
+    """py-spy on the megafs daemon during one workload (--profile)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, target: Target, workload: str, run: int) -> None:
+        if self.args.profile != workload or not isinstance(target, MegafsTarget):
+            return
+        out = os.path.join(self.args.profile_dir, f"{target.name}-{workload}-run{run}.txt")
+        cmd = [find_tool("py-spy", self.args.bin_dir), "record", "-p", str(target.pid),
+               "-o", out, "--format", "raw", "-r", str(self.args.profile_rate), "--nonblocking"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # let py-spy attach
+        log(f"profiling {target.name}/{workload} -> {out}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
+               args: argparse.Namespace, profiler: Profiler) -> dict:
+    """One run of every selected workload on a fresh instance of a target."""
+    scratch = tempfile.mkdtemp(prefix=f"{cls.name}-run{run}-", dir=base)
+    target = cls(scratch, args)
+    result: dict = {"values": {}, "settle_s": {}}
+    ok = False
+    try:
+        root = target.start()
+        target.settle()
+        for name in args.workloads:
+            wl = WORKLOADS[name]
+            profiler.start(target, name, run)
+            try:
+                value = wl.fn(Ctx(root, target, inputs, args))
+            finally:
+                profiler.stop()
+            result["values"][name] = value
+            if args.settle:
+                result["settle_s"][name] = target.settle()
+            log(f"run {run} {target.name:<13} {name:<7} {value:10.1f} {wl.unit}"
+                + (f"  (settle {result['settle_s'][name]:.2f} s)" if args.settle else ""))
+        target.stop()
+        ok = True
+    finally:
+        if not ok:
+            target.abort()
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result.update(target.info)
+    if "umount_s" in target.info:
+        log(f"run {run} {target.name:<13} umount {target.info['umount_s']:.2f} s")
+    return result
+
+
+def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    base, cand = "plain", args.target
+    out: dict = {"workloads": {}, "info": {}}
+    for name in args.workloads:
+        wl = WORKLOADS[name]
+        p = [r["values"][name] for r in runs[base]]
+        m = [r["values"][name] for r in runs[cand]]
+        pm, mm = statistics.median(p), statistics.median(m)
+        ratio = mm / pm if pm else float("nan")
+        out["workloads"][name] = {
+            "unit": wl.unit, "description": wl.description, base: p, cand: m,
+            f"{base}_median": pm, f"{cand}_median": mm, "ratio": ratio, "floor": wl.floor,
+            "pass": ratio >= wl.floor}
+    for tname, rs in runs.items():
+        info = {}
+        if any("umount_s" in r for r in rs):
+            info["umount_s"] = [r.get("umount_s") for r in rs]
+        if args.settle:
+            info["settle_s"] = {n: [r["settle_s"][n] for r in rs] for n in args.workloads}
+        out["info"][tname] = info
+    out["pass"] = all(w["pass"] for w in out["workloads"].values())
+    return out
+
+
+def print_table(summary: dict, args: argparse.Namespace, f) -> None:
+    cand = args.target
+    print(f"\nmegafs benchmark: {args.runs} run(s), medians; size {args.size / MiB:.0f} MiB;"
+          f" dir {args.dir}", file=f)
+    hdr = f"{'workload':<8} {'unit':<8} {'plain':>10} {cand:>13} {'ratio':>7} {'floor':>6}  result"
+    print(hdr, file=f)
+    print("-" * len(hdr), file=f)
+    for name, w in summary["workloads"].items():
+        print(f"{name:<8} {w['unit']:<8} {w['plain_median']:>10.1f} {w[cand + '_median']:>13.1f}"
+              f" {w['ratio']:>7.3f} {w['floor']:>6.2f}  {'PASS' if w['pass'] else 'FAIL'}",
+              file=f)
+    for tname, info in summary["info"].items():
+        if "umount_s" in info:
+            ts = ", ".join(f"{t:.2f}" for t in info["umount_s"])
+            print(f"{tname} umount.megafs seconds per run: {ts}", file=f)
+        for n, ts in info.get("settle_s", {}).items():
+            if tname != "plain":
+                print(f"{tname} flush after {n:<7} seconds per run: "
+                      + ", ".join(f"{t:.2f}" for t in ts), file=f)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="runs per target (median; default 3)")
+    p.add_argument("--size", type=parse_size, default=1 << 30,
+                   help="size of the write/read file (default 1G)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    p.add_argument("--target", default="megafs-local",
+                   choices=[t for t in TARGETS if t != "plain"],
+                   help="what to compare with the plain directory (default megafs-local)")
+    p.add_argument("--dir", help="scratch directory for the plain dir and the megafs store,"
+                                 " cache and mount point (default: a new dir in /var/tmp)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    p.add_argument("--bin-dir", help="where mkfs/mount/umount.megafs (and py-spy) are"
+                                     " (default: next to this Python, then $PATH)")
+    p.add_argument("--cache-size", type=parse_size, default=None,
+                   help="megafs --cache-size (default max(4G, 2*SIZE))")
+    p.add_argument("--block-size", help="mkfs.megafs --block-size (default: mkfs's)")
+    p.add_argument("--untar-tool", choices=("tar", "python"), default="tar",
+                   help="extract with tar -xf (default) or Python's tarfile")
+    p.add_argument("--tarball", default=os.path.join(tempfile.gettempdir(),
+                   f"megafs-bench-src-py{sys.version_info[0]}{sys.version_info[1]}.tar"),
+                   help="source tarball for untar (built from the stdlib if missing)")
+    p.add_argument("--no-settle", dest="settle", action="store_false",
+                   help="do not wait for uploads/writeback between workloads")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the data read back (the check is never timed)")
+    p.add_argument("--real-kdf", action="store_true",
+                   help="use the real Argon2id parameters (default: MEGAFS_INSECURE_TEST_KDF=1)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    p.add_argument("--profile", metavar="WORKLOAD",
+                   help="run py-spy record (raw format) on the megafs daemon during WORKLOAD")
+    p.add_argument("--profile-dir", default=tempfile.gettempdir(),
+                   help="where --profile writes its output (default: the temp dir)")
+    p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
+    args = p.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = [w for w in args.workloads if w not in WORKLOADS]
+    if bad or not args.workloads:
+        p.error(f"unknown workload(s) {bad}; choose from {','.join(WORKLOADS)}")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if args.cache_size is None:
+        args.cache_size = max(4 << 30, 2 * args.size)
+    if os.geteuid() != 0:
+        log("warning: not root: the page cache cannot be dropped")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    own_dir = args.dir is None
+    if own_dir:
+        args.dir = tempfile.mkdtemp(prefix="megafs-bench-", dir="/var/tmp")
+    else:
+        os.makedirs(args.dir, exist_ok=True)
+        args.dir = os.path.abspath(args.dir)
+    try:
+        log(f"generating {args.size / MiB:.0f} MiB of random data and {CREATE_FILES} small files")
+        inputs = Inputs(args.size)
+        if "untar" in args.workloads:
+            inputs.tarball = args.tarball
+            inputs.tar_files = build_tarball(args.tarball)
+            log(f"tarball {args.tarball}: {inputs.tar_files} files")
+        profiler = Profiler(args)
+        runs: dict[str, list[dict]] = {"plain": [], args.target: []}
+        for run in range(1, args.runs + 1):
+            for tname in runs:
+                runs[tname].append(run_target(TARGETS[tname], args.dir, run, inputs, args,
+                                              profiler))
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if own_dir and not args.keep:
+            shutil.rmtree(args.dir, ignore_errors=True)
+    summary = summarize(runs, args)
+    summary["config"] = {"runs": args.runs, "size": args.size, "target": args.target,
+                         "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
+                         "runs_raw": runs}
+    if args.json == "-":
+        print_table(summary, args, sys.stderr)
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(summary, args, sys.stdout)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(summary, f, indent=2)
+    return 0 if summary["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
