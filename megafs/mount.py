@@ -159,6 +159,11 @@ class Daemon:
                     except MegafsError as e:
                         log.error("metadata upload failed: %s", e)
 
+    async def _commits(self) -> None:
+        while True:
+            await trio.sleep(1)
+            self.fs.commit()
+
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for sig in sigs:
@@ -177,6 +182,7 @@ class Daemon:
             await nursery.start(self.fs.uploader.run)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._periodic_snapshots)
+            nursery.start_soon(self._commits)
             try:
                 ready()
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
@@ -189,7 +195,7 @@ class Daemon:
         conn = self.fs.db
         with conn:
             set_state(conn, "mounted", 0)
-        self.fs.cache.close()
+        self.fs.close()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         await self.fs.store.backend.aclose()

@@ -9,6 +9,13 @@ blocks are written to ``.tmp`` and renamed, so a clean file is never partial.
 Invariant: bytes of a block past the end of the file are zero (truncate trims
 the last block), so growing a file never exposes stale data.
 
+A block created by a small write starts in memory (``Entry.buf``) instead of a
+file: most small files are written, closed and uploaded without a cache file
+ever being created. Such a block moves to a ``.d`` file when it grows past
+:data:`SPILL_SIZE`, when memory blocks exceed their budget, or when the file is
+fsynced -- so fsynced data is always in a file. Data nobody fsynced may be lost
+if the daemon is killed, as on any filesystem.
+
 Everything here runs in the trio thread; an :class:`Entry`'s file descriptor is
 only used between awaits, so eviction can never close it under a reader.
 """
@@ -27,15 +34,17 @@ from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 MAX_FDS = 512
+SPILL_SIZE = 128 * 1024
 
 
 class Entry:
-    __slots__ = ("ino", "blk", "fd", "dirty", "gen", "size", "last_write", "uploading",
+    __slots__ = ("ino", "blk", "fd", "buf", "dirty", "gen", "size", "last_write", "uploading",
                  "removed")
 
     def __init__(self, ino: int, blk: int, size: int, dirty: bool):
         self.ino, self.blk, self.size, self.dirty = ino, blk, size, dirty
         self.fd = None
+        self.buf: bytearray | None = None
         self.gen = 0
         self.last_write = 0.0
         self.uploading = False
@@ -59,6 +68,8 @@ class BlockCache:
         self.fds: OrderedDict[tuple[int, int], Entry] = OrderedDict()
         self.total = 0
         self.dirty_bytes = 0
+        self.mem_bytes = 0
+        self.mem_limit = min(64 << 20, max_bytes // 8)
         self.changed = trio.Event()  # set whenever dirty data is uploaded or removed
         self.wanted = trio.Event()  # set when someone waits for uploads
         self.read_errors = 0
@@ -69,13 +80,16 @@ class BlockCache:
 
     def _fd(self, e: Entry) -> int:
         if e.fd is None:
-            e.fd = os.open(self._path(e), os.O_RDWR)
-            self.fds[(e.ino, e.blk)] = e
-            if len(self.fds) > MAX_FDS:
-                _, old = self.fds.popitem(last=False)
-                os.close(old.fd)
-                old.fd = None
+            self._remember_fd(e, os.open(self._path(e), os.O_RDWR))
         return e.fd
+
+    def _remember_fd(self, e: Entry, fd: int) -> None:
+        e.fd = fd
+        self.fds[(e.ino, e.blk)] = e
+        if len(self.fds) > MAX_FDS:
+            _, old = self.fds.popitem(last=False)
+            os.close(old.fd)
+            old.fd = None
 
     def _add(self, e: Entry) -> Entry:
         key = (e.ino, e.blk)
@@ -91,6 +105,8 @@ class BlockCache:
         delta = size - e.size
         e.size = size
         self.total += delta
+        if e.buf is not None:
+            self.mem_bytes += delta
         if e.dirty:
             self.dirty_bytes += delta
 
@@ -109,10 +125,14 @@ class BlockCache:
             os.close(e.fd)
             del self.fds[key]
             e.fd = None
-        try:
-            os.unlink(self._path(e))
-        except FileNotFoundError:
-            pass
+        if e.buf is not None:
+            self.mem_bytes -= e.size
+            e.buf = None
+        else:
+            try:
+                os.unlink(self._path(e))
+            except FileNotFoundError:
+                pass
         self.total -= e.size
         if e.dirty:
             del self.dirty[key]
@@ -121,14 +141,16 @@ class BlockCache:
         e.removed = True
 
     def evict(self, target: int | None = None) -> None:
-        """Drop least recently used clean blocks until the cache is within *target* bytes."""
+        """Drop least recently used clean blocks until the cache is within *target* bytes
+        and the memory blocks within their budget."""
         target = self.max_bytes if target is None else target
-        if self.total <= target:
+        if self.total <= target and self.mem_bytes <= self.mem_limit:
             return
         for e in list(self.entries.values()):
-            if self.total <= target:
+            over_total = self.total > target
+            if not over_total and self.mem_bytes <= self.mem_limit:
                 break
-            if not e.dirty and not e.uploading:
+            if not e.dirty and not e.uploading and (over_total or e.buf is not None):
                 self._drop(e)
 
     def recover(self, inode_sizes) -> int:
@@ -177,6 +199,10 @@ class BlockCache:
         if objkey is None:
             if not create:
                 return None
+            if self.mem_bytes < self.mem_limit:
+                e = self._add(Entry(ino, blk, 0, dirty=True))
+                e.buf = bytearray()
+                return e
             return self._create(ino, blk, b"", dirty=True)
         ev = self.loading[key] = trio.Event()
         try:
@@ -196,30 +222,61 @@ class BlockCache:
     def _create(self, ino: int, blk: int, data: bytes, dirty: bool) -> Entry:
         e = Entry(ino, blk, len(data), dirty)
         path = self._path(e)
-        tmp = path + ".tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.rename(tmp, path)
+            if data:  # fetched content: never leave a partial clean file behind
+                fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, data)
+                os.rename(path + ".tmp", path)
+            else:  # a new dirty block: an empty or partial one is harmless
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as err:
             raise CacheError(f"cache directory {self.dir}: {err.strerror}") from None
         self.evict(self.max_bytes - e.size)  # before adding: never evict the new entry
-        return self._add(e)
+        self._add(e)
+        self._remember_fd(e, fd)
+        return e
+
+    def _spill(self, e: Entry) -> None:
+        """Move a memory block into its cache file."""
+        path = self._path(e)
+        data, e.buf = e.buf, None
+        self.mem_bytes -= len(data)
+        try:
+            fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, data)
+            os.rename(path + ".tmp", path)
+        except OSError as err:
+            e.buf = data
+            self.mem_bytes += len(data)
+            raise CacheError(f"cache directory {self.dir}: {err.strerror}") from None
+        self._remember_fd(e, fd)
 
     def read(self, e: Entry, offset: int, size: int) -> bytes:
-        data = os.pread(self._fd(e), size, offset)
+        if e.buf is not None:
+            data = bytes(e.buf[offset:offset + size])
+        else:
+            data = os.pread(self._fd(e), size, offset)
         if len(data) < size:
             data += bytes(size - len(data))
         return data
 
     def write(self, e: Entry, offset: int, data) -> None:
+        end = offset + len(data)
+        if e.buf is not None and (end > SPILL_SIZE or self.mem_bytes > self.mem_limit):
+            self._spill(e)
         if not e.dirty:
-            os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}.d")
+            if e.buf is None:
+                os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}.d")
             e.dirty = True
             self.dirty[(e.ino, e.blk)] = e
             self.dirty_bytes += e.size
-        os.pwrite(self._fd(e), data, offset)
-        end = offset + len(data)
+        if e.buf is not None:
+            buf = e.buf
+            if offset > len(buf):
+                buf.extend(bytes(offset - len(buf)))
+            buf[offset:end] = data
+        else:
+            os.pwrite(self._fd(e), data, offset)
         if end > e.size:
             self._resize(e, end)
         e.gen += 1
@@ -228,7 +285,10 @@ class BlockCache:
     def truncate_block(self, e: Entry, size: int) -> None:
         if size < e.size:
             self.write(e, size, b"")  # marks the block dirty before its content changes
-            os.ftruncate(self._fd(e), size)
+            if e.buf is not None:
+                del e.buf[size:]
+            else:
+                os.ftruncate(self._fd(e), size)
             self._resize(e, size)
 
     async def wait_for_room(self) -> None:
@@ -248,11 +308,18 @@ class BlockCache:
             entries = list(self.dirty.values())
         else:
             entries = [self.entries[(ino, b)] for b in self.by_ino.get(ino, ())]
-        return [os.dup(self._fd(e)) for e in entries if e.dirty]
+        fds = []
+        for e in entries:
+            if e.dirty:
+                if e.buf is not None:
+                    self._spill(e)
+                fds.append(os.dup(self._fd(e)))
+        return fds
 
     # -- used by the uploader -------------------------------------------------
     def mark_clean(self, e: Entry) -> None:
-        os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}")
+        if e.buf is None:
+            os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}")
         e.dirty = False
         del self.dirty[(e.ino, e.blk)]
         self.dirty_bytes -= e.size

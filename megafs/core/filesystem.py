@@ -17,6 +17,7 @@ import trio
 from megafs.core.blockmap import BlockMap
 from megafs.core.cache import BlockCache
 from megafs.core.namespace import FsError, Namespace, now_ns
+from megafs.core.schema import commit_batch
 from megafs.core.uploader import Uploader
 from megafs.errors import MegafsError
 from megafs.store.objects import ObjectStore
@@ -38,6 +39,14 @@ class Filesystem:
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, int] = {}
         self.wal_path = conn.filename + "-wal"
+        commit_batch(conn)
+
+    def commit(self) -> None:
+        commit_batch(self.db)
+
+    def close(self) -> None:
+        commit_batch(self.db, reopen=False)
+        self.cache.close()
 
     def recover(self) -> int:
         """After an unclean stop: purge orphans, index cache files; return dirty blocks found."""
@@ -183,12 +192,14 @@ class Filesystem:
         bs = self.bs
         pos = 0
         view = memoryview(data)
+        size = self.ns.get(ino)[4]
         try:
             while pos < len(data):
                 blk, within = divmod(offset + pos, bs)
                 n = min(bs - within, len(data) - pos)
-                whole = within == 0 and n == bs
-                e = await self.cache.entry(ino, blk, create=True, fetch=not whole)
+                # Nothing to fetch when the block is overwritten whole or lies past EOF.
+                fetch = blk * bs < size and not (within == 0 and n == bs)
+                e = await self.cache.entry(ino, blk, create=True, fetch=fetch)
                 self.cache.write(e, within, view[pos:pos + n])
                 pos += n
         except MegafsError as err:
@@ -202,6 +213,7 @@ class Filesystem:
     async def fsync(self, ino: int | None) -> None:
         """Make written data of *ino* (all inodes if None) survive a crash of this process."""
         fds = self.cache.dirty_fds(ino)  # duplicates: safe while the cache evicts
+        self.commit()
 
         def sync_all():
             for fd in fds:

@@ -92,6 +92,20 @@ def connect(path: str) -> apsw.Connection:
     return conn
 
 
+def commit_batch(conn: apsw.Connection, *, reopen: bool = True) -> None:
+    """Commit the open batch of metadata changes; start the next one if *reopen*.
+
+    The filesystem keeps one transaction open and commits it every second, on
+    fsync and before snapshots, instead of once per request (each request's
+    statements run in a savepoint, so a failing request still rolls back alone).
+    A crash loses at most the last second of metadata changes nobody fsynced.
+    """
+    if conn.in_transaction:
+        conn.execute("COMMIT")
+    if reopen:
+        conn.execute("BEGIN")
+
+
 def create(conn: apsw.Connection, *, root_uid: int, root_gid: int, now_ns: int) -> None:
     with conn:
         conn.execute(SCHEMA)

@@ -23,7 +23,7 @@ import apsw
 
 from megafs import FORMAT_VERSION
 from megafs.core.blockmap import BlockMap
-from megafs.core.schema import check_version, connect
+from megafs.core.schema import check_version, commit_batch, connect
 from megafs.errors import CorruptObject
 from megafs.store.objects import ObjectStore, new_metadata_key
 
@@ -54,6 +54,7 @@ class Snapshotter:
         seq = int(get_state(self.db, "seq", 0)) + 1
         previous = get_state(self.db, "snapshot")
         # One synchronous step: the image and the garbage list agree.
+        commit_batch(self.db)
         garbage = self.blockmap.garbage()
         image = _portable(self.db.serialize("main"))
         key = new_metadata_key()
