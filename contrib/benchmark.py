@@ -167,6 +167,14 @@ class MegafsTarget(Target):
         self.pid = None
 
     def abort(self) -> None:
+        try:
+            with open(os.path.join(self.cache, "megafs.log")) as f:
+                tail = f.readlines()[-20:]
+            log(f"{self.name}: last lines of the daemon log:\n" + "".join(tail).rstrip())
+        except OSError:
+            pass
+        if self.pid is not None and not _alive(self.pid):
+            log(f"{self.name}: the megafs daemon (pid {self.pid}) is gone; see dmesg")
         if os.path.ismount(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
         if self.pid is not None:  # give the daemon a moment to upload and exit, then stop it
@@ -335,35 +343,56 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
 )}
 
 
+def _py_sources() -> list[tuple[str, str]]:
+    """(absolute path, name in the tarball) of candidate source files, in order.
+
+    The stdlib's .py files, sorted; then, since a stdlib may hold fewer than
+    UNTAR_FILES of them, those of the running interpreter's site-packages.
+    """
+    paths = sysconfig.get_paths()
+    roots = [("stdlib", paths["stdlib"])]
+    for key in ("purelib", "platlib"):
+        if all(paths[key] != r for _, r in roots):
+            roots.append((f"site-packages-{key}", paths[key]))
+    out = []
+    for label, root in roots:
+        found = []
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = [x for x in dirs if x not in ("site-packages", "dist-packages",
+                                                     "__pycache__")]
+            for f in files:
+                p = os.path.join(dirpath, f)
+                if f.endswith(".py") and os.path.isfile(p) and not os.path.islink(p):
+                    found.append(os.path.relpath(p, root))
+        out += [(os.path.join(root, rel), f"src/{label}/{rel}") for rel in sorted(found)]
+    return out
+
+
 def build_tarball(path: str, count: int = UNTAR_FILES) -> int:
-    """A tarball of the first *count* (sorted) regular .py files of the stdlib."""
-    root = sysconfig.get_paths()["stdlib"]
-    found = []
-    for dirpath, dirs, files in os.walk(root):
-        dirs[:] = [x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__")]
-        for f in files:
-            p = os.path.join(dirpath, f)
-            if f.endswith(".py") and os.path.isfile(p) and not os.path.islink(p):
-                found.append(os.path.relpath(p, root))
-    found.sort()
-    chosen = found[:count]
+    """A tarball of the first *count* regular .py files (see _py_sources), with their dirs."""
+    chosen = _py_sources()[:count]
     if len(chosen) < count:
-        log(f"warning: only {len(chosen)} .py files in {root}")
+        log(f"warning: only {len(chosen)} .py files found for the tarball")
+    names = [arc for _, arc in chosen]
     if os.path.exists(path):
         with tarfile.open(path) as tf:
-            if sum(m.isfile() for m in tf.getmembers()) == len(chosen):
+            if [m.name for m in tf.getmembers() if m.isfile()] == names:
                 return len(chosen)
     tmp = path + f".tmp{os.getpid()}"
     with tarfile.open(tmp, "w") as tf:
         seen: set[str] = set()
-        for rel in chosen:
-            parts = rel.split(os.sep)[:-1]
+        for src, arc in chosen:
+            parts = arc.split("/")[:-1]
+            src_parts = src.split(os.sep)
             for i in range(1, len(parts) + 1):  # directory entries, parents first
-                d = os.sep.join(parts[:i])
+                d = "/".join(parts[:i])
                 if d not in seen:
                     seen.add(d)
-                    tf.add(os.path.join(root, d), arcname=f"src/{d}", recursive=False)
-            tf.add(os.path.join(root, rel), arcname=f"src/{rel}", recursive=False)
+                    # the matching source directory (or the file's own dir for src/ and label)
+                    depth = len(parts) - i
+                    srcdir = os.sep.join(src_parts[:len(src_parts) - 1 - depth])
+                    tf.add(srcdir, arcname=d, recursive=False)
+            tf.add(src, arcname=arc, recursive=False)
     os.replace(tmp, path)
     return len(chosen)
 
@@ -398,6 +427,24 @@ class Profiler:
             self.proc = None
 
 
+def warm_up(base: str, data: bytearray, copies: int) -> None:
+    """Write (fsync) and delete *copies* files of *data* before measuring anything.
+
+    On thinly provisioned virtual disks the first write to a region is much slower
+    than later ones; without this the first run's numbers depend on the layout.
+    """
+    log(f"warm-up: writing and deleting {copies} x {len(data) / MiB:.0f} MiB")
+    paths = [os.path.join(base, f"warmup{i}") for i in range(copies)]
+    try:
+        for path in paths:
+            _write_file(path, data)
+    finally:
+        for path in paths:
+            if os.path.exists(path):
+                os.unlink(path)
+        os.sync()
+
+
 def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
                args: argparse.Namespace, profiler: Profiler) -> dict:
     """One run of every selected workload on a fresh instance of a target."""
@@ -427,6 +474,7 @@ def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
             target.abort()
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+            os.sync()  # the next measurement should not pay for this cleanup's writeback
     result.update(target.info)
     if "umount_s" in target.info:
         log(f"run {run} {target.name:<13} umount {target.info['umount_s']:.2f} s")
@@ -506,6 +554,8 @@ def main(argv=None) -> int:
                    help="do not wait for uploads/writeback between workloads")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not check the data read back (the check is never timed)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip writing and deleting 3 x SIZE in DIR before the first run")
     p.add_argument("--real-kdf", action="store_true",
                    help="use the real Argon2id parameters (default: MEGAFS_INSECURE_TEST_KDF=1)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directories")
@@ -543,6 +593,8 @@ def main(argv=None) -> int:
             inputs.tarball = args.tarball
             inputs.tar_files = build_tarball(args.tarball)
             log(f"tarball {args.tarball}: {inputs.tar_files} files")
+        if args.warmup:
+            warm_up(args.dir, inputs.data, 3)
         profiler = Profiler(args)
         runs: dict[str, list[dict]] = {"plain": [], args.target: []}
         for run in range(1, args.runs + 1):
@@ -552,12 +604,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return 130
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        log(f"failed: {e}")
+        return 2
     finally:
         if own_dir and not args.keep:
             shutil.rmtree(args.dir, ignore_errors=True)
     summary = summarize(runs, args)
     summary["config"] = {"runs": args.runs, "size": args.size, "target": args.target,
                          "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
+                         "warmup": args.warmup, "pythonpath": os.environ.get("PYTHONPATH"),
                          "runs_raw": runs}
     if args.json == "-":
         print_table(summary, args, sys.stderr)

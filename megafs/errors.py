@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     CACHE_ERROR = 20  #: cache directory unusable (permissions, disk full)
     LOCKED = 21  #: the store is mounted elsewhere
     ROLLBACK = 22  #: the store serves older metadata than this machine has seen
+    BAD_CREDENTIALS = 23  #: storage credentials missing, unreadable, rejected or not permitted
     INTERRUPTED = 130
 
 
@@ -58,3 +59,4 @@ NotMounted = _kind("NotMounted", ExitCode.NOT_MOUNTED)
 CacheError = _kind("CacheError", ExitCode.CACHE_ERROR)
 StoreLocked = _kind("StoreLocked", ExitCode.LOCKED)
 RollbackDetected = _kind("RollbackDetected", ExitCode.ROLLBACK)
+BadCredentials = _kind("BadCredentials", ExitCode.BAD_CREDENTIALS)

@@ -23,6 +23,7 @@ from megafs.core.snapshot import Snapshotter, download, get_state, set_state
 from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
 from megafs.fs.operations import Operations
 from megafs.store import lifecycle
+from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ class MountConfig:
     cache_dir: str | None = None
     cache_size: int = 4 << 30
     fuse_options: set[str] = field(default_factory=set)
-    upload_delay: float = 1.0
+    upload_delay: float = 5.0
     metadata_interval: float = 10.0
+    force: bool = False
 
 
 def default_cache_dir(store_id: str) -> str:
@@ -102,6 +104,17 @@ class Daemon:
             fcntl.flock(self.lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CacheError(f"cache directory {cache_dir} is in use by another mount") from None
+        self.lock = await store_lock.acquire(store, force=cfg.force)
+        self.store = store
+        try:
+            await self._open_metadata(store, sb, cache_dir)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await store_lock.release(store, self.lock)
+            raise
+
+    async def _open_metadata(self, store: ObjectStore, sb: dict, cache_dir: str) -> None:
+        cfg = self.cfg
         conn = await self._metadata(store, sb, cache_dir)
         self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay)
@@ -177,7 +190,12 @@ class Daemon:
         options = {"fsname=" + cfg.url, "subtype=megafs", "default_permissions"}
         options |= cfg.fuse_options
         self.unmount_requested = False
-        pyfuse3.init(Operations(self.fs, Control(self)), cfg.mountpoint, options)
+        try:
+            pyfuse3.init(Operations(self.fs, Control(self)), cfg.mountpoint, options)
+        except RuntimeError as e:
+            self.fs.close()
+            await store_lock.release(self.store, self.lock)
+            raise BadMountpoint(f"cannot mount on {cfg.mountpoint}: {e}") from None
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fs.uploader.run)
             nursery.start_soon(self._signals)
@@ -198,5 +216,6 @@ class Daemon:
         self.fs.close()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
+        await store_lock.release(self.store, self.lock)
         await self.fs.store.backend.aclose()
         log.info("clean exit")

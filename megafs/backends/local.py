@@ -10,23 +10,15 @@ it into place, so a reader never sees a partial object. Durability comes from
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 
 import trio
 
 from megafs.backends.base import Backend, NoSuchObject, ObjectExists
 from megafs.errors import StoreNotFound
+from megafs.osutil import syncfs
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _SMALL = 256 * 1024  # below this, doing the I/O inline beats a thread hop
-
-
-def _syncfs(fd: int) -> None:
-    if _libc.syncfs(fd) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 class LocalBackend(Backend):
@@ -128,11 +120,4 @@ class LocalBackend(Backend):
         return out
 
     async def sync(self) -> None:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            await trio.to_thread.run_sync(_syncfs, fd)
-        except OSError as e:
-            if e.errno != errno.ENOSYS:
-                raise
-        finally:
-            os.close(fd)
+        await trio.to_thread.run_sync(syncfs, self.root)

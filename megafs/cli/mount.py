@@ -38,9 +38,13 @@ def build_parser():
                         " and cache_dir=, cache_size=, passphrase_file=")
     for flag in ("-n", "-s", "-v"):  # passed by mount(8); meaningless here
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--upload-delay", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--upload-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="upload a block once it has not been written for this long (default 5)")
     p.add_argument("--metadata-interval", type=float, default=10.0, metavar="SECONDS",
                    help="upload changed metadata at most this long after a change (default 10)")
+    p.add_argument("--force", action="store_true",
+                   help="take over the store's lock from a mount on another machine that"
+                        " crashed (never use it while that mount is alive)")
     p.add_argument("storage_url", metavar="STORAGE_URL")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     return p
@@ -71,7 +75,7 @@ def _config(args) -> MountConfig:
         passphrase=read_passphrase(args.passphrase_file),
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
-        metadata_interval=args.metadata_interval)
+        metadata_interval=args.metadata_interval, force=args.force)
 
 
 def _serve(cfg: MountConfig, ready) -> None:

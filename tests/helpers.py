@@ -1,0 +1,291 @@
+"""Helpers for the end-to-end tests on real FUSE mounts (the fixtures are in conftest.py):
+stores as seen from outside, :class:`MegaFS` driving the command-line tools, tree
+snapshots for comparisons and the check that a CLI failure is one clean line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PASSPHRASE = "correct horse battery staple"
+TOOL_TIMEOUT = 180  # seconds for one CLI invocation
+SMALL_BLOCK = "64K"
+
+
+# -- stores -----------------------------------------------------------------------
+
+
+class Store:
+    """A place a megafs filesystem is kept, as the tests see it from outside."""
+
+    url: str
+
+    def objects(self) -> Iterator[tuple[str, bytes]]:
+        """(name, raw bytes) of every object in the store."""
+        raise NotImplementedError
+
+    def total_bytes(self) -> int:
+        return sum(len(data) for _, data in self.objects())
+
+    def missing_url(self) -> str:
+        """URL of a store location that does not exist."""
+        raise NotImplementedError
+
+
+class LocalStore(Store):
+    def __init__(self, path: Path):
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.url = f"local://{path}"
+
+    def objects(self) -> Iterator[tuple[str, bytes]]:
+        for dirpath, _, files in os.walk(self.path):
+            for name in files:
+                p = Path(dirpath, name)
+                yield str(p.relative_to(self.path)), p.read_bytes()
+
+    def total_bytes(self) -> int:
+        return sum(Path(d, f).stat().st_size for d, _, fs in os.walk(self.path) for f in fs)
+
+    def missing_url(self) -> str:
+        return f"local://{self.path.parent / 'no-such-store'}"
+
+
+# -- process helpers ----------------------------------------------------------------
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MEGAFS_INSECURE_TEST_KDF"] = "1"
+    env["MEGAFS_PASSPHRASE"] = PASSPHRASE
+    env.pop("MEGAFS_FAULTS", None)
+    env.update(extra)
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    """True while *pid* runs (a zombie counts as gone: nobody may reap it here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def wait_pid_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still running after {timeout}s")
+        time.sleep(0.02)
+
+
+def is_megafs_daemon(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"mount.megafs" in f.read()
+    except OSError:
+        return False
+
+
+def mounted_paths() -> set[str]:
+    out = set()
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            mnt = line.split()[1]
+            out.add(mnt.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+    return out
+
+
+def assert_cli_error(proc: subprocess.CompletedProcess, tool: str, code: int) -> str:
+    """*proc* failed with *code* and exactly one clean line ``<tool>: ...`` on stderr."""
+    err = proc.stderr
+    assert proc.returncode == code, (
+        f"{tool}: expected exit {code}, got {proc.returncode}; stderr={err!r}")
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {err!r}"
+    assert lines[0].startswith(f"{tool}: "), lines[0]
+    assert len(lines[0]) > len(tool) + 10, lines[0]
+    return lines[0]
+
+
+# -- the filesystem under test --------------------------------------------------------
+
+
+class MegaFS:
+    """Drives one megafs filesystem (one store) on one mountpoint through its CLI tools."""
+
+    def __init__(self, store: Store, tmp_path: Path):
+        self.store = store
+        self.url = store.url
+        self.tmp = tmp_path
+        self.mnt = tmp_path / "mnt"
+        self.mnt.mkdir()
+        self.cache_dir: Path | None = None
+        self._caches = 0
+        self.pids: set[int] = set()
+        self.mountpoints: set[Path] = {self.mnt}
+        self.env = tool_env(XDG_CACHE_HOME=str(tmp_path / "xdg-cache"))
+
+    # plumbing
+    def run(self, tool: str, *args, check: bool = True, env: dict | None = None,
+            timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True,
+                              text=True, env=env or self.env, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(map(str, args))} exited "
+                                 f"{proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def new_cache_dir(self) -> Path:
+        self._caches += 1
+        return self.tmp / f"cache{self._caches}"
+
+    # lifecycle
+    def mkfs(self, *args, block_size: str | None = SMALL_BLOCK, check: bool = True):
+        bs = ("--block-size", block_size) if block_size else ()
+        return self.run("mkfs.megafs", *bs, *args, self.url, check=check)
+
+    def mount(self, *, fresh_cache: bool = False, cache_dir: Path | None = None,
+              mnt: Path | None = None, check: bool = True, args=()):
+        """Mount (reusing the last cache directory unless *fresh_cache* or *cache_dir*)."""
+        if cache_dir is None:
+            cache_dir = self.new_cache_dir() if fresh_cache or not self.cache_dir \
+                else self.cache_dir
+        self.cache_dir = cache_dir
+        mnt = mnt or self.mnt
+        self.mountpoints.add(mnt)
+        proc = self.run("mount.megafs", "--cache-dir", cache_dir, *args, self.url, mnt,
+                        check=False)
+        if proc.returncode == 0:
+            self.pids.add(self.pid(mnt))
+        elif check:
+            raise AssertionError(f"mount.megafs exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()}\n{self.log()}")
+        return proc
+
+    def pid(self, mnt: Path | None = None) -> int:
+        return int(os.getxattr(mnt or self.mnt, "megafs.pid"))
+
+    def is_mounted(self, mnt: Path | None = None) -> bool:
+        return str(mnt or self.mnt) in mounted_paths()
+
+    def umount(self, mnt: Path | None = None, check: bool = True):
+        mnt = mnt or self.mnt
+        pid = self.pid(mnt) if check else None
+        proc = self.run("umount.megafs", mnt, check=check)
+        if check:
+            assert not self.is_mounted(mnt)
+            assert not pid_alive(pid), "umount.megafs returned before the daemon exited"
+        return proc
+
+    def remount(self, *, fresh_cache: bool = True) -> None:
+        self.umount()
+        self.mount(fresh_cache=fresh_cache)
+
+    def flush(self) -> None:
+        """Ask the daemon to upload everything now (the control channel umount uses)."""
+        os.setxattr(self.mnt, "megafs.ctrl", b"flush")
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon, wait for it to die, then lazily unmount the dead mount."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_pid_gone(pid, 30)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=True,
+                       capture_output=True, timeout=30)
+        assert not self.is_mounted()
+
+    def fsck(self, check: bool = True):
+        return self.run("fsck.megafs", self.url, check=check)
+
+    def log(self) -> str:
+        if self.cache_dir and (self.cache_dir / "megafs.log").exists():
+            return (self.cache_dir / "megafs.log").read_text(errors="replace")[-4000:]
+        return ""
+
+    def cleanup(self) -> None:
+        for mnt in self.mountpoints:
+            if str(mnt) in mounted_paths():
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True,
+                               timeout=30)
+        deadline = time.monotonic() + 10
+        for pid in self.pids:
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid) and is_megafs_daemon(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+# -- tree snapshots -------------------------------------------------------------------
+
+
+def _digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_state(root: Path) -> tuple[dict[str, tuple], set[frozenset[str]]]:
+    """Everything ``cp -a`` preserves, per relative path, plus the hard-link groups."""
+    entries: dict[str, tuple] = {}
+    inodes: dict[int, set[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            common = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
+                      st.st_gid, st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode):
+                entries[rel] = (*common, st.st_size, st.st_nlink, _digest(path))
+                inodes.setdefault(st.st_ino, set()).add(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                entries[rel] = (*common, os.readlink(path))
+            else:
+                entries[rel] = common
+    return entries, {frozenset(v) for v in inodes.values()}
+
+
+def assert_same_tree(expected: Path, actual: Path) -> None:
+    exp, exp_links = tree_state(expected)
+    got, got_links = tree_state(actual)
+    missing = sorted(set(exp) - set(got))
+    extra = sorted(set(got) - set(exp))
+    assert not missing, f"{len(missing)} entries missing, e.g. {missing[:5]}"
+    assert not extra, f"{len(extra)} unexpected entries, e.g. {extra[:5]}"
+    diff = [(k, exp[k], got[k]) for k in sorted(exp) if exp[k] != got[k]]
+    assert not diff, f"{len(diff)} entries differ, e.g. (path, expected, got): {diff[:3]}"
+    assert exp_links == got_links, "hard-link groups differ"
+
+
+def read_file(path, offset: int = 0, size: int = -1) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def oserror(fn, *args) -> int:
+    """Call *fn*; return the errno of the OSError it must raise."""
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    raise AssertionError(f"{fn.__name__}{args} did not fail")
+

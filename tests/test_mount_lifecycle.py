@@ -1,0 +1,111 @@
+"""mkfs -> mount -> real data -> umount -> mount elsewhere (fresh cache): all there, and
+the store never sees plaintext."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from helpers import PASSPHRASE, assert_same_tree, read_file
+
+
+def _staging_tree(dst):
+    """The running Python's standard library (no site-packages, no __pycache__), plus
+    symlinks, hard links, odd modes, owners and nanosecond mtimes of our own."""
+    src = os.path.dirname(os.__file__)
+    shutil.copytree(src, dst, symlinks=True,
+                    ignore=shutil.ignore_patterns("site-packages", "dist-packages",
+                                                  "__pycache__"))
+    extra = dst / "zz-extra"
+    (extra / "sub").mkdir(parents=True)
+    os.symlink("../os.py", extra / "rel-link")
+    os.symlink(os.path.join(dst, "json"), extra / "abs-dir-link")
+    os.symlink("does/not/exist", extra / "dangling")
+    os.symlink("sub", extra / "dir-link")
+    os.link(dst / "os.py", extra / "os-hardlink")
+    os.link(dst / "os.py", extra / "sub" / "os-hardlink-2")
+    os.link(dst / "json" / "decoder.py", extra / "decoder-hardlink")
+    owned = extra / "owned"
+    owned.write_bytes(b"owned by someone else\n")
+    os.chown(owned, 1234, 4321)
+    os.chmod(owned, 0o2751)
+    odd = extra / "odd-times"
+    odd.write_bytes(os.urandom(3 * 65536 + 17))
+    os.chmod(odd, 0o600)
+    os.utime(odd, ns=(1_000_000_001, 1_234_567_890_123_456_789))
+    os.mkfifo(extra / "fifo")
+    return dst
+
+
+def test_copy_stdlib_remount_with_fresh_cache(megafs, tmp_path):
+    staging = _staging_tree(tmp_path / "staging")
+    megafs.mkfs(block_size=None)  # default 1 MiB blocks
+    megafs.mount()
+    subprocess.run(["cp", "-a", str(staging), str(megafs.mnt / "tree")], check=True)
+    assert_same_tree(staging, megafs.mnt / "tree")
+    megafs.umount()
+    assert megafs.fsck().returncode == 0
+    megafs.mount(fresh_cache=True)
+    assert_same_tree(staging, megafs.mnt / "tree")
+    megafs.umount()
+
+
+def test_store_holds_no_plaintext(megafs, store):
+    markers = {
+        "compressible": b"MEGAFS-PLAINTEXT-MARKER-compressible-41f9c2",
+        "random": b"MEGAFS-PLAINTEXT-MARKER-among-random-bytes-8d3e01",
+        "filename": b"secret-file-name-marker-77ab3d",
+        "dirname": b"secret-directory-name-marker-5c11e0",
+        "symlink": b"secret-symlink-target-marker-9f0b2a",
+        "xattr": b"secret-xattr-value-marker-03cd7e",
+        "small": b"tiny-file-marker-6e2f",
+    }
+    megafs.mkfs()
+    megafs.mount()
+    mnt = megafs.mnt
+    (mnt / "a.txt").write_bytes(markers["compressible"] * 20000 + b"\n")
+    (mnt / "b.bin").write_bytes(os.urandom(100_000) + markers["random"] + os.urandom(100_000))
+    (mnt / markers["filename"].decode()).write_bytes(b"x")
+    (mnt / markers["dirname"].decode()).mkdir()
+    os.symlink(markers["symlink"], mnt / "link")
+    (mnt / "c").write_bytes(markers["small"])
+    os.setxattr(mnt / "c", "user.note", markers["xattr"])
+    megafs.umount()
+
+    objects = list(store.objects())
+    assert len(objects) >= 4
+    for name, data in objects:
+        for what, marker in markers.items():
+            assert marker not in data, f"{what} marker in store object {name}"
+            assert marker not in name.encode(), f"{what} marker in store object name {name}"
+        assert PASSPHRASE.encode() not in data
+    # and it all comes back
+    megafs.mount(fresh_cache=True)
+    assert (mnt / "c").read_bytes() == markers["small"]
+    assert os.readlink(mnt / "link") == markers["symlink"].decode()
+    assert os.getxattr(mnt / "c", "user.note") == markers["xattr"]
+    assert (mnt / markers["filename"].decode()).read_bytes() == b"x"
+    megafs.umount()
+
+
+def test_mount_helper_form_with_o_options(megafs, tmp_path):
+    """``mount.megafs SPEC DIR -o cache_dir=...,passphrase_file=...`` as mount(8) calls it."""
+    megafs.mkfs()
+    pwfile = tmp_path / "pass"
+    pwfile.write_text(PASSPHRASE + "\n")
+    cache = tmp_path / "helper-cache"
+    env = dict(megafs.env)
+    del env["MEGAFS_PASSPHRASE"]
+    megafs.mountpoints.add(megafs.mnt)
+    megafs.run("mount.megafs", megafs.url, megafs.mnt, "-o",
+               f"rw,cache_dir={cache},passphrase_file={pwfile}", env=env)
+    megafs.pids.add(megafs.pid())
+    megafs.cache_dir = cache
+    assert megafs.is_mounted()
+    (megafs.mnt / "f").write_bytes(b"hello")
+    assert (cache / "megafs.log").exists()
+    megafs.umount()
+    megafs.mount(fresh_cache=True)
+    assert read_file(megafs.mnt / "f") == b"hello"
+    megafs.umount()
