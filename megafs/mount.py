@@ -198,6 +198,7 @@ class Daemon:
             raise BadMountpoint(f"cannot mount on {cfg.mountpoint}: {e}") from None
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fs.uploader.run)
+            self.fs.cache.nursery = nursery
             nursery.start_soon(self._signals)
             nursery.start_soon(self._periodic_snapshots)
             nursery.start_soon(self._commits)

@@ -29,7 +29,7 @@ from collections import OrderedDict
 import trio
 
 from megafs.core.blockmap import BlockMap
-from megafs.errors import CacheError
+from megafs.errors import CacheError, MegafsError
 from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ class BlockCache:
         self.mem_limit = min(64 << 20, max_bytes // 8)
         self.changed = trio.Event()  # set whenever dirty data is uploaded or removed
         self.wanted = trio.Event()  # set when someone waits for uploads
-        self.read_errors = 0
+        self.nursery: trio.Nursery | None = None  # set by the daemon: enables readahead
+        self.window = max(2, store.backend.parallelism)  # blocks fetched ahead of a reader
 
     # -- bookkeeping ----------------------------------------------------------
     def _path(self, e: Entry) -> str:
@@ -205,6 +206,11 @@ class BlockCache:
                 return e
             return self._create(ino, blk, b"", dirty=True)
         ev = self.loading[key] = trio.Event()
+        return await self._load(ino, blk, objkey, ev, create)
+
+    async def _load(self, ino: int, blk: int, objkey: str, ev: trio.Event,
+                    create: bool) -> Entry | None:
+        """Fetch a block whose loading event *ev* is registered; wake waiters at the end."""
         try:
             while True:
                 data = await self.store.get_block(objkey)
@@ -216,8 +222,27 @@ class BlockCache:
                 objkey = now
             return self._create(ino, blk, data, dirty=False)
         finally:
-            del self.loading[key]
+            del self.loading[(ino, blk)]
             ev.set()
+
+    def readahead(self, ino: int, blk: int, last_blk: int) -> None:
+        """Start fetching the stored blocks after *blk* (up to *last_blk*) not yet cached."""
+        if self.nursery is None or (ino, blk + 1) in self.entries:
+            return
+        for b in range(blk + 1, min(blk + self.window, last_blk) + 1):
+            key = (ino, b)
+            if key in self.entries or key in self.loading:
+                continue
+            objkey = self.blockmap.object_of(ino, b)
+            if objkey is not None:
+                self.loading[key] = ev = trio.Event()
+                self.nursery.start_soon(self._prefetch, ino, b, objkey, ev)
+
+    async def _prefetch(self, ino: int, blk: int, objkey: str, ev: trio.Event) -> None:
+        try:
+            await self._load(ino, blk, objkey, ev, False)
+        except MegafsError as e:  # the reader that needs the block fetches it and reports
+            log.debug("readahead of inode %d block %d failed: %s", ino, blk, e)
 
     def _create(self, ino: int, blk: int, data: bytes, dirty: bool) -> Entry:
         e = Entry(ino, blk, len(data), dirty)

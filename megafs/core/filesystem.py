@@ -180,6 +180,7 @@ class Filesystem:
                 e = await self.cache.entry(ino, blk, create=False)
                 parts.append(bytes(n) if e is None else self.cache.read(e, within, n))
                 pos += n
+            self.cache.readahead(ino, blk, (fsize - 1) // bs)
         except MegafsError as err:
             log.error("read of inode %d at offset %d failed: %s", ino, pos, err)
             raise FsError(errno.EIO) from None

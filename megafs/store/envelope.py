@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+import threading
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -46,7 +47,17 @@ FLAG_ZSTD = 1
 OVERHEAD = HEADER.size + INNER.size + 16
 _COMMIT_LABEL = b"megafs commit v1"
 
-_cctx = zstandard.ZstdCompressor(level=1)
+# zstandard contexts are not thread-safe and sealing runs in worker threads:
+# one compressor and decompressor per thread.
+_local = threading.local()
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    try:
+        return _local.ctx
+    except AttributeError:
+        _local.ctx = (zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor())
+        return _local.ctx
 
 
 def padme(length: int) -> int:
@@ -64,7 +75,7 @@ def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
     """Return the envelope of *payload* for storage under *object_key*."""
     flags = 0
     if compress and len(payload) >= 64:
-        packed = _cctx.compress(payload)
+        packed = _zstd()[0].compress(payload)
         if len(packed) < len(payload) * 0.97:
             payload, flags = packed, FLAG_ZSTD
     body_len = INNER.size + len(payload)
@@ -97,5 +108,5 @@ def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
     flags, length = INNER.unpack_from(inner)
     payload = inner[INNER.size:INNER.size + length]
     if flags & FLAG_ZSTD:
-        payload = zstandard.ZstdDecompressor().decompress(payload)
+        payload = _zstd()[1].decompress(payload)
     return payload
