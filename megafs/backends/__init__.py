@@ -13,15 +13,23 @@ __all__ = ["Backend", "NoSuchObject", "ObjectExists", "TransientError", "open_ba
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """Split a storage URL into (scheme, location); raise UsageError if malformed."""
+    """Split a storage URL into (scheme, location); raise UsageError if malformed.
+
+    ``local:///absolute/path`` gives ("local", "/absolute/path");
+    ``s3://HOST[:PORT]/BUCKET[/PREFIX]`` (HTTPS) and ``s3+http://...`` (plain
+    HTTP) give ("s3", normalized URL) and ("s3+http", normalized URL).
+    """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "local":
         if parsed.netloc or not parsed.path.startswith("/"):
             raise UsageError(f"bad storage URL {url!r}: use local:///absolute/path")
         return "local", os.path.normpath(parsed.path)
     if parsed.scheme in ("s3", "s3+http"):
-        raise UsageError(f"storage URL {url!r}: the s3 backend is not available in this version")
-    raise UsageError(f"bad storage URL {url!r}: expected local:///absolute/path")
+        from megafs.backends.s3 import parse_location
+
+        return parsed.scheme, parse_location(url).url
+    raise UsageError(f"bad storage URL {url!r}: expected local:///absolute/path, "
+                     "s3://HOST[:PORT]/BUCKET[/PREFIX] or s3+http://HOST[:PORT]/BUCKET[/PREFIX]")
 
 
 def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
@@ -36,6 +44,10 @@ def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
         from megafs.backends.local import LocalBackend
 
         backend: Backend = LocalBackend(location)
+    elif scheme in ("s3", "s3+http"):
+        from megafs.backends.s3 import S3Backend
+
+        backend = S3Backend.from_url(location)
     else:  # pragma: no cover - parse_url rejects the rest
         raise UsageError(url)
     spec = os.environ.get("MEGAFS_FAULTS")

@@ -50,9 +50,9 @@ class RetryBackend(BackendWrapper):
         return await self._retry(f"GET {key}", self.inner.get, key)
 
     async def put(self, key, data, *, if_absent=False):
-        # The inner backend reports a conditional put that already succeeded on
-        # an earlier attempt as ObjectExists; callers that need to tell the
-        # two apart write a unique token into the object and read it back.
+        # A conditional put whose first attempt landed but whose answer was lost
+        # comes back as ObjectExists on the retry; the S3 backend recognises its
+        # own bytes and reports success, and the lock compares its token.
         await self._retry(f"PUT {key}", self.inner.put, key, data, if_absent=if_absent)
 
     async def delete(self, key):
