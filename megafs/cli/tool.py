@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from megafs.cli import keys
 from megafs.cli.common import parser, run
 from megafs.cli.umount import daemon_pid, megafs_mounts
 from megafs.errors import NotMounted
@@ -31,6 +32,7 @@ def _main(argv=None) -> int:
     s = sub.add_parser("stat", help="show usage and upload state of a mount")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.set_defaults(fn=_stat)
+    keys.add_commands(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

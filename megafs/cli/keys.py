@@ -1,0 +1,88 @@
+"""``megafs passphrase`` and ``megafs recover``: key management without re-encryption."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+
+import trio
+
+from megafs.cli.common import add_passphrase_option, read_passphrase
+from megafs.errors import UsageError
+from megafs.store import lifecycle, superblock
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("passphrase", help="change the passphrase (data is not re-encrypted)")
+    add_passphrase_option(p)
+    p.add_argument("--new-passphrase-file", metavar="F",
+                   help="read the new passphrase from F (default: $MEGAFS_NEW_PASSPHRASE,"
+                        " else ask)")
+    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.set_defaults(fn=_passphrase)
+
+    p = sub.add_parser("recover", help="set a new passphrase using the recovery key from mkfs")
+    p.add_argument("--recovery-key-file", metavar="F",
+                   help="read the recovery key from F (default: $MEGAFS_RECOVERY_KEY, else ask)")
+    p.add_argument("--new-passphrase-file", metavar="F")
+    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.set_defaults(fn=_recover)
+
+
+def _new_passphrase(path: str | None) -> bytes:
+    import os
+
+    if not path and "MEGAFS_NEW_PASSPHRASE" in os.environ:
+        value = os.environ["MEGAFS_NEW_PASSPHRASE"].encode()
+        if not value:
+            raise UsageError("the new passphrase is empty")
+        return value
+    saved = os.environ.pop("MEGAFS_PASSPHRASE", None)
+    try:
+        return read_passphrase(path, confirm=True, prompt="New passphrase: ")
+    finally:
+        if saved is not None:
+            os.environ["MEGAFS_PASSPHRASE"] = saved
+
+
+async def _rewrap(url: str, *, passphrase: bytes | None, recovery_key: bytes | None,
+                  new: bytes) -> None:
+    backend = await lifecycle.connect(url)
+    try:
+        store, sb = await lifecycle.unlock(backend, passphrase=passphrase,
+                                           recovery_key=recovery_key)
+        blob = await trio.to_thread.run_sync(superblock.rewrap_passphrase, sb, store.keys, new)
+        await backend.put(superblock.OBJECT_KEY, blob)
+        await backend.sync()
+    finally:
+        await backend.aclose()
+
+
+def _passphrase(args) -> int:
+    old = read_passphrase(args.passphrase_file, prompt="Current passphrase: ")
+    new = _new_passphrase(args.new_passphrase_file)
+    trio.run(lambda: _rewrap(args.storage_url, passphrase=old, recovery_key=None, new=new))
+    print("Passphrase changed.")
+    return 0
+
+
+def _recover(args) -> int:
+    import os
+
+    if args.recovery_key_file:
+        try:
+            with open(args.recovery_key_file) as f:
+                text = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read {args.recovery_key_file}: {e.strerror}") from None
+    elif "MEGAFS_RECOVERY_KEY" in os.environ:
+        text = os.environ["MEGAFS_RECOVERY_KEY"]
+    elif sys.stdin.isatty():
+        text = getpass.getpass("Recovery key: ")
+    else:
+        raise UsageError("no recovery key: use --recovery-key-file or MEGAFS_RECOVERY_KEY")
+    key = superblock.parse_recovery_key(text)
+    new = _new_passphrase(args.new_passphrase_file)
+    trio.run(lambda: _rewrap(args.storage_url, passphrase=None, recovery_key=key, new=new))
+    print("Access recovered: the filesystem now opens with the new passphrase.")
+    return 0
