@@ -9,7 +9,11 @@ mount, in the same run, and prints the medians of both with their ratio
     read    the same file after dropping the kernel page cache
             (for megafs the blocks are in the local cache)                >= 0.4
     create  3000 new 4 KiB files in one directory (no fsync)             >= 0.1
-    untar   extract a 2600-file source tarball                           >= 0.12
+    untar   extract a 2600-file source tarball with tar -xf              >= 0.12
+
+The tarball is built once (in the temp dir) from the running Python's stdlib
+.py files, sorted, topped up with its site-packages' .py files if the stdlib
+has fewer than 2600. Workloads run in that order, each in the same mount.
 
 Each megafs run gets a fresh ``mkfs.megafs`` + ``mount.megafs``; after the
 workloads it is unmounted with ``umount.megafs`` and the time that takes
@@ -17,6 +21,14 @@ workloads it is unmounted with ``umount.megafs`` and the time that takes
 targets are settled (``sync``; for megafs also a flush of all uploads through
 the control channel) so that one workload's background uploads do not slow the
 next one down; the flush time is reported too (``--no-settle`` turns this off).
+
+Before the first run, 3 x SIZE is written and deleted (``--no-warmup``): on
+thin-provisioned virtual disks first writes are much slower. Scratch
+directories are deleted only at the end, as mass deletions slow down later file
+creation on some filesystems. With MEGAFS_INSECURE_TEST_KDF=1 unless
+``--real-kdf``; the passphrase is $MEGAFS_PASSPHRASE or a fixed one.
+``--profile WORKLOAD`` runs ``py-spy record --format raw`` on the daemon during
+that workload. Exit status: 0 all floors met, 1 some missed, 2 error.
 
 Needs root (to drop the page cache) and FUSE. Example::
 
@@ -411,7 +423,7 @@ class Profiler:
             return
         out = os.path.join(self.args.profile_dir, f"{target.name}-{workload}-run{run}.txt")
         cmd = [find_tool("py-spy", self.args.bin_dir), "record", "-p", str(target.pid),
-               "-o", out, "--format", "raw", "-r", str(self.args.profile_rate), "--nonblocking"]
+               "-o", out, "--format", "raw", "-r", str(self.args.profile_rate), "--nonblocking", "--threads"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # let py-spy attach
         log(f"profiling {target.name}/{workload} -> {out}")
@@ -472,9 +484,9 @@ def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
     finally:
         if not ok:
             target.abort()
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-            os.sync()  # the next measurement should not pay for this cleanup's writeback
+        # Scratch directories are removed only at the very end: on ext4 without a journal,
+        # creating files shortly after deleting thousands is many times slower
+        # (ext4_new_inode skips "recently deleted" inodes), which would skew the next runs.
     result.update(target.info)
     if "umount_s" in target.info:
         log(f"run {run} {target.name:<13} umount {target.info['umount_s']:.2f} s")
@@ -558,7 +570,8 @@ def main(argv=None) -> int:
                    help="skip writing and deleting 3 x SIZE in DIR before the first run")
     p.add_argument("--real-kdf", action="store_true",
                    help="use the real Argon2id parameters (default: MEGAFS_INSECURE_TEST_KDF=1)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the scratch directories (default: remove them at the end)")
     p.add_argument("--profile", metavar="WORKLOAD",
                    help="run py-spy record (raw format) on the megafs daemon during WORKLOAD")
     p.add_argument("--profile-dir", default=tempfile.gettempdir(),
@@ -587,6 +600,10 @@ def main(argv=None) -> int:
         os.makedirs(args.dir, exist_ok=True)
         args.dir = os.path.abspath(args.dir)
     try:
+        st = os.statvfs(args.dir)
+        need = args.runs * (3 * args.size + (256 << 20))
+        if st.f_bavail * st.f_frsize < need:
+            log(f"warning: {args.dir} has less than the ~{need >> 30} GiB free this needs")
         log(f"generating {args.size / MiB:.0f} MiB of random data and {CREATE_FILES} small files")
         inputs = Inputs(args.size)
         if "untar" in args.workloads:
@@ -608,8 +625,13 @@ def main(argv=None) -> int:
         log(f"failed: {e}")
         return 2
     finally:
-        if own_dir and not args.keep:
-            shutil.rmtree(args.dir, ignore_errors=True)
+        if not args.keep:
+            if own_dir:
+                shutil.rmtree(args.dir, ignore_errors=True)
+            else:
+                for name in os.listdir(args.dir):
+                    if name.startswith(tuple(f"{t}-run" for t in TARGETS)):
+                        shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
     summary = summarize(runs, args)
     summary["config"] = {"runs": args.runs, "size": args.size, "target": args.target,
                          "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
