@@ -204,7 +204,7 @@ class Daemon:
             nursery.start_soon(self._commits)
             try:
                 ready()
-                await pyfuse3.main(min_tasks=4, max_tasks=64)
+                await pyfuse3.main(min_tasks=1, max_tasks=64)
             finally:
                 # Unmounted by the kernel (umount, fusermount3 -u) or asked to by a signal.
                 pyfuse3.close(unmount=self.unmount_requested)

@@ -35,6 +35,7 @@ from megafs.store.objects import ObjectStore
 log = logging.getLogger(__name__)
 MAX_FDS = 512
 SPILL_SIZE = 128 * 1024
+THREAD_WRITE = 256 * 1024
 
 
 class Entry:
@@ -180,11 +181,13 @@ class BlockCache:
         return len(self.dirty)
 
     # -- access ---------------------------------------------------------------
-    async def entry(self, ino: int, blk: int, *, create: bool, fetch: bool = True) -> Entry | None:
+    async def entry(self, ino: int, blk: int, *, create: bool, fetch: bool = True,
+                    small: bool = False) -> Entry | None:
         """The cache entry of a block, fetching it from the store if needed.
 
         Returns None for a hole unless *create*. With ``fetch=False`` (the
         caller overwrites the whole block) the stored content is not fetched.
+        A block created for a *small* write starts in memory.
         """
         key = (ino, blk)
         while True:
@@ -200,7 +203,7 @@ class BlockCache:
         if objkey is None:
             if not create:
                 return None
-            if self.mem_bytes < self.mem_limit:
+            if small and self.mem_bytes < self.mem_limit:
                 e = self._add(Entry(ino, blk, 0, dirty=True))
                 e.buf = bytearray()
                 return e
@@ -306,6 +309,25 @@ class BlockCache:
             self._resize(e, end)
         e.gen += 1
         e.last_write = trio.current_time()
+
+    async def write_async(self, e: Entry, offset: int, data) -> None:
+        """:meth:`write`, with large writes to block files done in a worker thread, so the
+        copy into the page cache overlaps with receiving the next request."""
+        if e.buf is not None or len(data) < THREAD_WRITE:
+            self.write(e, offset, data)
+            return
+        self.write(e, offset, b"")  # marks dirty; bumps the generation before the data lands
+        fd = os.dup(self._fd(e))
+        try:
+            await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+        finally:
+            os.close(fd)
+        if not e.removed:
+            end = offset + len(data)
+            if end > e.size:
+                self._resize(e, end)
+            e.gen += 1  # an upload that read the block mid-write must not mark it clean
+            e.last_write = trio.current_time()
 
     def truncate_block(self, e: Entry, size: int) -> None:
         if size < e.size:

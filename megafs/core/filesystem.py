@@ -15,6 +15,7 @@ import apsw
 import trio
 
 from megafs.core.blockmap import BlockMap
+from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
 from megafs.core.namespace import FsError, Namespace, now_ns
 from megafs.core.schema import commit_batch
@@ -137,8 +138,7 @@ class Filesystem:
             fields.setdefault("mtime_ns", t)
         if fields:
             fields.setdefault("ctime_ns", t)
-        with self.db:
-            return self.ns.setattr(ino, fields)
+        return self.ns.setattr(ino, fields)
 
     async def _shrink(self, ino: int, size: int) -> None:
         bs = self.bs
@@ -201,8 +201,8 @@ class Filesystem:
                 n = min(bs - within, len(data) - pos)
                 # Nothing to fetch when the block is overwritten whole or lies past EOF.
                 fetch = blk * bs < size and not (within == 0 and n == bs)
-                e = await self.cache.entry(ino, blk, create=True, fetch=fetch)
-                self.cache.write(e, within, view[pos:pos + n])
+                e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL)
+                await self.cache.write_async(e, within, view[pos:pos + n])
                 pos += n
         except MegafsError as err:
             log.error("write to inode %d at offset %d failed: %s", ino, offset + pos, err)

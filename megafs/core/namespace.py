@@ -35,6 +35,9 @@ class Namespace:
     def __init__(self, conn: apsw.Connection):
         self.db = conn
         self.ex = conn.execute
+        # Inodes that may have xattrs: the kernel asks for security.capability on
+        # every write, and answering "none" must not cost a query.
+        self.xattr_inodes = {r[0] for r in self.ex("SELECT DISTINCT inode FROM xattrs")}
 
     # -- inodes ---------------------------------------------------------------
     def get(self, ino: int) -> tuple:
@@ -237,22 +240,29 @@ class Namespace:
 
     def setattr(self, ino: int, fields: dict) -> tuple:
         """Update columns in *fields* (mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)."""
-        if fields:
-            cols = ", ".join(f"{k}=?" for k in fields)
-            self.ex(f"UPDATE inodes SET {cols} WHERE id=?", (*fields.values(), ino))
-        return self.get(ino)
+        if not fields:
+            return self.get(ino)
+        cols = ", ".join(f"{k}=?" for k in fields)
+        row = self.ex(f"UPDATE inodes SET {cols} WHERE id=? RETURNING {INODE_COLS}",
+                      (*fields.values(), ino)).fetchone()
+        if row is None:
+            raise FsError(errno.ENOENT)
+        return row
 
     def purge(self, ino: int) -> None:
         """Delete an inode with no entries left, with its xattrs (blocks: see Filesystem)."""
         with self.db:
             self.ex("DELETE FROM inodes WHERE id=?", (ino,))
             self.ex("DELETE FROM xattrs WHERE inode=?", (ino,))
+        self.xattr_inodes.discard(ino)
 
     def orphans(self) -> list[int]:
         return [r[0] for r in self.ex("SELECT id FROM inodes WHERE nlink=0")]
 
     # -- xattrs ---------------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:
+        if ino not in self.xattr_inodes:
+            raise FsError(errno.ENODATA)
         row = self.ex("SELECT value FROM xattrs WHERE inode=? AND name=?", (ino, name)).fetchone()
         if row is None:
             raise FsError(errno.ENODATA)
@@ -268,9 +278,12 @@ class Namespace:
                 raise FsError(errno.ENODATA)
             self.ex("INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?,?,?)",
                     (ino, name, value))
+            self.xattr_inodes.add(ino)
             self.ex("UPDATE inodes SET ctime_ns=? WHERE id=?", (now_ns(), ino))
 
     def listxattr(self, ino: int) -> list[bytes]:
+        if ino not in self.xattr_inodes:
+            return []
         return [r[0] for r in self.ex("SELECT name FROM xattrs WHERE inode=?", (ino,))]
 
     def removexattr(self, ino: int, name: bytes) -> None:
