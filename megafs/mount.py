@@ -19,7 +19,7 @@ import trio
 
 from megafs.core import schema
 from megafs.core.filesystem import Filesystem
-from megafs.core.snapshot import Snapshotter, download, get_state, set_state
+from megafs.core.snapshot import Snapshotter, confirm, download, get_state, set_state
 from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
 from megafs.fs.operations import Operations
 from megafs.store import lifecycle
@@ -133,23 +133,36 @@ class Daemon:
         if os.path.exists(path):
             conn = schema.connect(path)
             schema.check_version(conn)
-            local = int(get_state(conn, "seq", 0))
             if get_state(conn, "store_id") not in (None, sb["store_id"]):
                 conn.close()
                 raise CacheError(f"cache directory {cache_dir} belongs to another filesystem")
-            if head["seq"] == local:
+            local = int(get_state(conn, "seq", 0))
+            pending = int(get_state(conn, "seq_pending", 0))
+            if head["seq"] in (local, pending) and head["seq"] >= local:
+                # The store holds what this machine last uploaded (perhaps right before
+                # a crash): the local copy is as new or newer.
+                with conn:
+                    confirm(conn, head["seq"], head["snapshot"])
                 return conn
             if head["seq"] < local:
                 conn.close()
                 raise RollbackDetected(
                     f"the store serves metadata version {head['seq']}, but this machine has seen"
                     f" version {local}: the store was rolled back or replaced")
+            blocks = os.path.join(cache_dir, "blocks")
+            names = os.listdir(blocks) if os.path.isdir(blocks) else []
+            dirty = [n for n in names if n.endswith(".d")]
+            if dirty:
+                conn.close()
+                raise CacheError(
+                    f"cache directory {cache_dir} holds {len(dirty)} blocks never uploaded, but"
+                    f" the store has newer metadata (version {head['seq']}) written elsewhere;"
+                    " move the cache directory away to discard them")
             log.info("local metadata %d is older than the store's %d: downloading", local,
                      head["seq"])
             conn.close()
-            for name in os.listdir(os.path.join(cache_dir, "blocks")) if os.path.isdir(
-                    os.path.join(cache_dir, "blocks")) else ():
-                os.unlink(os.path.join(cache_dir, "blocks", name))
+            for name in names:
+                os.unlink(os.path.join(blocks, name))
         conn = await download(store, head, path)
         with conn:
             set_state(conn, "store_id", sb["store_id"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 PASSPHRASE = "correct horse battery staple"
-TOOL_TIMEOUT = 180  # seconds for one CLI invocation
+TOOL_TIMEOUT = 90  # seconds for one CLI invocation
 SMALL_BLOCK = "64K"
 
 
@@ -31,6 +31,14 @@ class Store:
 
     def objects(self) -> Iterator[tuple[str, bytes]]:
         """(name, raw bytes) of every object in the store."""
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes | None:
+        """Raw bytes of the object named *key* (``head``, ``superblock``...), None if absent."""
+        raise NotImplementedError
+
+    def write(self, key: str, data: bytes) -> None:
+        """Put a raw object (to simulate foreign data or damage)."""
         raise NotImplementedError
 
     def total_bytes(self) -> int:
@@ -52,6 +60,15 @@ class LocalStore(Store):
             for name in files:
                 p = Path(dirpath, name)
                 yield str(p.relative_to(self.path)), p.read_bytes()
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return (self.path / key).read_bytes()  # top-level keys only
+        except FileNotFoundError:
+            return None
+
+    def write(self, key: str, data: bytes) -> None:
+        (self.path / key).write_bytes(data)
 
     def total_bytes(self) -> int:
         return sum(Path(d, f).stat().st_size for d, _, fs in os.walk(self.path) for f in fs)
@@ -87,6 +104,27 @@ def wait_pid_gone(pid: int, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"process {pid} still running after {timeout}s")
         time.sleep(0.02)
+
+
+def become_subreaper() -> None:
+    """Make daemons that mount.megafs forks off our children once it exits.
+
+    Then the tests reap a killed daemon themselves, as a real init does at once,
+    instead of depending on how quickly this machine's pid 1 reaps orphans.
+    """
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap(pid: int) -> bool:
+    """Collect the exit status of our (sub-reaped) child *pid*; False if it is not ours."""
+    try:
+        os.waitpid(pid, 0)
+        return True
+    except ChildProcessError:
+        return False
 
 
 def is_megafs_daemon(pid: int) -> bool:
@@ -136,6 +174,7 @@ class MegaFS:
         self.pids: set[int] = set()
         self.mountpoints: set[Path] = {self.mnt}
         self.env = tool_env(XDG_CACHE_HOME=str(tmp_path / "xdg-cache"))
+        become_subreaper()
 
     # plumbing
     def run(self, tool: str, *args, check: bool = True, env: dict | None = None,
@@ -184,8 +223,11 @@ class MegaFS:
     def umount(self, mnt: Path | None = None, check: bool = True):
         mnt = mnt or self.mnt
         pid = self.pid(mnt) if check else None
-        proc = self.run("umount.megafs", mnt, check=check)
+        proc = self.run("umount.megafs", mnt, check=False)
         if check:
+            assert proc.returncode == 0, (
+                f"umount.megafs exited {proc.returncode}: {proc.stderr.strip()}\n"
+                f"daemon log:\n{self.log()}")
             assert not self.is_mounted(mnt)
             assert not pid_alive(pid), "umount.megafs returned before the daemon exited"
         return proc
@@ -194,18 +236,30 @@ class MegaFS:
         self.umount()
         self.mount(fresh_cache=fresh_cache)
 
+    def status(self) -> dict[str, str]:
+        """The daemon's ``megafs.status`` control attribute (dirty_bytes=... ...)."""
+        text = os.getxattr(self.mnt, "megafs.status").decode()
+        return dict(item.partition("=")[::2] for item in text.split())
+
     def flush(self) -> None:
         """Ask the daemon to upload everything now (the control channel umount uses)."""
         os.setxattr(self.mnt, "megafs.ctrl", b"flush")
 
-    def kill9(self) -> None:
-        """SIGKILL the daemon, wait for it to die, then lazily unmount the dead mount."""
+    def kill9(self, *, reap_it: bool = True) -> int:
+        """SIGKILL the daemon, wait for it to die, then lazily unmount the dead mount.
+
+        The dead daemon is reaped (as init would) unless *reap_it* is false, when it
+        may stay a zombie. Returns its pid.
+        """
         pid = self.pid()
         os.kill(pid, signal.SIGKILL)
         wait_pid_gone(pid, 30)
+        if reap_it:
+            reap(pid)
         subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=True,
                        capture_output=True, timeout=30)
         assert not self.is_mounted()
+        return pid
 
     def fsck(self, check: bool = True):
         return self.run("fsck.megafs", self.url, check=check)
@@ -229,6 +283,11 @@ class MegaFS:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                wait_pid_gone(pid, 10)
+            try:
+                os.waitpid(pid, os.WNOHANG)  # collect our sub-reaped zombie
+            except ChildProcessError:
+                pass
 
 
 # -- tree snapshots -------------------------------------------------------------------

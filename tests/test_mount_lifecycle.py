@@ -109,3 +109,46 @@ def test_mount_helper_form_with_o_options(megafs, tmp_path):
     megafs.mount(fresh_cache=True)
     assert read_file(megafs.mnt / "f") == b"hello"
     megafs.umount()
+
+
+def test_two_cache_dirs_take_turns(megafs):
+    """Like two machines: each mount sees what the other wrote, never stale cached blocks."""
+    megafs.mkfs()
+    mnt = megafs.mnt
+    megafs.mount()
+    cache_a = megafs.cache_dir
+    (mnt / "f").write_bytes(b"A" * 200_000)
+    (mnt / "gone").write_bytes(b"x")
+    megafs.umount()
+    megafs.mount(fresh_cache=True)  # machine B
+    cache_b = megafs.cache_dir
+    assert (mnt / "f").read_bytes() == b"A" * 200_000
+    with open(mnt / "f", "r+b") as f:
+        f.seek(70_000)
+        f.write(b"B" * 1000)
+    os.unlink(mnt / "gone")
+    (mnt / "new").write_bytes(b"from B")
+    megafs.umount()
+    megafs.mount(cache_dir=cache_a)  # back on machine A, with its old cache
+    expect = b"A" * 70_000 + b"B" * 1000 + b"A" * 129_000
+    assert (mnt / "f").read_bytes() == expect
+    assert sorted(os.listdir(mnt)) == ["f", "new"]
+    (mnt / "new").write_bytes(b"from A again")
+    megafs.umount()
+    megafs.mount(cache_dir=cache_b)
+    assert (mnt / "new").read_bytes() == b"from A again"
+    assert (mnt / "f").read_bytes() == expect
+    megafs.umount()
+
+
+def test_small_cache_holds_more_data_than_fits(megafs):
+    """A 1 MiB cache: writes wait for uploads, reads re-fetch evicted blocks."""
+    megafs.mkfs()
+    megafs.mount(args=("--cache-size", "1M"))
+    data = os.urandom(6 << 20)
+    (megafs.mnt / "big").write_bytes(data)
+    assert (megafs.mnt / "big").read_bytes() == data
+    megafs.umount()
+    megafs.mount(fresh_cache=True, args=("--cache-size", "1M"))
+    assert (megafs.mnt / "big").read_bytes() == data
+    megafs.umount()

@@ -23,6 +23,8 @@ class BlockMap:
         return row[0] if row else None
 
     def find_duplicate(self, digest: bytes) -> int | None:
+        """The object holding content with this keyed hash (possibly unreferenced garbage:
+        referencing it again before the garbage collector runs keeps it)."""
         row = self.ex("SELECT id FROM objects WHERE hash=?", (digest,)).fetchone()
         return row[0] if row else None
 

@@ -40,7 +40,7 @@ THREAD_WRITE = 256 * 1024
 
 class Entry:
     __slots__ = ("ino", "blk", "fd", "buf", "dirty", "gen", "size", "last_write", "uploading",
-                 "removed")
+                 "removed", "writing")
 
     def __init__(self, ino: int, blk: int, size: int, dirty: bool):
         self.ino, self.blk, self.size, self.dirty = ino, blk, size, dirty
@@ -50,6 +50,7 @@ class Entry:
         self.last_write = 0.0
         self.uploading = False
         self.removed = False
+        self.writing = 0  # writes in worker threads: neither evictable nor clean-able
 
 
 class BlockCache:
@@ -152,7 +153,9 @@ class BlockCache:
             over_total = self.total > target
             if not over_total and self.mem_bytes <= self.mem_limit:
                 break
-            if not e.dirty and not e.uploading and (over_total or e.buf is not None):
+            if e.dirty or e.uploading or e.writing:
+                continue
+            if over_total or e.buf is not None:
                 self._drop(e)
 
     def recover(self, inode_sizes) -> int:
@@ -318,9 +321,11 @@ class BlockCache:
             return
         self.write(e, offset, b"")  # marks dirty; bumps the generation before the data lands
         fd = os.dup(self._fd(e))
+        e.writing += 1
         try:
             await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
         finally:
+            e.writing -= 1
             os.close(fd)
         if not e.removed:
             end = offset + len(data)

@@ -17,7 +17,7 @@ import trio
 from megafs.core.blockmap import BlockMap
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
-from megafs.core.namespace import FsError, Namespace, now_ns
+from megafs.core.namespace import NAME_MAX, FsError, Namespace, now_ns
 from megafs.core.schema import commit_batch
 from megafs.core.uploader import Uploader
 from megafs.errors import MegafsError
@@ -97,6 +97,8 @@ class Filesystem:
             return self._ref(self.ns.get(parent))
         if name == b"..":
             return self._ref(self.ns.get(self.ns.parent_of(parent)))
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
         return self._ref(self.ns.lookup(parent, name))
 
     def make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *,

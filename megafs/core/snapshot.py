@@ -39,6 +39,13 @@ def set_state(conn: apsw.Connection, key: str, value) -> None:
     conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?,?)", (key, value))
 
 
+def confirm(conn: apsw.Connection, seq: int, snapshot: str) -> None:
+    """Record that the store's head names *snapshot* as number *seq*."""
+    set_state(conn, "seq", seq)
+    set_state(conn, "snapshot", snapshot)
+    conn.execute("DELETE FROM state WHERE key='seq_pending'")
+
+
 class Snapshotter:
     def __init__(self, conn: apsw.Connection, store: ObjectStore, blockmap: BlockMap):
         self.db = conn
@@ -53,6 +60,9 @@ class Snapshotter:
         """Commit the current metadata to the store; return the new sequence number."""
         seq = int(get_state(self.db, "seq", 0)) + 1
         previous = get_state(self.db, "snapshot")
+        # Durable before head can name it: after a crash the next mount must know that
+        # a head with this number came from here (see Daemon._metadata).
+        set_state(self.db, "seq_pending", seq)
         # One synchronous step: the image and the garbage list agree.
         commit_batch(self.db)
         garbage = self.blockmap.garbage()
@@ -65,9 +75,9 @@ class Snapshotter:
         await self.store.write_head(head)
         await self.store.backend.sync()
         with self.db:
-            set_state(self.db, "seq", seq)
-            set_state(self.db, "snapshot", key)
+            confirm(self.db, seq, key)
             dead = [k for obj, k in garbage if self.blockmap.forget_if_garbage(obj)]
+        commit_batch(self.db)
         self.uploaded_changes = self.db.total_changes()
         if previous:
             dead.append(previous)
@@ -103,8 +113,7 @@ async def download(store: ObjectStore, head: dict, path: str) -> apsw.Connection
     conn = connect(path)
     check_version(conn)
     with conn:
-        set_state(conn, "seq", head["seq"])
-        set_state(conn, "snapshot", head["snapshot"])
+        confirm(conn, head["seq"], head["snapshot"])
         # Unreferenced objects in the image may already be deleted from the store.
         conn.execute("DELETE FROM objects WHERE refcount=0")
     return conn

@@ -15,6 +15,7 @@ import trio
 
 from megafs.core.blockmap import BlockMap
 from megafs.core.cache import BlockCache, Entry
+from megafs.core.schema import commit_batch
 from megafs.errors import MegafsError
 from megafs.store.objects import ObjectStore, new_block_key
 
@@ -55,7 +56,7 @@ class Uploader:
             batch = self._pick()
             if not batch:
                 self.cache.wanted = trio.Event()
-                with trio.move_on_after(min(self.delay, 0.5) if self.cache.dirty else 5):
+                with trio.move_on_after(max(0.05, min(self.delay, 0.5))):
                     await self.cache.wanted.wait()
                 continue
             try:
@@ -69,7 +70,7 @@ class Uploader:
                 await trio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _upload(self, batch: list[Entry]) -> None:
-        results: list[tuple[Entry, int, object]] = []
+        results: list[tuple[Entry, int, bytes | None, tuple | None]] = []
         for e in batch:
             e.uploading = True
         try:
@@ -82,48 +83,58 @@ class Uploader:
             for e in batch:
                 e.uploading = False
         with self.blockmap.db:
-            for e, gen, res in results:
-                self._apply(e, gen, res)
+            done = [e for e, gen, digest, new in results if self._apply(e, gen, digest, new)]
+        # The block map must be on disk before a cache file loses its dirty name:
+        # otherwise a crash leaves a "clean" file that no metadata points to.
+        commit_batch(self.blockmap.db)
+        for e in done:
+            if not e.removed and e.dirty:
+                self.cache.mark_clean(e)
         self.cache.evict()
 
     async def _one(self, e: Entry, results: list) -> None:
+        """Hash and (unless an identical object exists) seal and store one block."""
         try:
             if e.removed:
                 return
             gen = e.gen
             data = self.cache.read(e, 0, e.size) if e.size else b""
             if not data or data.count(0) == len(data):
-                results.append((e, gen, None))
+                results.append((e, gen, None, None))
                 return
             if len(data) >= 128 * 1024:
                 digest = await trio.to_thread.run_sync(self.store.keys.dedup_hash, data)
             else:
                 digest = self.store.keys.dedup_hash(data)
-            dup = self.blockmap.find_duplicate(digest)
-            if dup is not None:
-                results.append((e, gen, dup))
+            if self.blockmap.find_duplicate(digest) is not None:
+                results.append((e, gen, digest, None))
                 return
             key = new_block_key()
             stored = await self.store.put_block(key, data)
             self.uploaded_bytes += stored
-            results.append((e, gen, (key, digest, len(data), stored)))
+            results.append((e, gen, digest, (key, len(data), stored)))
         finally:
             self.limit.release_on_behalf_of(e)
 
-    def _apply(self, e: Entry, gen: int, res) -> None:
-        if isinstance(res, tuple):
-            key, digest, size, stored = res
-            dup = self.blockmap.find_duplicate(digest)  # same content uploaded twice in a batch
-            obj = dup if dup is not None else self.blockmap.add_object(key, digest, size, stored)
-            if dup is not None:
-                self.blockmap.add_object(key, None, size, stored)  # garbage, deleted later
-        else:
-            obj = res
+    def _apply(self, e: Entry, gen: int, digest: bytes | None, new: tuple | None) -> bool:
+        """Point the block at its object; True if the cache copy may now be marked clean."""
+        obj = None
+        if digest is not None:
+            # Looked up again now: a duplicate found earlier may have been deleted as
+            # garbage meanwhile, and the same content may have been stored twice.
+            obj = self.blockmap.find_duplicate(digest)
+            if new is not None:
+                key, size, stored = new
+                if obj is None:
+                    obj = self.blockmap.add_object(key, digest, size, stored)
+                else:
+                    self.blockmap.add_object(key, None, size, stored)  # garbage, deleted later
+            elif obj is None:
+                return False  # its duplicate vanished: stays dirty, uploaded next round
         if e.removed:
-            return
+            return False
         self.blockmap.set_block(e.ino, e.blk, obj)
-        if e.gen == gen:
-            self.cache.mark_clean(e)
+        return e.gen == gen and not e.writing
 
     async def flush(self) -> None:
         """Upload every dirty block; return when none is left (or raise on failure)."""

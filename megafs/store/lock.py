@@ -28,13 +28,14 @@ LOCK_KEY = "lock"
 
 
 def _pid_alive(pid: int) -> bool:
+    """True if *pid* runs (a zombie, dead but not yet reaped, does not count)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:
+    except OSError:
         return True
-    return True
 
 
 async def read(store: ObjectStore) -> dict | None:
