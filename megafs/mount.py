@@ -41,6 +41,7 @@ class MountConfig:
     upload_delay: float = 5.0
     metadata_interval: float = 10.0
     force: bool = False
+    timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
 
 
 def default_cache_dir(store_id: str) -> str:
@@ -92,7 +93,7 @@ class Daemon:
     async def open(self) -> None:
         """Everything before the kernel mount; raises MegafsError with a clear message."""
         cfg = self.cfg
-        backend = await lifecycle.connect(cfg.url)
+        backend = await lifecycle.connect(cfg.url, retry_deadline=cfg.timeout)
         store, sb = await lifecycle.unlock(backend, passphrase=cfg.passphrase)
         cache_dir = cfg.cache_dir or default_cache_dir(sb["store_id"])
         try:
@@ -169,11 +170,22 @@ class Daemon:
         return conn
 
     async def flush(self) -> None:
-        """Upload all dirty blocks, then a metadata snapshot if anything changed."""
-        await self.fs.uploader.flush()
-        async with self._snap_lock:
-            if self.snap.changed():
-                await self.snap.upload()
+        """Upload all dirty blocks, then a metadata snapshot if anything changed.
+
+        Waits through storage outages (the status channel reports the error)."""
+        failures = 0
+        while True:
+            await self.fs.uploader.flush()
+            try:
+                async with self._snap_lock:
+                    if self.snap.changed():
+                        await self.snap.upload()
+                return
+            except MegafsError as e:
+                failures += 1
+                self.fs.uploader.last_error = f"metadata upload: {e}"
+                log.error("metadata upload failed (attempt %d): %s", failures, e)
+                await trio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _periodic_snapshots(self) -> None:
         while True:

@@ -42,6 +42,9 @@ def build_parser():
                    help="upload a block once it has not been written for this long (default 5)")
     p.add_argument("--metadata-interval", type=float, default=10.0, metavar="SECONDS",
                    help="upload changed metadata at most this long after a change (default 10)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="retry a failing storage request this long; then a read of data not in"
+                        " the cache fails with EIO (uploads keep retrying; default 60)")
     p.add_argument("--force", action="store_true",
                    help="take over the store's lock from a mount on another machine that"
                         " crashed (never use it while that mount is alive)")
@@ -75,7 +78,7 @@ def _config(args) -> MountConfig:
         passphrase=read_passphrase(args.passphrase_file),
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
-        metadata_interval=args.metadata_interval, force=args.force)
+        metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout)
 
 
 def _serve(cfg: MountConfig, ready) -> None:

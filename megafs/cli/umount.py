@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from megafs.cli.common import parser, run
@@ -29,6 +30,43 @@ def daemon_pid(mountpoint: str) -> int:
         raise NotMounted(f"{mountpoint}: the megafs daemon does not answer ({e.strerror})") from None
 
 
+def _flush(mnt: str) -> None:
+    """Ask the daemon to upload everything; say what we wait for while it takes long."""
+    result: list[OSError | None] = []
+
+    def flush():
+        try:
+            os.setxattr(mnt, "megafs.ctrl", b"flush")
+            result.append(None)
+        except OSError as e:
+            result.append(e)
+
+    worker = threading.Thread(target=flush, daemon=True)
+    worker.start()
+    started = last = time.monotonic()
+    while worker.is_alive():
+        worker.join(0.2)
+        now = time.monotonic()
+        if worker.is_alive() and now - last >= (5 if last == started else 10):
+            last = now
+            print(f"umount.megafs: still waiting after {now - started:.0f}s: {_status(mnt)}",
+                  file=sys.stderr)
+    if result and result[0] is not None:
+        raise MegafsError(f"{mnt}: flushing failed ({result[0].strerror}); see the daemon log")
+
+
+def _status(mnt: str) -> str:
+    try:
+        fields = dict(item.partition("=")[::2]
+                      for item in os.getxattr(mnt, "megafs.status").decode().split(" "))
+    except OSError:
+        return "the daemon does not answer"
+    text = f"{int(fields.get('dirty_bytes', 0)) / 2**20:.1f} MiB left to upload"
+    if fields.get("upload_error"):
+        text += f" (storage error: {fields['upload_error']})"
+    return text
+
+
 def _main(argv=None) -> int:
     p = parser("umount.megafs", "Unmount a megafs filesystem after uploading all its data.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -40,10 +78,7 @@ def _main(argv=None) -> int:
     tty = sys.stderr.isatty()
     if tty:
         print("umount.megafs: uploading data and metadata...", file=sys.stderr)
-    try:
-        os.setxattr(mnt, "megafs.ctrl", b"flush")
-    except OSError as e:
-        raise MegafsError(f"{mnt}: flushing failed ({e.strerror}); see the daemon log") from None
+    _flush(mnt)
     r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if r.returncode != 0:
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
