@@ -22,6 +22,7 @@ only used between awaits, so eviction can never close it under a reader.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import OrderedDict
@@ -36,6 +37,19 @@ log = logging.getLogger(__name__)
 MAX_FDS = 512
 SPILL_SIZE = 128 * 1024
 THREAD_WRITE = 256 * 1024
+
+
+def _cache_error(path: str, err: OSError) -> CacheError:
+    e = CacheError(f"cache directory {path}: {err.strerror}")
+    e.errno = err.errno
+    return e
+
+
+def _pwrite(fd: int, data, offset: int) -> None:
+    """pwrite all of *data* or raise (a short write means the disk is full)."""
+    n = os.pwrite(fd, data, offset)
+    if n != len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class Entry:
@@ -261,7 +275,7 @@ class BlockCache:
             else:  # a new dirty block: an empty or partial one is harmless
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as err:
-            raise CacheError(f"cache directory {self.dir}: {err.strerror}") from None
+            raise _cache_error(self.dir, err) from None
         self.evict(self.max_bytes - e.size)  # before adding: never evict the new entry
         self._add(e)
         self._remember_fd(e, fd)
@@ -279,7 +293,7 @@ class BlockCache:
         except OSError as err:
             e.buf = data
             self.mem_bytes += len(data)
-            raise CacheError(f"cache directory {self.dir}: {err.strerror}") from None
+            raise _cache_error(self.dir, err) from None
         self._remember_fd(e, fd)
 
     def read(self, e: Entry, offset: int, size: int) -> bytes:
@@ -307,7 +321,7 @@ class BlockCache:
                 buf.extend(bytes(offset - len(buf)))
             buf[offset:end] = data
         else:
-            os.pwrite(self._fd(e), data, offset)
+            _pwrite(self._fd(e), data, offset)
         if end > e.size:
             self._resize(e, end)
         e.gen += 1
@@ -323,7 +337,7 @@ class BlockCache:
         fd = os.dup(self._fd(e))
         e.writing += 1
         try:
-            await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+            await trio.to_thread.run_sync(_pwrite, fd, data, offset)
         finally:
             e.writing -= 1
             os.close(fd)

@@ -20,7 +20,7 @@ from megafs.core.cache import BlockCache
 from megafs.core.namespace import NAME_MAX, FsError, Namespace, now_ns
 from megafs.core.schema import commit_batch
 from megafs.core.uploader import Uploader
-from megafs.errors import MegafsError
+from megafs.errors import CacheError, MegafsError
 from megafs.osutil import syncfs
 from megafs.store.objects import ObjectStore
 
@@ -184,7 +184,8 @@ class Filesystem:
                 pos += n
             self.cache.readahead(ino, blk, (fsize - 1) // bs)
         except MegafsError as err:
-            log.error("read of inode %d at offset %d failed: %s", ino, pos, err)
+            log.error("read of %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
+                      pos, err)
             raise FsError(errno.EIO) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -207,8 +208,14 @@ class Filesystem:
                 await self.cache.write_async(e, within, view[pos:pos + n])
                 pos += n
         except MegafsError as err:
-            log.error("write to inode %d at offset %d failed: %s", ino, offset + pos, err)
-            raise FsError(errno.EIO) from None
+            log.error("write to %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
+                      offset + pos, err)
+            full = isinstance(err, CacheError) and getattr(err, "errno", None) == errno.ENOSPC
+            raise FsError(errno.ENOSPC if full else errno.EIO) from None
+        except OSError as err:  # the cache directory's disk: ENOSPC, EDQUOT, EIO
+            log.error("write to %s (inode %d): cache directory: %s", self.ns.path_of(ino), ino,
+                      err.strerror)
+            raise FsError(err.errno or errno.EIO) from None
         t = now_ns()
         self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
                         (end, t, t, ino))

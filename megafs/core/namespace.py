@@ -234,6 +234,19 @@ class Namespace:
             (parent, after, limit),
         ).fetchall()
 
+    def path_of(self, ino: int) -> str:
+        """A path of *ino* relative to the mount (for log messages; "?" if unlinked)."""
+        parts = []
+        while ino != ROOT and len(parts) < 256:
+            row = self.ex("SELECT parent, name FROM dentries WHERE inode=? LIMIT 1",
+                          (ino,)).fetchone()
+            if row is None:
+                parts.append(f"<unlinked inode {ino}>")
+                break
+            ino = row[0]
+            parts.append(row[1].decode(errors="replace"))
+        return "/" + "/".join(reversed(parts))
+
     def parent_of(self, ino: int) -> int:
         row = self.ex("SELECT parent FROM dentries WHERE inode=? LIMIT 1", (ino,)).fetchone()
         return row[0] if row else ROOT
