@@ -1,0 +1,193 @@
+"""Durability and tamper evidence: random crash points, damaged objects, rollback.
+
+``MEGAFS_CRASH_POINTS`` sets how many random kill -9 points the crash test
+visits (default 30, as CI runs it); e.g. ``MEGAFS_CRASH_POINTS=500`` runs long.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import LocalStore, MegaFS, assert_cli_error, oserror
+
+from megafs.errors import ExitCode
+
+WRITER = r'''
+import hashlib, os, struct, sys
+path = sys.argv[1]
+rng = __import__("random").Random(int(sys.argv[2]))
+
+def records(data):
+    """Yield (end offset, seq) of each intact record."""
+    pos = 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        body = data[pos + 4:pos + 4 + n]
+        if n < 40 or len(body) < n or hashlib.sha256(body[:-32]).digest() != body[-32:]:
+            return
+        pos += 4 + n
+        yield pos, struct.unpack_from("<Q", body)[0]
+
+try:
+    with open(path, "rb") as f:
+        data = f.read()
+except FileNotFoundError:
+    data = b""
+end, seq = 0, 0
+for end, seq in records(data):
+    pass
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+os.ftruncate(fd, end)  # drop a torn tail left by the crash
+os.lseek(fd, end, os.SEEK_SET)
+while True:
+    seq += 1
+    payload = struct.pack("<Q", seq) + os.urandom(rng.randrange(8, 70000))
+    body = payload + hashlib.sha256(payload).digest()
+    os.write(fd, struct.pack("<I", len(body)) + body)
+    os.fsync(fd)
+    print(seq, flush=True)
+'''
+
+
+def _verify(path: Path, acked: int) -> int:
+    """Every record up to *acked* is present and intact; return the last intact seq."""
+    import hashlib
+    import struct
+
+    data = path.read_bytes()
+    pos, expect = 0, 1
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        body = data[pos + 4:pos + 4 + n]
+        if n < 40 or len(body) < n or hashlib.sha256(body[:-32]).digest() != body[-32:]:
+            break
+        assert struct.unpack_from("<Q", body)[0] == expect, "records out of order"
+        expect += 1
+        pos += 4 + n
+    assert expect - 1 >= acked, f"fsynced record {expect} of {acked} lost or damaged"
+    return expect - 1
+
+
+def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
+    points = int(os.environ.get("MEGAFS_CRASH_POINTS", "30"))
+    rng = random.Random(points)
+    megafs.mkfs()
+    args = ("--upload-delay", "0.2", "--metadata-interval", "0.5")
+    megafs.mount(args=args)
+    log = megafs.mnt / "journal.log"
+    acked = 0
+    for point in range(points):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(log), str(point)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + rng.uniform(0.05, 1.2)
+        last = acked
+        # Read acknowledgements until the random crash moment (at least one new record).
+        while time.monotonic() < deadline or last == acked:
+            line = writer.stdout.readline()
+            assert line, f"writer died at point {point}:\n{megafs.log()}"
+            last = int(line)
+        megafs.kill9()
+        for line in writer.stdout:  # records acknowledged before the kill landed
+            last = int(line)
+        writer.wait(timeout=30)
+        acked = last
+        megafs.mount(args=args)  # same cache dir: recovery runs automatically
+        acked = _verify(log, acked)
+    # And the store alone has it all after a clean unmount.
+    megafs.umount()
+    megafs.mount(fresh_cache=True)
+    _verify(log, acked)
+    megafs.umount()
+    megafs.fsck()
+
+
+@pytest.fixture
+def local_fs(tmp_path):
+    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
+    try:
+        yield fs
+    finally:
+        fs.cleanup()
+
+
+def _two_files(fs: MegaFS) -> dict[str, Path]:
+    """Files a and b of one block each; return {object path in the store: file}."""
+    fs.mkfs()
+    fs.mount()
+    before = {k for k, _ in fs.store.objects() if k.startswith("b/")}
+    (fs.mnt / "a").write_bytes(b"A" * 1000 + os.urandom(2000))
+    fs.umount()
+    fs.mount()
+    mid = {k for k, _ in fs.store.objects() if k.startswith("b/")}
+    (fs.mnt / "b").write_bytes(b"B" * 1000 + os.urandom(2000))
+    fs.umount()
+    after = {k for k, _ in fs.store.objects() if k.startswith("b/")}
+    (obj_a,) = mid - before
+    (obj_b,) = after - mid
+    return {obj_a: Path("a"), obj_b: Path("b")}
+
+
+def _damage(store: LocalStore, key: str, how: str, other: str) -> None:
+    path = store.path / key
+    data = path.read_bytes()
+    if how == "flip":
+        i = random.Random(1).randrange(len(data))
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1:])
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "delete":
+        path.unlink()
+    elif how == "swap":
+        other_path = store.path / other
+        other_data = other_path.read_bytes()
+        path.write_bytes(other_data)
+        other_path.write_bytes(data)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "delete", "swap"])
+def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
+    objects = _two_files(local_fs)
+    (victim, other) = sorted(objects)
+    _damage(local_fs.store, victim, how, other)
+    local_fs.mount(fresh_cache=True)  # nothing cached: reads go to the store
+    damaged = {objects[victim]} | ({objects[other]} if how == "swap" else set())
+    for name in objects.values():
+        path = local_fs.mnt / name
+        if name in damaged:
+            assert oserror(path.read_bytes) == errno.EIO, f"{how}: {name} read wrong data"
+            assert f"/{name}" in local_fs.log(), local_fs.log()
+        else:
+            assert path.read_bytes()[:1000] == name.name.upper().encode() * 1000
+    assert (local_fs.mnt / "a").stat().st_size == 3000  # metadata unaffected
+    local_fs.umount()
+    r = local_fs.fsck(check=False)
+    assert r.returncode == ExitCode.FSCK_ERRORS
+    assert Path(victim).name in r.stdout, r.stdout
+
+
+def test_rollback_of_metadata_is_detected(local_fs, tmp_path):
+    fs = local_fs
+    fs.mkfs()
+    fs.mount()
+    (fs.mnt / "f").write_text("version 1")
+    fs.umount()
+    saved = tmp_path / "old-store"
+    shutil.copytree(fs.store.path, saved)
+    fs.mount()
+    (fs.mnt / "f").write_text("version 2")
+    fs.umount()
+    # The provider serves the older, validly encrypted state.
+    shutil.rmtree(fs.store.path)
+    shutil.copytree(saved, fs.store.path)
+    r = fs.mount(check=False)
+    msg = assert_cli_error(r, "mount.megafs", ExitCode.ROLLBACK)
+    assert "rolled back" in msg
+    assert not fs.is_mounted()
