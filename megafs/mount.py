@@ -39,7 +39,7 @@ class MountConfig:
     cache_size: int = 4 << 30
     fuse_options: set[str] = field(default_factory=set)
     upload_delay: float = 5.0
-    metadata_interval: float = 10.0
+    metadata_interval: float = 2.0
     force: bool = False
     timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
 
@@ -59,7 +59,16 @@ def check_mountpoint(path: str, *, nonempty_ok: bool = False) -> None:
 
 
 class Control:
-    """Answers the control channel on the mount's root (see megafs.fs.operations)."""
+    """Answers the control channel on the mount's root (see megafs.fs.operations).
+
+    ``getxattr``: ``pid``, ``status``. ``setxattr("ctrl", ACTION)`` with ACTION one of
+    ``flush``, ``dropcache``, ``log-level LEVEL [MODULES]``, ``cachesize BYTES``
+    (``megafs ctrl``); anything else fails with EINVAL.
+    """
+
+    EINVAL, ENODATA = 22, 61
+    LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR, "critical": logging.CRITICAL}
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
@@ -70,14 +79,44 @@ class Control:
         if name == b"status":
             fs = self.daemon.fs
             return (f"dirty_bytes={fs.cache.dirty_bytes} cache_bytes={fs.cache.total}"
+                    f" cache_max={fs.cache.max_bytes}"
+                    f" log_level={logging.getLevelName(logging.getLogger().level).lower()}"
                     f" upload_error={fs.uploader.last_error or ''}").encode()
-        raise pyfuse3.FUSEError(61)  # ENODATA
+        raise pyfuse3.FUSEError(self.ENODATA)
 
     async def setxattr(self, name: bytes, value: bytes) -> None:
-        if name == b"ctrl" and value == b"flush":
+        try:
+            action, *args = value.decode("ascii").split() if name == b"ctrl" else [""]
+        except (UnicodeDecodeError, ValueError):
+            action, args = "", []
+        if action == "flush" and not args:
             await self.daemon.flush()
+        elif action == "dropcache" and not args:
+            self.daemon.fs.cache.evict(0)
+            log.info("control: dropped the clean cached blocks")
+        elif action == "log-level" and 1 <= len(args) <= 2:
+            self._log_level(*args)
+        elif action == "cachesize" and len(args) == 1 and args[0].isdigit() and int(args[0]):
+            self._cache_size(int(args[0]))
         else:
-            raise pyfuse3.FUSEError(22)
+            raise pyfuse3.FUSEError(self.EINVAL)
+
+    def _log_level(self, level: str, modules: str | None = None) -> None:
+        number = self.LEVELS.get(level.lower())
+        if number is None:
+            raise pyfuse3.FUSEError(self.EINVAL)
+        names = [m for m in (modules or "").split(",") if m] or [""]
+        for name in names:
+            logging.getLogger(name or None).setLevel(number)
+        log.warning("control: log level %s for %s", level.lower(), modules or "every module")
+
+    def _cache_size(self, size: int) -> None:
+        cache = self.daemon.fs.cache
+        cache.max_bytes = size
+        cache.max_dirty = max(size * 3 // 4, 2 * cache.bs)
+        cache.mem_limit = min(64 << 20, size // 8)
+        cache.evict()
+        log.info("control: cache size %d bytes", size)
 
     def capacity(self) -> int:
         return DEFAULT_CAPACITY
@@ -143,7 +182,7 @@ class Daemon:
                 # The store holds what this machine last uploaded (perhaps right before
                 # a crash): the local copy is as new or newer.
                 with conn:
-                    confirm(conn, head["seq"], head["snapshot"])
+                    confirm(conn, head)
                 return conn
             if head["seq"] < local:
                 conn.close()
@@ -188,6 +227,7 @@ class Daemon:
                 await trio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _periodic_snapshots(self) -> None:
+        """Ship metadata changes (usually as small deltas) every metadata_interval."""
         while True:
             await trio.sleep(self.cfg.metadata_interval)
             if self.snap.changed() and not self._snap_lock.locked():

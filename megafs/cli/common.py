@@ -1,18 +1,25 @@
-"""Shared command-line plumbing: passphrases, sizes, logging, error reporting."""
+"""Shared command-line plumbing: parsers, passphrases, sizes, logging, progress, errors."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import logging
+import logging.handlers
 import os
 import re
 import sys
+import threading
+import time
 
 from megafs import __version__
 from megafs.errors import ExitCode, MegafsError, UsageError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+#: ``--debug`` without a value: debug messages of every module.
+DEBUG_ALL = "all"
+SYSLOG_SOCKET = "/dev/log"
+LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def parse_size(text: str) -> int:
@@ -23,10 +30,86 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--debug", action="store_true", help="verbose logging")
+# -- parsers -------------------------------------------------------------------------
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows an option with an optional value as ``--debug[=MODULES]``."""
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        text = super()._format_usage(usage, actions, groups, prefix)
+        return re.sub(r"(--[\w-]+) \[([A-Z_]+)\]", r"\1[=\2]", text)
+
+    def _format_action_invocation(self, action):
+        if action.option_strings and action.nargs == "?":
+            return ", ".join(f"{s}[={self._metavar_formatter(action, action.dest)(1)[0]}]"
+                             for s in action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``--debug`` takes its value only as ``--debug=MODULES``.
+
+    A bare ``--debug`` never swallows the next word (``mount.megafs --debug URL MNT``).
+    Subparsers are of this class too (argparse creates them with ``type(parent)``).
+    """
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        if "--" in args:
+            cut = args.index("--")
+            args = [_bare_debug(a) for a in args[:cut]] + args[cut:]
+        else:
+            args = [_bare_debug(a) for a in args]
+        return super().parse_known_args(args, namespace)
+
+
+def _bare_debug(arg: str) -> str:
+    return f"--debug={DEBUG_ALL}" if arg == "--debug" else arg
+
+
+def _add_common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    present = {s for a in p._actions for s in a.option_strings}
+    if "--version" not in present:
+        p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                       help="print the version and exit")
+    if "--debug" not in present:
+        p.add_argument("--debug", nargs="?", const=DEBUG_ALL, metavar="MODULES",
+                       default=None if top else argparse.SUPPRESS,
+                       help="log debug messages: of every module, or with --debug=MODULES only"
+                            " of those (comma-separated logger names, such as"
+                            " megafs.core.cache,megafs.backends)")
+
+
+def parser(prog: str, description: str) -> Parser:
+    p = Parser(prog=prog, description=description)
+    _add_common(p, top=True)
+    return p
+
+
+def subparsers(p: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser, str]]:
+    """(name, parser, help) of *p*'s subcommands, in the order they were added."""
+    out = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in action._choices_actions}
+            seen = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    out.append((name, sub, helps.get(name) or ""))
+    return out
+
+
+def finish(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give every subcommand (at any depth) ``--version`` and ``--debug`` too."""
+    for _, sub, _ in subparsers(p):
+        _add_common(sub, top=False)
+        finish(sub)
     return p
 
 
@@ -57,14 +140,160 @@ def read_passphrase(path: str | None, *, confirm: bool = False,
     return value
 
 
-def setup_logging(debug: bool, logfile: str | None = None) -> None:
-    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s" if logfile
-        else "%(name)s: %(levelname)s: %(message)s"))
+# -- logging -------------------------------------------------------------------------
+
+_FILE_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"
+
+
+def debug_modules(debug) -> list[str] | None:
+    """``--debug`` value -> None (off), [] (every module) or the logger names listed."""
+    if not debug:
+        return None
+    if debug is True or debug == DEBUG_ALL:
+        return []
+    return [m.strip() for m in str(debug).split(",") if m.strip()]
+
+
+def setup_logging(debug=None, logfile: str | None = None, *, level: int | None = None,
+                  buffer: bool = False, syslog: str | None = None) -> None:
+    """Send log records to *logfile*, else (with *buffer*) to memory until
+    :func:`log_to_file` names the file, else to stderr; and to syslog as *syslog*
+    (the ident) when the system logger listens on /dev/log.
+
+    *debug* is ``--debug``'s value: debug messages of every module or of some.
+    """
+    if logfile:
+        handler: logging.Handler = logging.FileHandler(logfile)
+        handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    elif buffer:
+        handler = logging.handlers.MemoryHandler(1 << 30, flushLevel=logging.CRITICAL + 1)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    handlers = [handler]
+    if syslog:
+        h = syslog_handler(syslog)
+        if h is not None:
+            handlers.append(h)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO if logfile else logging.WARNING)
+    root.handlers[:] = handlers
+    if level is None:
+        level = logging.INFO if (logfile or buffer) else logging.WARNING
+    modules = debug_modules(debug)
+    root.setLevel(logging.DEBUG if modules == [] else level)
+    for name in modules or ():
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def syslog_handler(ident: str, address: str = SYSLOG_SOCKET) -> logging.Handler | None:
+    """A handler to the system logger (journald, rsyslog) at *address*, if one listens."""
+    if not os.path.exists(address):
+        return None
+    try:
+        h = logging.handlers.SysLogHandler(address, logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        return None
+    h.ident = f"{ident}[{os.getpid()}]: "
+    h.setLevel(logging.INFO)
+    h.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+    return h
+
+
+def log_to_file(path: str) -> None:
+    """Replace the memory buffer of ``setup_logging(buffer=True)`` by *path*, keeping
+    what was logged so far. Does nothing when no buffer is in place."""
+    root = logging.getLogger()
+    for i, h in enumerate(root.handlers):
+        if isinstance(h, logging.handlers.MemoryHandler):
+            target = logging.FileHandler(path)
+            target.setFormatter(logging.Formatter(_FILE_FORMAT))
+            h.setTarget(target)
+            h.flush()
+            root.handlers[i] = target
+            h.close()
+            return
+
+
+def logging_buffered() -> bool:
+    return any(isinstance(h, logging.handlers.MemoryHandler) for h in logging.getLogger().handlers)
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+class Progress:
+    """One self-updating line on stderr while something slow runs: a spinner, what is
+    going on and the seconds spent. Only on a terminal: in scripts and logs it prints
+    nothing at all. Use as a context manager; :meth:`update` changes the text (from
+    any thread).
+    """
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, prog: str, text: str, *, stream=None, interval: float = 0.1):
+        self.stream = sys.stderr if stream is None else stream
+        self.prog = prog
+        self.text = text
+        self.interval = interval
+        try:
+            tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        self.enabled = tty and os.environ.get("TERM") != "dumb"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._frame = 0
+
+    def update(self, text: str) -> None:
+        self.text = text
+
+    def print(self, text: str, file=None) -> None:
+        """Print a line (to stdout by default) without mixing it into the progress line."""
+        with self._lock:
+            if self._thread is not None:
+                self._write("\r\x1b[K")
+            print(text, file=sys.stdout if file is None else file, flush=True)
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._started = time.monotonic()
+            self._draw()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            with self._lock:
+                self._write("\r\x1b[K")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            frame = self.FRAMES[self._frame % len(self.FRAMES)]
+            self._frame += 1
+            elapsed = time.monotonic() - self._started
+            self._write(f"\r\x1b[K{self.prog}: {self.text} {frame} {elapsed:.0f}s")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+# -- running ---------------------------------------------------------------------------
 
 
 def run(prog: str, fn, *args) -> int:

@@ -8,6 +8,7 @@ import sys
 import trio
 
 from megafs.cli.common import (
+    Progress,
     add_passphrase_option,
     parse_size,
     parser,
@@ -19,6 +20,25 @@ from megafs.errors import UsageError
 from megafs.store import lifecycle
 
 DEFAULT_BLOCK_SIZE = 1 << 20
+
+#: Prose of the man page mkfs.megafs(8) (see megafs.cli.manpage), next to the options.
+MANUAL = {
+    "summary": "create an encrypted megafs filesystem in a store",
+    "description": """\
+**mkfs.megafs** creates a new, empty megafs filesystem in the store at STORAGE_URL. \
+It derives a key from the passphrase with Argon2id (about a second on purpose), \
+writes the superblock and an empty metadata snapshot, and prints a recovery key \
+once: it restores access with `megafs recover` when the passphrase is lost. Keep it \
+somewhere safe: without the passphrase or the recovery key the data cannot be read.
+
+The store must be empty unless `--force` is given; `--force` destroys whatever \
+the store holds, an existing filesystem included.""",
+    "examples": """\
+Create a filesystem in a local directory, reading the passphrase from a file:
+
+    mkfs.megafs --passphrase-file /etc/megafs/mega.passphrase local:///srv/megafs-store""",
+    "environment": ["MEGAFS_PASSPHRASE", "MEGAFS_AUTHINFO", "AWS_ACCESS_KEY_ID"],
+}
 
 
 def build_parser():
@@ -47,7 +67,8 @@ def _main(argv=None) -> int:
         finally:
             await backend.aclose()
 
-    _, recovery = trio.run(go)
+    with Progress("mkfs.megafs", "deriving the key (Argon2id) and writing the superblock"):
+        _, recovery = trio.run(go)
     print(f"Created a megafs filesystem in {args.storage_url}.")
     print("Recovery key (shown once; it restores access if you lose the passphrase):")
     print(f"    {recovery}")

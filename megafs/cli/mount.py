@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 import trio
 
 from megafs.cli.common import (
+    Progress,
     add_passphrase_option,
+    log_to_file,
+    logging_buffered,
     parse_size,
     parser,
     read_passphrase,
@@ -23,6 +27,51 @@ from megafs.mount import Daemon, MountConfig, check_mountpoint
 _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
             "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "atime", "noatime",
             "relatime", "nonempty"}
+
+#: Prose of the man page mount.megafs(8) (see megafs.cli.manpage), next to the options.
+MANUAL = {
+    "summary": "mount a megafs filesystem",
+    "description": """\
+**mount.megafs** unlocks the filesystem in the store at STORAGE_URL, brings its \
+metadata up to date and mounts it on MOUNTPOINT (an empty directory). It returns \
+once the mount is usable, leaving a daemon that serves it; the daemon's exit status \
+is reported instead when it fails to start.
+
+Data written to the mount lands in the local cache first and is encrypted and \
+uploaded in the background, after `--upload-delay`; metadata follows every \
+`--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
+everything is in the store. Only one mount of a store may run at a time: the store \
+holds a lock object while mounted.
+
+**mount.megafs** also works as the mount helper of mount(8): installed as \
+/sbin/mount.megafs, `mount -t megafs STORAGE_URL MOUNTPOINT -o OPTIONS` and lines of \
+type `megafs` in /etc/fstab work. Besides FUSE options such as `allow_other` and \
+`ro`, `-o` understands `cache_dir=DIR`, `cache_size=SIZE`, `passphrase_file=F` and \
+`nonempty` (mount over a non-empty directory); options that mean nothing to FUSE \
+(`_netdev`, `nofail`, `noauto`, `x-*` and the like) are ignored.
+
+Without `--fg` the daemon logs to megafs.log in the cache directory and to the \
+system log (journal) when one listens on /dev/log; with `--fg` it stays in the \
+foreground and logs to standard error. `--debug` adds debug messages, of every \
+module or, as `--debug=MODULES`, of some; `megafs ctrl MOUNTPOINT log-level` \
+changes the level of a running mount.""",
+    "examples": """\
+Mount, reading the passphrase from a file and bounding the cache to 8 GiB:
+
+    mount.megafs --passphrase-file /etc/megafs/mega.passphrase --cache-size 8G \\
+        local:///srv/megafs-store /srv/mega
+
+The same as a line of /etc/fstab (mounted at boot, after the network):
+
+    local:///srv/megafs-store /srv/mega megafs passphrase_file=/etc/megafs/mega.passphrase,cache_size=8G,_netdev 0 0
+
+Debug messages of the block cache only, in the foreground:
+
+    mount.megafs --fg --debug=megafs.core.cache local:///srv/megafs-store /srv/mega""",
+    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_AUTHINFO",
+                    "AWS_ACCESS_KEY_ID"],
+    "files": ["CACHE_DIR", "LOG", "FSTAB", "AUTHINFO"],
+}
 
 
 def build_parser():
@@ -40,16 +89,18 @@ def build_parser():
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--upload-delay", type=float, default=5.0, metavar="SECONDS",
                    help="upload a block once it has not been written for this long (default 5)")
-    p.add_argument("--metadata-interval", type=float, default=10.0, metavar="SECONDS",
-                   help="upload changed metadata at most this long after a change (default 10)")
+    p.add_argument("--metadata-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="upload metadata changes this often (default 2); with the upload"
+                        " delay this bounds how far the store lags behind the mount")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="retry a failing storage request this long; then a read of data not in"
                         " the cache fails with EIO (uploads keep retrying; default 60)")
     p.add_argument("--force", action="store_true",
                    help="take over the store's lock from a mount on another machine that"
                         " crashed (never use it while that mount is alive)")
-    p.add_argument("storage_url", metavar="STORAGE_URL")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("storage_url", metavar="STORAGE_URL", help="where the filesystem is stored")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT",
+                   help="an empty directory to mount it on")
     return p
 
 
@@ -81,10 +132,12 @@ def _config(args) -> MountConfig:
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout)
 
 
-def _serve(cfg: MountConfig, ready) -> None:
+def _serve(cfg: MountConfig, ready, opened=None) -> None:
     async def go():
         daemon = Daemon(cfg)
         await daemon.open()
+        if opened is not None:
+            opened(daemon)
         await daemon.serve(ready)
 
     trio.run(go)
@@ -94,7 +147,7 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cfg = _config(args)
     if args.fg:
-        setup_logging(args.debug)
+        setup_logging(args.debug, level=logging.INFO)
         _serve(cfg, lambda: None)
         return 0
     return _daemonize(cfg, args.debug)
@@ -106,7 +159,7 @@ def _daemonize(cfg: MountConfig, debug: bool) -> int:
     pid = os.fork()
     if pid:  # parent: wait for the verdict
         os.close(wfd)
-        with os.fdopen(rfd, "rb") as r:
+        with os.fdopen(rfd, "rb") as r, Progress("mount.megafs", "unlocking and mounting"):
             msg = r.read().decode(errors="replace")
         if msg.startswith("ok"):
             return 0
@@ -132,12 +185,16 @@ def _daemonize(cfg: MountConfig, debug: bool) -> int:
 
     code = 0
     try:
+        # The log goes to megafs.log in the cache directory. Without --cache-dir that
+        # is known once the superblock is read: until then records wait in memory.
         logfile = os.path.join(cfg.cache_dir, "megafs.log") if cfg.cache_dir else None
         if logfile:
             os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
-        setup_logging(debug, logfile or _default_log())
-        _serve(cfg, lambda: report("ok"))
+        setup_logging(debug, logfile, buffer=not logfile, syslog="mount.megafs")
+        _serve(cfg, lambda: report("ok"), opened=_log_in_cache_dir)
     except BaseException as e:  # noqa: BLE001 - the daemon reports and exits
+        if logging_buffered():
+            log_to_file(_default_log())
         leaf = e
         if isinstance(e, BaseExceptionGroup):
             from megafs.cli.common import _leaf
@@ -146,11 +203,15 @@ def _daemonize(cfg: MountConfig, debug: bool) -> int:
             code = int(leaf.exit_code)
             report(f"{code} {leaf}")
         else:
-            import logging
             logging.getLogger("megafs").exception("daemon failed")
             code = int(ExitCode.FAILURE)
             report(f"{code} internal error: {leaf!r} (see the log)")
     os._exit(code)
+
+
+def _log_in_cache_dir(daemon: Daemon) -> None:
+    if logging_buffered():
+        log_to_file(os.path.join(os.path.dirname(daemon.fs.cache.dir), "megafs.log"))
 
 
 def _default_log() -> str:

@@ -4,10 +4,40 @@ from __future__ import annotations
 
 import os
 
-from megafs.cli import keys
-from megafs.cli.common import parser, run
+from megafs.cli import ctrl, keys
+from megafs.cli.common import finish, parser, run, setup_logging
 from megafs.cli.umount import daemon_pid, megafs_mounts
 from megafs.errors import NotMounted
+
+#: Prose of the man page megafs(1) (see megafs.cli.manpage), next to the options.
+MANUAL = {
+    "summary": "manage megafs filesystems and running mounts",
+    "description": """\
+**megafs** gathers the commands that are not mkfs, mount, umount or fsck: the state \
+of a mount, control of a running daemon, and key management. `python -m megafs` runs \
+it too.
+
+Changing the passphrase or recovering access with the recovery key rewrites only the \
+superblock: no data is re-encrypted, and they work whether or not the filesystem is \
+mounted.""",
+    "examples": """\
+Upload everything now and free the cache space of what is in the store:
+
+    megafs ctrl /srv/mega flush
+    megafs ctrl /srv/mega dropcache
+
+Debug messages of the uploader of a running mount, then back to normal:
+
+    megafs ctrl /srv/mega log-level debug megafs.core.uploader
+    megafs ctrl /srv/mega log-level info megafs.core.uploader
+
+Set a new passphrase with the recovery key printed by mkfs.megafs:
+
+    megafs recover --recovery-key-file key.txt local:///srv/megafs-store""",
+    "environment": ["MEGAFS_PASSPHRASE", "MEGAFS_NEW_PASSPHRASE", "MEGAFS_RECOVERY_KEY",
+                    "MEGAFS_AUTHINFO", "AWS_ACCESS_KEY_ID"],
+    "files": ["LOG", "AUTHINFO"],
+}
 
 
 def _stat(args) -> int:
@@ -26,14 +56,21 @@ def _stat(args) -> int:
     return 0
 
 
-def _main(argv=None) -> int:
+def build_parser():
     p = parser("megafs", "megafs: encrypted cloud storage mounted as a folder.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("stat", help="show usage and upload state of a mount")
-    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+    s = sub.add_parser("stat", help="show usage and upload state of a mount",
+                       description="Show the usage and upload state of the mount on MOUNTPOINT.")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     s.set_defaults(fn=_stat)
+    ctrl.add_command(sub)
     keys.add_commands(sub)
-    args = p.parse_args(argv)
+    return finish(p)
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug)
     return args.fn(args)
 
 

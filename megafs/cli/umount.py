@@ -8,8 +8,29 @@ import sys
 import threading
 import time
 
-from megafs.cli.common import parser, run
+from megafs.cli.common import Progress, parser, run, setup_logging
 from megafs.errors import MegafsError, NotMounted
+
+#: Prose of the man page umount.megafs(8) (see megafs.cli.manpage), next to the options.
+MANUAL = {
+    "summary": "unmount a megafs filesystem after uploading all its data",
+    "description": """\
+**umount.megafs** asks the daemon serving MOUNTPOINT to upload every changed block \
+and the metadata, unmounts it, and waits until the daemon has uploaded what changed \
+meanwhile and exited. When it returns with status 0 everything written to the mount \
+is in the store: the cache directory may be deleted and the filesystem mounted on \
+another machine.
+
+It waits through storage outages; while it waits it says how much is left to upload \
+(and the storage error, if any), on a terminal as a progress line, otherwise every \
+ten seconds on standard error. Interrupting it leaves the mount in place.
+
+`umount MOUNTPOINT` and `fusermount3 -u MOUNTPOINT` unmount too, but return at once, \
+while the daemon is still uploading.""",
+    "examples": """\
+    umount.megafs /srv/mega""",
+    "files": ["LOG"],
+}
 
 
 def megafs_mounts() -> dict[str, str]:
@@ -30,8 +51,9 @@ def daemon_pid(mountpoint: str) -> int:
         raise NotMounted(f"{mountpoint}: the megafs daemon does not answer ({e.strerror})") from None
 
 
-def _flush(mnt: str) -> None:
-    """Ask the daemon to upload everything; say what we wait for while it takes long."""
+def _flush(mnt: str, progress: Progress | None = None, prog: str = "umount.megafs") -> None:
+    """Ask the daemon to upload everything; say what we wait for while it takes long:
+    on *progress* when it shows (a terminal), else in a line now and then."""
     result: list[OSError | None] = []
 
     def flush():
@@ -47,9 +69,13 @@ def _flush(mnt: str) -> None:
     while worker.is_alive():
         worker.join(0.2)
         now = time.monotonic()
-        if worker.is_alive() and now - last >= (5 if last == started else 10):
+        if progress is not None and progress.enabled:
+            if worker.is_alive() and now - last >= 1:
+                last = now
+                progress.update(f"uploading: {_status(mnt)}")
+        elif worker.is_alive() and now - last >= (5 if last == started else 10):
             last = now
-            print(f"umount.megafs: still waiting after {now - started:.0f}s: {_status(mnt)}",
+            print(f"{prog}: still waiting after {now - started:.0f}s: {_status(mnt)}",
                   file=sys.stderr)
     if result and result[0] is not None:
         raise MegafsError(f"{mnt}: flushing failed ({result[0].strerror}); see the daemon log")
@@ -67,35 +93,35 @@ def _status(mnt: str) -> str:
     return text
 
 
-def _main(argv=None) -> int:
+def build_parser():
     p = parser("umount.megafs", "Unmount a megafs filesystem after uploading all its data.")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    args = p.parse_args(argv)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug)
     mnt = os.path.abspath(args.mountpoint)
     if mnt not in megafs_mounts():
         raise NotMounted(f"{mnt} is not a megafs mount point")
     pid = daemon_pid(mnt)
-    tty = sys.stderr.isatty()
-    if tty:
-        print("umount.megafs: uploading data and metadata...", file=sys.stderr)
-    _flush(mnt)
-    r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
-        raise MegafsError(msg)
-    # The daemon uploads whatever changed since the flush, then exits.
-    last = time.monotonic()
-    while os.path.exists(f"/proc/{pid}"):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(")")[-1].split()[0] == "Z":
-                    break
-        except OSError:
-            break
-        time.sleep(0.05)
-        if tty and time.monotonic() - last > 5:
-            print("umount.megafs: waiting for the daemon to finish uploading...", file=sys.stderr)
-            last = time.monotonic()
+    with Progress("umount.megafs", "uploading data and metadata") as progress:
+        _flush(mnt, progress)
+        r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+        if r.returncode != 0:
+            msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
+            raise MegafsError(msg)
+        # The daemon uploads whatever changed since the flush, then exits.
+        progress.update("unmounted; waiting for the daemon to finish uploading")
+        while os.path.exists(f"/proc/{pid}"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(")")[-1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.05)
     return 0
 
 

@@ -19,6 +19,9 @@ objects   stored data objects: ``key`` is the backend key (``b/<hex>``),
           deleted from the store after the next metadata snapshot is committed.
 blocks    (inode, blockno) -> object. A missing row is a hole (reads as zeros).
 state     key/value: ``seq`` of the last snapshot committed to the store, etc.
+journal   keys of rows changed since the last metadata upload (filled by triggers),
+          so that an upload ships only what changed (a delta), not the database.
+          ``journal_sent`` holds the keys of an upload in flight.
 """
 
 from __future__ import annotations
@@ -75,7 +78,38 @@ CREATE TABLE state (
     key TEXT PRIMARY KEY,
     value
 );
-"""
+CREATE TABLE journal (
+    tbl TEXT NOT NULL,
+    a NOT NULL,
+    b NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, a, b)
+) WITHOUT ROWID;
+CREATE TABLE journal_sent (
+    tbl TEXT NOT NULL,
+    a NOT NULL,
+    b NOT NULL DEFAULT 0,
+    PRIMARY KEY (tbl, a, b)
+) WITHOUT ROWID;
+""" + "".join(
+    f"""
+CREATE TRIGGER {table}_{op.lower()} AFTER {op} ON {table} BEGIN
+    INSERT OR IGNORE INTO journal (tbl, a, b) VALUES ('{table}', {row}.{a}, {b_expr(row)});
+END;"""
+    for table, a, b in (("inodes", "id", None), ("dentries", "id", None),
+                        ("xattrs", "inode", "name"), ("objects", "id", None),
+                        ("blocks", "inode", "blockno"))
+    for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))
+    for b_expr in [lambda r, b=b: f"{r}.{b}" if b else "0"]
+)
+
+#: Tables shipped in metadata deltas, with their key columns (see ``journal``).
+JOURNALED = {"inodes": ("id",), "dentries": ("id",), "xattrs": ("inode", "name"),
+             "objects": ("id",), "blocks": ("inode", "blockno")}
+
+#: The data tables alone (what a delta image holds), without indexes or triggers.
+DELTA_SCHEMA = SCHEMA[:SCHEMA.index("CREATE TABLE state")].replace(
+    "CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;", "")
+
 
 #: Column order of inode rows handed around the core (``SELECT INODE_COLS FROM inodes``).
 INODE_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, rdev"

@@ -38,8 +38,9 @@ KIND_BLOCK = 1
 KIND_METADATA = 2
 KIND_HEAD = 3
 KIND_LOCK = 4
+KIND_DELTA = 5
 KIND_NAMES = {KIND_BLOCK: "data block", KIND_METADATA: "metadata", KIND_HEAD: "head",
-              KIND_LOCK: "lock"}
+              KIND_LOCK: "lock", KIND_DELTA: "metadata delta"}
 
 HEADER = struct.Struct("<4sBB12s32s")
 INNER = struct.Struct("<BQ")

@@ -66,19 +66,21 @@ class ObjectStore:
         return await _run(self.open_block, object_key, blob, size=len(blob))
 
     # -- metadata -------------------------------------------------------------
-    async def put_metadata(self, object_key: str, payload: bytes) -> int:
-        blob = await _run(envelope.seal, self.keys.meta, envelope.KIND_METADATA, object_key,
-                          payload, size=len(payload))
+    async def put_metadata(self, object_key: str, payload: bytes, *, delta: bool = False) -> int:
+        kind = envelope.KIND_DELTA if delta else envelope.KIND_METADATA
+        blob = await _run(envelope.seal, self.keys.meta, kind, object_key, payload,
+                          size=len(payload))
         await self.backend.put(object_key, blob)
         return len(blob)
 
-    async def get_metadata(self, object_key: str) -> bytes:
+    async def get_metadata(self, object_key: str, *, delta: bool = False) -> bytes:
+        kind = envelope.KIND_DELTA if delta else envelope.KIND_METADATA
         try:
             blob = await self.backend.get(object_key)
         except NoSuchObject:
-            raise CorruptObject(f"metadata snapshot {object_key} is missing from the store") from None
-        return await _run(envelope.open_, self.keys.meta, envelope.KIND_METADATA, object_key, blob,
-                          size=len(blob))
+            raise CorruptObject(
+                f"{envelope.KIND_NAMES[kind]} {object_key} is missing from the store") from None
+        return await _run(envelope.open_, self.keys.meta, kind, object_key, blob, size=len(blob))
 
     async def write_head(self, head: dict) -> None:
         payload = json.dumps(head, sort_keys=True).encode()
