@@ -14,6 +14,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+import apsw
 import pyfuse3
 import trio
 
@@ -157,7 +158,8 @@ class Daemon:
         cfg = self.cfg
         conn = await self._metadata(store, sb, cache_dir)
         self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
-                             cache_size=cfg.cache_size, upload_delay=cfg.upload_delay)
+                             cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
+                             timeout=cfg.timeout)
         dirty = self.fs.recover()
         if dirty:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
@@ -234,13 +236,16 @@ class Daemon:
                 async with self._snap_lock:
                     try:
                         await self.snap.upload()
-                    except MegafsError as e:
+                    except (MegafsError, OSError, apsw.Error) as e:
                         log.error("metadata upload failed: %s", e)
 
     async def _commits(self) -> None:
         while True:
             await trio.sleep(1)
-            self.fs.commit()
+            try:
+                self.fs.commit()
+            except apsw.Error as e:  # e.g. the cache disk is full: retried next second
+                log.error("committing metadata to the cache directory failed: %s", e)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

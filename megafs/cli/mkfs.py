@@ -26,10 +26,11 @@ MANUAL = {
     "summary": "create an encrypted megafs filesystem in a store",
     "description": """\
 **mkfs.megafs** creates a new, empty megafs filesystem in the store at STORAGE_URL. \
-It derives a key from the passphrase with Argon2id (about a second on purpose), \
-writes the superblock and an empty metadata snapshot, and prints a recovery key \
-once: it restores access with `megafs recover` when the passphrase is lost. Keep it \
-somewhere safe: without the passphrase or the recovery key the data cannot be read.
+It derives a key from the passphrase with Argon2id (deliberately slow and \
+memory-hungry, so that guessing passphrases is expensive), writes the superblock \
+and an empty metadata snapshot, and prints a recovery key once: it restores access \
+with `megafs recover` when the passphrase is lost. Keep it somewhere safe: without \
+the passphrase or the recovery key the data cannot be read.
 
 The store must be empty unless `--force` is given; `--force` destroys whatever \
 the store holds, an existing filesystem included.""",

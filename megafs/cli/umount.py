@@ -23,7 +23,8 @@ another machine.
 
 It waits through storage outages; while it waits it says how much is left to upload \
 (and the storage error, if any), on a terminal as a progress line, otherwise every \
-ten seconds on standard error. Interrupting it leaves the mount in place.
+ten seconds on standard error. Interrupting it does not stop the uploads: the \
+daemon goes on with them.
 
 `umount MOUNTPOINT` and `fusermount3 -u MOUNTPOINT` unmount too, but return at once, \
 while the daemon is still uploading.""",

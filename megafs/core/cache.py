@@ -88,6 +88,10 @@ class BlockCache:
         self.mem_limit = min(64 << 20, max_bytes // 8)
         self.changed = trio.Event()  # set whenever dirty data is uploaded or removed
         self.wanted = trio.Event()  # set when someone waits for uploads
+        st = os.statvfs(self.dir)  # keep this much free on the cache disk (ensure_space):
+        self.min_free = min(64 << 20, st.f_blocks * st.f_frsize // 10)
+        self._free = 0
+        self._checked = -1.0
         self.nursery: trio.Nursery | None = None  # set by the daemon: enables readahead
         self.window = max(2, store.backend.parallelism)  # blocks fetched ahead of a reader
 
@@ -265,6 +269,7 @@ class BlockCache:
             log.debug("readahead of inode %d block %d failed: %s", ino, blk, e)
 
     def _create(self, ino: int, blk: int, data: bytes, dirty: bool) -> Entry:
+        self.ensure_space(len(data) or 4096)
         e = Entry(ino, blk, len(data), dirty)
         path = self._path(e)
         try:
@@ -283,6 +288,7 @@ class BlockCache:
 
     def _spill(self, e: Entry) -> None:
         """Move a memory block into its cache file."""
+        self.ensure_space(len(e.buf))
         path = self._path(e)
         data, e.buf = e.buf, None
         self.mem_bytes -= len(data)
@@ -305,10 +311,34 @@ class BlockCache:
             data += bytes(size - len(data))
         return data
 
+    def ensure_space(self, need: int) -> None:
+        """Keep free space on the cache directory's disk for the metadata database and
+        logs: evict clean blocks if needed, else raise CacheError(ENOSPC) *before* the
+        disk is full. statvfs runs at most every 50 ms while the running estimate of
+        free space stays above the reserve."""
+        self._free -= need
+        now = trio.current_time()
+        if self._free > self.min_free and now - self._checked < 0.05:
+            return
+        for attempt in range(2):
+            st = os.statvfs(self.dir)
+            self._checked = now
+            self._free = st.f_bavail * st.f_frsize - need
+            if self._free > self.min_free:
+                return
+            if attempt == 0:
+                self.evict(max(0, self.total - (self.min_free - self._free)))
+        err = CacheError(f"cache directory {self.dir}: disk full")
+        err.errno = errno.ENOSPC
+        raise err
+
     def write(self, e: Entry, offset: int, data) -> None:
         end = offset + len(data)
         if e.buf is not None and (end > SPILL_SIZE or self.mem_bytes > self.mem_limit):
+            self.ensure_space(end)
             self._spill(e)
+        elif e.buf is None and end > e.size:
+            self.ensure_space(end - e.size)
         if not e.dirty:
             if e.buf is None:
                 os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}.d")
@@ -333,6 +363,7 @@ class BlockCache:
         if e.buf is not None or len(data) < THREAD_WRITE:
             self.write(e, offset, data)
             return
+        self.ensure_space(max(0, offset + len(data) - e.size))
         self.write(e, offset, b"")  # marks dirty; bumps the generation before the data lands
         fd = os.dup(self._fd(e))
         e.writing += 1
@@ -357,11 +388,17 @@ class BlockCache:
                 os.ftruncate(self._fd(e), size)
             self._resize(e, size)
 
-    async def wait_for_room(self) -> None:
-        """Block writers while too much data waits for upload."""
-        while self.dirty_bytes >= self.max_dirty:
-            self.wanted.set()
-            await self.changed.wait()
+    async def wait_for_room(self, timeout: float) -> None:
+        """Block writers while too much data waits for upload; after *timeout* seconds
+        without room (the storage is down), fail with ENOSPC."""
+        with trio.move_on_after(timeout):
+            while self.dirty_bytes >= self.max_dirty:
+                self.wanted.set()
+                await self.changed.wait()
+            return
+        err = CacheError(f"cache full: {self.dirty_bytes} bytes wait for upload")
+        err.errno = errno.ENOSPC
+        raise err
 
     def drop_inode(self, ino: int, first_blk: int = 0) -> None:
         for blk in sorted(self.by_ino.get(ino, ())):

@@ -30,7 +30,8 @@ MAX_FILE_SIZE = 1 << 62
 
 class Filesystem:
     def __init__(self, conn: apsw.Connection, store: ObjectStore, cache_dir: str, *,
-                 block_size: int, cache_size: int, upload_delay: float = 1.0):
+                 block_size: int, cache_size: int, upload_delay: float = 1.0,
+                 timeout: float = 60.0):
         self.db = conn
         self.ns = Namespace(conn)
         self.blockmap = BlockMap(conn)
@@ -38,6 +39,7 @@ class Filesystem:
         self.bs = block_size
         self.cache = BlockCache(cache_dir, store, self.blockmap, block_size, cache_size)
         self.uploader = Uploader(self.cache, self.blockmap, store, delay=upload_delay)
+        self.timeout = timeout  # how long a writer waits for cache room before ENOSPC
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, int] = {}
         self.wal_path = conn.filename + "-wal"
@@ -193,7 +195,10 @@ class Filesystem:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
-        await self.cache.wait_for_room()
+        try:
+            await self.cache.wait_for_room(self.timeout)
+        except CacheError:
+            raise FsError(errno.ENOSPC) from None
         bs = self.bs
         pos = 0
         view = memoryview(data)

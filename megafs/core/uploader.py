@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import apsw
 import trio
 
 from megafs.core.blockmap import BlockMap
@@ -63,7 +64,7 @@ class Uploader:
                 await self._upload(batch)
                 failures = 0
                 self.last_error = None
-            except MegafsError as e:
+            except (MegafsError, OSError, apsw.Error) as e:  # storage down, cache disk full
                 failures += 1
                 self.last_error = str(e)
                 log.error("upload failed (attempt %d): %s", failures, e)
@@ -71,13 +72,14 @@ class Uploader:
 
     async def _upload(self, batch: list[Entry]) -> None:
         results: list[tuple[Entry, int, bytes | None, tuple | None]] = []
+        errors: list[Exception] = []
         for e in batch:
             e.uploading = True
         try:
             async with trio.open_nursery() as nursery:
                 for e in batch:
                     await self.limit.acquire_on_behalf_of(e)
-                    nursery.start_soon(self._one, e, results)
+                    nursery.start_soon(self._one, e, results, errors)
             await self.store.backend.sync()
         finally:
             for e in batch:
@@ -91,8 +93,10 @@ class Uploader:
             if not e.removed and e.dirty:
                 self.cache.mark_clean(e)
         self.cache.evict()
+        if errors:  # what did get stored is recorded above; the rest is retried later
+            raise errors[0]
 
-    async def _one(self, e: Entry, results: list) -> None:
+    async def _one(self, e: Entry, results: list, errors: list) -> None:
         """Hash and (unless an identical object exists) seal and store one block."""
         try:
             if e.removed:
@@ -113,6 +117,8 @@ class Uploader:
             stored = await self.store.put_block(key, data)
             self.uploaded_bytes += stored
             results.append((e, gen, digest, (key, len(data), stored)))
+        except (MegafsError, OSError) as err:
+            errors.append(err)
         finally:
             self.limit.release_on_behalf_of(e)
 

@@ -23,6 +23,7 @@ import pyfuse3
 
 from megafs.core.filesystem import Filesystem
 from megafs.core.namespace import ROOT, FsError
+from megafs.errors import MegafsError
 
 log = logging.getLogger(__name__)
 CTRL_PREFIX = b"megafs."
@@ -41,12 +42,26 @@ def _attrs(row: tuple) -> pyfuse3.EntryAttributes:
 
 
 def _errors(fn):
+    """Turn every failure into an errno for the kernel: an exception escaping a
+    handler would end the whole FUSE session (pyfuse3 treats it as fatal)."""
+
     @functools.wraps(fn)
     async def wrapper(*args):
         try:
             return await fn(*args)
         except FsError as e:
             raise pyfuse3.FUSEError(e.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except MegafsError as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(getattr(e, "errno", None) or errno.EIO) from None
+        except OSError as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed (a bug: please report it)", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
@@ -64,6 +79,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         return _attrs(self.fs.lookup(parent_inode, name))
 
+    @_errors
     async def forget(self, inode_list):
         for ino, n in inode_list:
             self.fs.forget(ino, n)
@@ -150,6 +166,7 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh):
         pass
 
+    @_errors
     async def release(self, fh):
         self.fs.release(fh)
 
@@ -178,9 +195,11 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh):
         pass
 
+    @_errors
     async def fsyncdir(self, fh, datasync):
         await self.fs.fsync(None)
 
+    @_errors
     async def statfs(self, ctx):
         files, used = self.fs.usage()
         s = pyfuse3.StatvfsData()
