@@ -120,7 +120,7 @@ class Control:
         log.info("control: cache size %d bytes", size)
 
     def capacity(self) -> int:
-        return DEFAULT_CAPACITY
+        return self.daemon.fs.quota or DEFAULT_CAPACITY
 
 
 class Daemon:
@@ -159,7 +159,7 @@ class Daemon:
         conn = await self._metadata(store, sb, cache_dir)
         self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
-                             timeout=cfg.timeout)
+                             timeout=cfg.timeout, quota=sb.get("quota"))
         dirty = self.fs.recover()
         if dirty:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
@@ -244,6 +244,7 @@ class Daemon:
             await trio.sleep(1)
             try:
                 self.fs.commit()
+                self.fs.refresh_usage()
             except apsw.Error as e:  # e.g. the cache disk is full: retried next second
                 log.error("committing metadata to the cache directory failed: %s", e)
 

@@ -21,6 +21,13 @@ def add_commands(sub) -> None:
     p.add_argument("storage_url", metavar="STORAGE_URL")
     p.set_defaults(fn=_passphrase)
 
+    p = sub.add_parser("quota", help="show or change the storage quota (next mount uses it)")
+    add_passphrase_option(p)
+    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.add_argument("size", nargs="?", metavar="SIZE|none",
+                   help="new quota (e.g. 50G), or 'none' for no limit; omit to show it")
+    p.set_defaults(fn=_quota)
+
     p = sub.add_parser("recover", help="set a new passphrase using the recovery key from mkfs")
     p.add_argument("--recovery-key-file", metavar="F",
                    help="read the recovery key from F (default: $MEGAFS_RECOVERY_KEY, else ask)")
@@ -56,6 +63,39 @@ async def _rewrap(url: str, *, passphrase: bytes | None, recovery_key: bytes | N
         await backend.sync()
     finally:
         await backend.aclose()
+
+
+def _quota(args) -> int:
+    from megafs.cli.common import parse_size
+
+    passphrase = read_passphrase(args.passphrase_file)
+    if args.size is None:
+        new = None
+    elif args.size.lower() == "none":
+        new = 0
+    else:
+        try:
+            new = parse_size(args.size)
+        except Exception as e:  # argparse.ArgumentTypeError
+            raise UsageError(str(e)) from None
+
+    async def go():
+        backend = await lifecycle.connect(args.storage_url)
+        try:
+            store, sb = await lifecycle.unlock(backend, passphrase=passphrase)
+            if new is None:
+                return sb.get("quota")
+            blob = superblock.set_quota(sb, store.keys, new or None)
+            await backend.put(superblock.OBJECT_KEY, blob)
+            await backend.sync()
+            return new or None
+        finally:
+            await backend.aclose()
+
+    quota = trio.run(go)
+    print(f"quota: {quota if quota else 'none'}"
+          + (" (a mounted filesystem uses it from its next mount)" if new is not None else ""))
+    return 0
 
 
 def _passphrase(args) -> int:

@@ -47,6 +47,9 @@ def build_parser():
     add_passphrase_option(p)
     p.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE, metavar="SIZE",
                    help="size of the blocks files are split into (default 1M, 64K..64M)")
+    p.add_argument("--quota", type=parse_size, metavar="SIZE",
+                   help="limit the bytes stored (after deduplication and compression), e.g."
+                        " 50G; df shows it; change it with 'megafs quota'")
     p.add_argument("--force", action="store_true",
                    help="overwrite whatever the store holds (destroys an existing filesystem)")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="e.g. local:///srv/megafs-store")
@@ -64,7 +67,8 @@ def _main(argv=None) -> int:
         backend = await lifecycle.connect(args.storage_url)
         try:
             return await lifecycle.create(backend, passphrase, block_size=args.block_size,
-                                          force=args.force, uid=os.getuid(), gid=os.getgid())
+                                          force=args.force, uid=os.getuid(), gid=os.getgid(),
+                                          quota=args.quota)
         finally:
             await backend.aclose()
 

@@ -71,6 +71,11 @@ class BlockMap:
         self.ex("DELETE FROM objects WHERE id=? AND refcount=0", (obj,))
         return self.db.changes() > 0
 
+    def stored_bytes(self) -> int:
+        """Bytes of live objects in the store (after deduplication and compression)."""
+        return self.ex("SELECT coalesce(sum(stored_size), 0) FROM objects WHERE refcount>0"
+                       ).fetchone()[0]
+
     def stats(self) -> dict:
         blocks = self.ex("SELECT count(*) FROM blocks").fetchone()[0]
         objs, plain, stored = self.ex(

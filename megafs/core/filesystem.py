@@ -31,7 +31,7 @@ MAX_FILE_SIZE = 1 << 62
 class Filesystem:
     def __init__(self, conn: apsw.Connection, store: ObjectStore, cache_dir: str, *,
                  block_size: int, cache_size: int, upload_delay: float = 1.0,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, quota: int | None = None):
         self.db = conn
         self.ns = Namespace(conn)
         self.blockmap = BlockMap(conn)
@@ -40,6 +40,9 @@ class Filesystem:
         self.cache = BlockCache(cache_dir, store, self.blockmap, block_size, cache_size)
         self.uploader = Uploader(self.cache, self.blockmap, store, delay=upload_delay)
         self.timeout = timeout  # how long a writer waits for cache room before ENOSPC
+        self.quota = quota  # bytes the store may hold (after dedup and compression)
+        self.stored = self.blockmap.stored_bytes()  # refreshed by refresh_usage()
+        self.inflight = 0  # bytes of writes in progress (for the quota)
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, int] = {}
         self.wal_path = conn.filename + "-wal"
@@ -191,40 +194,57 @@ class Filesystem:
             raise FsError(errno.EIO) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def refresh_usage(self) -> None:
+        self.stored = self.blockmap.stored_bytes()
+
+    def _reserve_quota(self, n: int) -> None:
+        """ENOSPC if *n* more bytes could take the store past its quota (counting data
+        waiting for upload and writes in progress, before compression)."""
+        if self.quota is None:
+            return
+        if self.stored + self.cache.dirty_bytes + self.inflight + n > self.quota:
+            self.refresh_usage()
+            if self.stored + self.cache.dirty_bytes + self.inflight + n > self.quota:
+                raise FsError(errno.ENOSPC)
+
     async def write(self, ino: int, offset: int, data: bytes) -> int:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
+        self._reserve_quota(len(data))
+        self.inflight += len(data)
         try:
             await self.cache.wait_for_room(self.timeout)
-        except CacheError:
-            raise FsError(errno.ENOSPC) from None
-        bs = self.bs
-        pos = 0
-        view = memoryview(data)
-        size = self.ns.get(ino)[4]
-        try:
-            while pos < len(data):
-                blk, within = divmod(offset + pos, bs)
-                n = min(bs - within, len(data) - pos)
-                # Nothing to fetch when the block is overwritten whole or lies past EOF.
-                fetch = blk * bs < size and not (within == 0 and n == bs)
-                e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL)
-                await self.cache.write_async(e, within, view[pos:pos + n])
-                pos += n
+            await self._write_blocks(ino, offset, data)
         except MegafsError as err:
             log.error("write to %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
-                      offset + pos, err)
+                      offset, err)
             full = isinstance(err, CacheError) and getattr(err, "errno", None) == errno.ENOSPC
             raise FsError(errno.ENOSPC if full else errno.EIO) from None
         except OSError as err:  # the cache directory's disk: ENOSPC, EDQUOT, EIO
             log.error("write to %s (inode %d): cache directory: %s", self.ns.path_of(ino), ino,
                       err.strerror)
             raise FsError(err.errno or errno.EIO) from None
+        finally:
+            self.inflight -= len(data)
         t = now_ns()
         self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
                         (end, t, t, ino))
         return len(data)
+
+    async def _write_blocks(self, ino: int, offset: int, data: bytes) -> None:
+        bs = self.bs
+        pos = 0
+        view = memoryview(data)
+        size = self.ns.get(ino)[4]
+        while pos < len(data):
+            blk, within = divmod(offset + pos, bs)
+            n = min(bs - within, len(data) - pos)
+            # Nothing to fetch when the block is overwritten whole or lies past EOF.
+            fetch = blk * bs < size and not (within == 0 and n == bs)
+            e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL)
+            await self.cache.write_async(e, within, view[pos:pos + n])
+            pos += n
 
     async def fsync(self, ino: int | None) -> None:
         """Make written data of *ino* (all inodes if None) survive a crash of this process."""
@@ -263,5 +283,5 @@ class Filesystem:
         self.ns.removexattr(ino, name)
 
     def usage(self) -> tuple[int, int]:
-        """(number of inodes, bytes used in the store)."""
-        return self.ns.counts()
+        """(number of inodes, bytes used: stored plus waiting for upload)."""
+        return self.ns.count_inodes(), self.stored + self.cache.dirty_bytes

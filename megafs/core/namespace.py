@@ -306,8 +306,5 @@ class Namespace:
                 raise FsError(errno.ENODATA)
             self.ex("UPDATE inodes SET ctime_ns=? WHERE id=?", (now_ns(), ino))
 
-    def counts(self) -> tuple[int, int]:
-        """(number of inodes, bytes stored in the backend)."""
-        n = self.ex("SELECT count(*) FROM inodes").fetchone()[0]
-        used = self.ex("SELECT coalesce(sum(stored_size), 0) FROM objects").fetchone()[0]
-        return n, used
+    def count_inodes(self) -> int:
+        return self.ex("SELECT count(*) FROM inodes").fetchone()[0]

@@ -36,7 +36,7 @@ async def unlock(backend: Backend, *, passphrase: bytes | None = None,
 
 
 async def create(backend: Backend, passphrase: bytes, *, block_size: int, force: bool,
-                 uid: int, gid: int) -> tuple[ObjectStore, str]:
+                 uid: int, gid: int, quota: int | None = None) -> tuple[ObjectStore, str]:
     """Write a new, empty filesystem; return (store, printable recovery key)."""
     existing = [k async for k in backend.list("")]
     if existing:
@@ -47,7 +47,8 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
             raise AlreadyExists(f"{backend.description} is not empty (use --force to overwrite it)")
         for k in existing:
             await backend.delete(k)
-    blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size)
+    blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size,
+                                                         quota)
     store = ObjectStore(backend, keys)
     # Initial metadata: an empty root directory, as snapshot 1.
     import apsw

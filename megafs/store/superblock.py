@@ -66,7 +66,8 @@ def _unwrap(kek: bytes, slot: dict, store_id: bytes, name: str) -> bytes:
         raise WrongPassphrase("wrong passphrase") from None
 
 
-def create(passphrase: bytes, block_size: int) -> tuple[bytes, KeyRing, str]:
+def create(passphrase: bytes, block_size: int,
+           quota: int | None = None) -> tuple[bytes, KeyRing, str]:
     """Make a new superblock; return (serialized, keyring, printable recovery key)."""
     store_id = os.urandom(16)
     master = os.urandom(32)
@@ -80,6 +81,7 @@ def create(passphrase: bytes, block_size: int) -> tuple[bytes, KeyRing, str]:
         "store_id": store_id.hex(),
         "created": int(time.time()),
         "block_size": block_size,
+        "quota": quota,
         "kdf": {**params.to_json(), "salt": salt.hex()},
         "slots": {
             "passphrase": _slot(kek, master, store_id, "passphrase"),
@@ -128,6 +130,13 @@ def unlock(sb: dict, *, passphrase: bytes | None = None,
     if not ok:
         raise CorruptObject("the superblock failed authentication (tampered)")
     return keys
+
+
+def set_quota(sb: dict, keys: KeyRing, quota: int | None) -> bytes:
+    """A new superblock with another quota (bytes stored, None: unlimited)."""
+    sb = dict(sb, quota=quota)
+    sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
+    return json.dumps(sb, indent=1).encode()
 
 
 def rewrap_passphrase(sb: dict, keys: KeyRing, new_passphrase: bytes) -> bytes:

@@ -1,0 +1,47 @@
+"""Quota: df shows it, writes beyond it fail with ENOSPC, and it can be changed."""
+
+import errno
+import os
+
+import pytest
+
+
+@pytest.fixture
+def quota_fs(megafs):
+    megafs.mkfs("--quota", "5M")
+    megafs.mount()
+    return megafs
+
+
+def _write(path, size):
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_quota_is_enforced_and_changeable(quota_fs):
+    fs = quota_fs
+    st = os.statvfs(fs.mnt)
+    assert st.f_blocks * st.f_frsize == 5 << 20
+    _write(fs.mnt / "a", 3 << 20)
+    st = os.statvfs(fs.mnt)
+    assert (st.f_blocks - st.f_bfree) * st.f_frsize >= 3 << 20
+    with pytest.raises(OSError) as e:
+        _write(fs.mnt / "b", 3 << 20)  # the error shows at fsync (writeback cache)
+    assert e.value.errno == errno.ENOSPC
+    (fs.mnt / "b").unlink()
+    _write(fs.mnt / "c", 1 << 20)  # below the quota again: fine
+    fs.umount()
+    r = fs.run("megafs", "quota", fs.url, "20M")
+    assert "20971520" in r.stdout
+    fs.mount()
+    st = os.statvfs(fs.mnt)
+    assert st.f_blocks * st.f_frsize == 20 << 20
+    _write(fs.mnt / "d", 6 << 20)
+    fs.umount()
+    fs.mount(fresh_cache=True)
+    assert (fs.mnt / "a").stat().st_size == 3 << 20
+    assert (fs.mnt / "d").stat().st_size == 6 << 20
+    r = fs.run("megafs", "quota", fs.url, "none")
+    assert "none" in r.stdout
