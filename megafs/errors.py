@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     LOCKED = 21  #: the store is mounted elsewhere
     ROLLBACK = 22  #: the store serves older metadata than this machine has seen
     BAD_CREDENTIALS = 23  #: storage credentials missing, unreadable, rejected or not permitted
+    SHARE_NOT_FOUND = 24  #: a share link that was revoked or never existed
     INTERRUPTED = 130
 
 
@@ -59,4 +60,5 @@ NotMounted = _kind("NotMounted", ExitCode.NOT_MOUNTED)
 CacheError = _kind("CacheError", ExitCode.CACHE_ERROR)
 StoreLocked = _kind("StoreLocked", ExitCode.LOCKED)
 RollbackDetected = _kind("RollbackDetected", ExitCode.ROLLBACK)
+ShareNotFound = _kind("ShareNotFound", ExitCode.SHARE_NOT_FOUND)
 BadCredentials = _kind("BadCredentials", ExitCode.BAD_CREDENTIALS)

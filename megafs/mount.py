@@ -20,6 +20,7 @@ import trio
 
 from megafs.core import schema
 from megafs.core.filesystem import Filesystem
+from megafs.core.shares import Shares
 from megafs.core.snapshot import Snapshotter, confirm, download, get_state, set_state
 from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
 from megafs.fs.operations import Operations
@@ -165,7 +166,13 @@ class Daemon:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
         with conn:
             set_state(conn, "mounted", 1)
-        self.snap = Snapshotter(conn, store, self.fs.blockmap)
+        cache = self.fs.cache
+        self.shares = Shares(conn, self.fs.ns, store, cfg.url, sb["block_size"],
+                             self.fs.uploader.flush,
+                             lambda ino: any(cache.entries[(ino, b)].dirty
+                                             for b in cache.by_ino.get(ino, ())))
+        self.snap = Snapshotter(conn, store, self.fs.blockmap,
+                                before_delete=self.shares.republish)
 
     async def _metadata(self, store: ObjectStore, sb: dict, cache_dir: str):
         path = os.path.join(cache_dir, "metadata.db")
@@ -262,7 +269,8 @@ class Daemon:
         options |= cfg.fuse_options
         self.unmount_requested = False
         try:
-            pyfuse3.init(Operations(self.fs, Control(self)), cfg.mountpoint, options)
+            pyfuse3.init(Operations(self.fs, Control(self), self.shares), cfg.mountpoint,
+                         options)
         except RuntimeError as e:
             self.fs.close()
             await store_lock.release(self.store, self.lock)

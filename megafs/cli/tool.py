@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from megafs.cli import ctrl, keys
+from megafs.cli import ctrl, keys, share
 from megafs.cli.common import finish, parser, run, setup_logging
 from megafs.cli.umount import daemon_pid, megafs_mounts
 from megafs.errors import NotMounted
@@ -65,6 +65,7 @@ def build_parser():
     s.set_defaults(fn=_stat)
     ctrl.add_command(sub)
     keys.add_commands(sub)
+    share.add_commands(sub)
     return finish(p)
 
 

@@ -78,6 +78,13 @@ CREATE TABLE state (
     key TEXT PRIMARY KEY,
     value
 );
+CREATE TABLE shares (
+    id TEXT PRIMARY KEY,
+    inode INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    digest BLOB
+);
 CREATE TABLE journal (
     tbl TEXT NOT NULL,
     a NOT NULL,
@@ -97,18 +104,19 @@ CREATE TRIGGER {table}_{op.lower()} AFTER {op} ON {table} BEGIN
 END;"""
     for table, a, b in (("inodes", "id", None), ("dentries", "id", None),
                         ("xattrs", "inode", "name"), ("objects", "id", None),
-                        ("blocks", "inode", "blockno"))
+                        ("blocks", "inode", "blockno"), ("shares", "id", None))
     for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))
     for b_expr in [lambda r, b=b: f"{r}.{b}" if b else "0"]
 )
 
 #: Tables shipped in metadata deltas, with their key columns (see ``journal``).
 JOURNALED = {"inodes": ("id",), "dentries": ("id",), "xattrs": ("inode", "name"),
-             "objects": ("id",), "blocks": ("inode", "blockno")}
+             "objects": ("id",), "blocks": ("inode", "blockno"), "shares": ("id",)}
 
 #: The data tables alone (what a delta image holds), without indexes or triggers.
 DELTA_SCHEMA = SCHEMA[:SCHEMA.index("CREATE TABLE state")].replace(
-    "CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;", "")
+    "CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;", "") + \
+    SCHEMA[SCHEMA.index("CREATE TABLE shares"):SCHEMA.index("CREATE TABLE journal (")]
 
 
 #: Column order of inode rows handed around the core (``SELECT INODE_COLS FROM inodes``).

@@ -62,10 +62,12 @@ class Snapshotter:
     REBASE_FRACTION = 0.5
     MAX_DELTAS = 200
 
-    def __init__(self, conn: apsw.Connection, store: ObjectStore, blockmap: BlockMap):
+    def __init__(self, conn: apsw.Connection, store: ObjectStore, blockmap: BlockMap, *,
+                 before_delete=None):
         self.db = conn
         self.store = store
         self.blockmap = blockmap
+        self.before_delete = before_delete  # async hook: runs before garbage is deleted
         self.uploaded_changes = -1  # total_changes() at the last upload
         # An upload interrupted by a crash: its keys go back into the journal.
         with conn:
@@ -131,6 +133,8 @@ class Snapshotter:
         commit_batch(db)
         self.uploaded_changes = db.total_changes()
         self.last_size = size
+        if self.before_delete is not None:
+            await self.before_delete()
         for k in dead:
             await self.store.backend.delete(k)
         log.info("metadata %s %d committed (%d bytes, %d objects freed)",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import stat
 
@@ -27,6 +28,9 @@ from megafs.errors import MegafsError
 
 log = logging.getLogger(__name__)
 CTRL_PREFIX = b"megafs."
+SHARE_ATTR = b"megafs.share"  # on any file or folder: its link; set to share / revoke
+SHARES_ATTR = b"megafs.shares"  # on the root: all links (JSON)
+UNSHARE_ATTR = b"megafs.unshare"  # on the root: revoke the share with this id
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
 
@@ -70,10 +74,11 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
 
-    def __init__(self, fs: Filesystem, control):
+    def __init__(self, fs: Filesystem, control, shares=None):
         super().__init__()
         self.fs = fs
         self.control = control
+        self.shares = shares
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
@@ -216,6 +221,15 @@ class Operations(pyfuse3.Operations):
     # -- xattrs (plus the control channel on the root) --------------------------
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        if name == SHARE_ATTR and self.shares:  # megafs share / unshare PATH
+            if value == b"revoke":
+                await self.shares.revoke(ino=inode)
+            else:
+                await self.shares.create(inode)
+            return
+        if inode == ROOT and name == UNSHARE_ATTR and self.shares:  # unshare LINK
+            await self.shares.revoke(value.decode(errors="replace"))
+            return
         if inode == ROOT and name.startswith(CTRL_PREFIX):
             await self.control.setxattr(name[len(CTRL_PREFIX):], value)
             return
@@ -225,6 +239,13 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode, name, ctx):
+        if name == SHARE_ATTR and self.shares:
+            link = self.shares.of_inode(inode)
+            if link is None:
+                raise FsError(errno.ENODATA)
+            return link.encode()
+        if inode == ROOT and name == SHARES_ATTR and self.shares:
+            return json.dumps(self.shares.listing()).encode()
         if inode == ROOT and name.startswith(CTRL_PREFIX):
             return self.control.getxattr(name[len(CTRL_PREFIX):])
         return self.fs.getxattr(inode, name)

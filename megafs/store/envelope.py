@@ -39,8 +39,9 @@ KIND_METADATA = 2
 KIND_HEAD = 3
 KIND_LOCK = 4
 KIND_DELTA = 5
+KIND_SHARE = 6
 KIND_NAMES = {KIND_BLOCK: "data block", KIND_METADATA: "metadata", KIND_HEAD: "head",
-              KIND_LOCK: "lock", KIND_DELTA: "metadata delta"}
+              KIND_LOCK: "lock", KIND_DELTA: "metadata delta", KIND_SHARE: "share manifest"}
 
 HEADER = struct.Struct("<4sBB12s32s")
 INNER = struct.Struct("<BQ")

@@ -1,0 +1,157 @@
+"""``megafs share|shares|unshare|get``: links that carry their own key."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import trio
+
+from megafs.backends import NoSuchObject, open_backend
+from megafs.errors import CorruptObject, MegafsError, NotMounted, ShareNotFound, UsageError
+from megafs.store import envelope
+from megafs.store import share as share_format
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("share", help="print a link to a file or folder (only the link's"
+                                     " holder can decrypt it)")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(fn=_share)
+    p = sub.add_parser("shares", help="list the active share links of a mount")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(fn=_shares)
+    p = sub.add_parser("unshare", help="revoke a link: fresh downloads of it fail")
+    p.add_argument("target", metavar="LINK_OR_PATH")
+    p.set_defaults(fn=_unshare)
+    p = sub.add_parser("get", help="download what a link shares (no passphrase needed)")
+    p.add_argument("link", metavar="LINK")
+    p.add_argument("dest", metavar="DEST", nargs="?",
+                   help="where to put it (default: its name, in the current directory)")
+    p.set_defaults(fn=_get)
+
+
+def _mounts() -> dict[str, str]:
+    from megafs.cli.umount import megafs_mounts
+
+    return megafs_mounts()
+
+
+def _mount_of(path: str) -> str:
+    path = os.path.abspath(path)
+    for mnt in sorted(_mounts(), key=len, reverse=True):
+        if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
+            return mnt
+    raise NotMounted(f"{path} is not inside a megafs mount")
+
+
+def _share(args) -> int:
+    _mount_of(args.path)
+    try:
+        os.setxattr(args.path, "megafs.share", b"create")
+        print(os.getxattr(args.path, "megafs.share").decode())
+    except OSError as e:
+        raise MegafsError(f"cannot share {args.path}: {e.strerror}") from None
+    return 0
+
+
+def _shares(args) -> int:
+    mnt = _mount_of(args.mountpoint)
+    for item in json.loads(os.getxattr(mnt, "megafs.shares")):
+        print(f"{item['path']}\t{item['link']}")
+    return 0
+
+
+def _unshare(args) -> int:
+    if args.target.startswith("megafs+"):
+        url, share_id, _ = share_format.parse_link(args.target)
+        for mnt, source in _mounts().items():
+            if source.rstrip("/") == url.rstrip("/"):
+                try:
+                    os.setxattr(mnt, "megafs.unshare", share_id.encode())
+                except OSError as e:
+                    raise MegafsError(f"cannot revoke the link: {e.strerror}") from None
+                return 0
+        raise NotMounted(f"mount {url} first: links are revoked by the mounted filesystem")
+    _mount_of(args.target)
+    try:
+        os.setxattr(args.target, "megafs.share", b"revoke")
+    except OSError as e:
+        raise MegafsError(f"cannot revoke the share of {args.target}: {e.strerror}") from None
+    return 0
+
+
+def _get(args) -> int:
+    url, share_id, key = share_format.parse_link(args.link)
+    if key is None:
+        raise UsageError("the link has no key (the part after '#' is missing)")
+    trio.run(download, url, share_id, key, args.dest, sys.stderr.isatty())
+    return 0
+
+
+async def download(url: str, share_id: str, key: bytes, dest: str | None,
+                   progress: bool = False) -> str:
+    """Fetch, verify and write what a share contains; return the destination path."""
+    backend = open_backend(url)
+    try:
+        try:
+            blob = await backend.get(share_format.object_key(share_id))
+        except NoSuchObject:
+            raise ShareNotFound("this link was revoked or never existed") from None
+        manifest = share_format.open_manifest(key, share_id, blob)
+        root = os.path.abspath(dest or manifest["name"])
+        total = sum(e.get("size", 0) for e in manifest["entries"])
+        done = 0
+        limit = trio.CapacityLimiter(backend.parallelism)
+        for entry in manifest["entries"]:
+            path = os.path.join(root, entry["path"]) if entry["path"] else root
+            if os.path.relpath(path, root).startswith(".."):
+                raise CorruptObject("the share manifest names a path outside the download")
+            kind = entry["type"]
+            if kind == "dir":
+                os.makedirs(path, exist_ok=True)
+            elif kind == "symlink":
+                os.symlink(entry["target"], path)
+            elif kind == "file":
+                await _fetch_file(backend, manifest["block_size"], entry, path, limit)
+                done += entry["size"]
+                if progress:
+                    print(f"\rmegafs get: {done / 2**20:.1f} of {total / 2**20:.1f} MiB",
+                          end="", file=sys.stderr, flush=True)
+            if kind != "symlink":
+                os.chmod(path, entry["mode"])
+        for entry in reversed(manifest["entries"]):  # times last: writing changes dirs
+            path = os.path.join(root, entry["path"]) if entry["path"] else root
+            if entry["type"] != "symlink":
+                os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        if progress:
+            print(file=sys.stderr)
+        return root
+    finally:
+        await backend.aclose()
+
+
+async def _fetch_file(backend, block_size: int, entry: dict, path: str, limit) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, entry["size"])
+
+        async def one(blockno: int, objkey: str, keyhex: str, plain: int) -> None:
+            async with limit:
+                try:
+                    blob = await backend.get(objkey)
+                except NoSuchObject:
+                    raise CorruptObject(f"{entry['path'] or 'the file'}: block {blockno} is"
+                                        " missing from the store") from None
+                data = await trio.to_thread.run_sync(
+                    envelope.open_, bytes.fromhex(keyhex), envelope.KIND_BLOCK, objkey, blob)
+                if len(data) != plain:
+                    raise CorruptObject(f"block {blockno} has the wrong length")
+                os.pwrite(fd, data, blockno * block_size)
+
+        async with trio.open_nursery() as nursery:
+            for block in entry["blocks"]:
+                nursery.start_soon(one, *block)
+    finally:
+        os.close(fd)

@@ -1,0 +1,139 @@
+"""Shares: publish a file or folder as a manifest that a link's key opens.
+
+Each share is a row of the ``shares`` table (metadata, so it survives remounts
+and moves with the store) and an object ``s/<id>`` in the store. Manifests are
+rebuilt from the current metadata whenever metadata is uploaded, before
+garbage objects are deleted: a link always shows the file or folder as it is
+now, and never names an object that was deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import stat
+import time
+
+import apsw
+
+from megafs.core.namespace import FsError, Namespace
+from megafs.store import share as share_format
+from megafs.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class Shares:
+    def __init__(self, conn: apsw.Connection, ns: Namespace, store: ObjectStore,
+                 storage_url: str, block_size: int, flush, is_dirty):
+        self.db = conn
+        self.ns = ns
+        self.store = store
+        self.url = storage_url
+        self.bs = block_size
+        self.flush = flush  # async: upload dirty blocks, so manifests can name them
+        self.is_dirty = is_dirty  # inode -> True while it has blocks not yet uploaded
+
+    def link(self, share_id: str, key: bytes) -> str:
+        return share_format.make_link(self.url, share_id, key)
+
+    def of_inode(self, ino: int) -> str | None:
+        row = self.db.execute("SELECT id, key FROM shares WHERE inode=?", (ino,)).fetchone()
+        return self.link(*row) if row else None
+
+    def listing(self) -> list[dict]:
+        return [{"link": self.link(sid, key), "path": self.ns.path_of(ino),
+                 "created": created}
+                for sid, key, ino, created in self.db.execute(
+                    "SELECT id, key, inode, created FROM shares ORDER BY created")]
+
+    async def create(self, ino: int) -> str:
+        """Share *ino* (idempotent: one link per file or folder)."""
+        mode = self.ns.get(ino)[1]
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise FsError(22)  # EINVAL: only files and folders
+        existing = self.of_inode(ino)
+        if existing:
+            return existing
+        await self.flush()
+        share_id, key = share_format.new_share()
+        with self.db:
+            self.db.execute("INSERT INTO shares (id, inode, key, created) VALUES (?,?,?,?)",
+                            (share_id, ino, key, int(time.time())))
+        await self._publish(share_id, key, ino, None)
+        return self.link(share_id, key)
+
+    async def revoke(self, share_id: str | None = None, ino: int | None = None) -> None:
+        if share_id is None:
+            row = self.db.execute("SELECT id FROM shares WHERE inode=?", (ino,)).fetchone()
+            if row is None:
+                raise FsError(61)  # ENODATA: not shared
+            share_id = row[0]
+        with self.db:
+            self.db.execute("DELETE FROM shares WHERE id=?", (share_id,))
+            if self.db.changes() == 0:
+                raise FsError(2)  # ENOENT
+        await self.store.backend.delete(share_format.object_key(share_id))
+
+    async def republish(self) -> None:
+        """Bring every manifest up to date (called before garbage objects are deleted)."""
+        rows = self.db.execute("SELECT id, key, inode, digest FROM shares").fetchall()
+        for share_id, key, ino, digest in rows:
+            if self.db.execute("SELECT nlink FROM inodes WHERE id=?", (ino,)).fetchone() in \
+                    (None, (0,)):
+                log.info("shared %s was deleted: revoking its link", share_id)
+                await self.revoke(share_id)
+                continue
+            await self._publish(share_id, key, ino, digest)
+
+    async def _publish(self, share_id: str, key: bytes, ino: int, digest) -> None:
+        manifest = self.manifest(ino)
+        new = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).digest()
+        if new == digest:
+            return
+        await self.store.backend.put(share_format.object_key(share_id),
+                                     share_format.seal_manifest(key, share_id, manifest))
+        self.db.execute("UPDATE shares SET digest=? WHERE id=?", (new, share_id))
+
+    # -- manifests ----------------------------------------------------------------
+    def _file(self, row: tuple, path: str) -> dict:
+        ino, mode, _uid, _gid, size, _nlink, _atime, mtime = row[:8]
+        entry = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": mtime}
+        if stat.S_ISDIR(mode):
+            entry["type"] = "dir"
+        elif stat.S_ISLNK(mode):
+            entry.update(type="symlink", target=self.ns.readlink(ino).decode(errors="replace"))
+        elif stat.S_ISREG(mode):
+            if self.is_dirty(ino):  # listed once its data is in the store
+                return {}
+            keys = self.store.keys
+            entry.update(type="file", size=size, blocks=[
+                [blockno, objkey, keys.block_key(objkey).hex(), plain]
+                for blockno, objkey, plain in self.db.execute(
+                    "SELECT b.blockno, o.key, o.size FROM blocks b JOIN objects o"
+                    " ON o.id = b.object WHERE b.inode=? ORDER BY b.blockno", (ino,))])
+        else:
+            return {}
+        return entry
+
+    def manifest(self, ino: int) -> dict:
+        root = self.ns.get(ino)
+        name = self.ns.path_of(ino).rsplit("/", 1)[-1] or "megafs"
+        entries = []
+        if stat.S_ISDIR(root[1]):
+            entries.append(self._file(root, ""))
+            todo = [(ino, "")]
+            while todo:
+                parent, prefix = todo.pop()
+                for _cookie, child, *row in self.ns.readdir(parent, 0, 1 << 30):
+                    path = f"{prefix}{child.decode(errors='surrogateescape')}"
+                    entry = self._file(tuple(row), path)
+                    if entry:
+                        entries.append(entry)
+                    if stat.S_ISDIR(row[1]):
+                        todo.append((row[0], path + "/"))
+        else:
+            entries.append(self._file(root, ""))
+        return {"v": share_format.MANIFEST_VERSION, "name": name, "block_size": self.bs,
+                "kind": "dir" if stat.S_ISDIR(root[1]) else "file", "entries": entries}
