@@ -45,3 +45,25 @@ def test_quota_is_enforced_and_changeable(quota_fs):
     assert (fs.mnt / "d").stat().st_size == 6 << 20
     r = fs.run("megafs", "quota", fs.url, "none")
     assert "none" in r.stdout
+
+
+def test_stat_shows_usage_savings_and_cache(quota_fs):
+    fs = quota_fs
+    data = os.urandom(600_000)
+    (fs.mnt / "one").write_bytes(data)
+    (fs.mnt / "two").write_bytes(data)  # deduplicated
+    (fs.mnt / "text").write_bytes(b"compressible " * 50_000)
+    (fs.mnt / "sparse").touch()
+    os.truncate(fs.mnt / "sparse", 1 << 30)
+    fs.flush()
+    out = fs.run("megafs", "stat", fs.mnt).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert fields["quota"] == "5.0 MiB"
+    assert fields["files"] == "4"
+    assert fields["waiting for upload"] == "0 B"
+    assert fields["saved by deduplication"].startswith("585.9 KiB")  # one copy of "one"
+    assert not fields["saved by compression"].startswith("-")
+    assert fields["saved by holes"].startswith("1024.0 MiB")
+    for key in ("used (stored)", "cache", "metadata", "daemon pid"):
+        assert fields[key]

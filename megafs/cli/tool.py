@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from megafs.cli import ctrl, keys, share
@@ -45,14 +46,40 @@ def _stat(args) -> int:
     if mnt not in megafs_mounts():
         raise NotMounted(f"{mnt} is not a megafs mount point")
     pid = daemon_pid(mnt)
-    status = os.getxattr(mnt, "megafs.status").decode()
-    st = os.statvfs(mnt)
-    print(f"mountpoint: {mnt}")
-    print(f"daemon pid: {pid}")
-    print(f"used: {(st.f_blocks - st.f_bfree) * st.f_frsize} bytes")
-    for item in status.split():
-        k, _, v = item.partition("=")
-        print(f"{k.replace('_', ' ')}: {v}")
+    try:
+        s = json.loads(os.getxattr(mnt, "megafs.stats"))
+    except OSError as e:
+        raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})") from None
+
+    def size(n):
+        if n is None:
+            return "none"
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(n) < 1024 or unit == "TiB":
+                return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            n /= 1024
+
+    def saved(before, after):
+        return f"{size(before - after)} ({(1 - after / before) * 100:.0f}%)" if before else "0 B"
+
+    rows = [
+        ("mountpoint", mnt), ("daemon pid", pid),
+        ("used (stored)", size(s["stored_bytes"] + s["dirty_bytes"])),
+        ("quota", size(s["quota"])),
+        ("files", s["files"]), ("inodes", s["inodes"]),
+        ("data in files", size(s["file_bytes"])),
+        ("saved by holes", saved(s["file_bytes"], s["block_bytes"])),
+        ("saved by deduplication", saved(s["block_bytes"], s["unique_bytes"])),
+        ("saved by compression", saved(s["unique_bytes"], s["stored_bytes"])
+         + " (net of encryption and size padding)"),
+        ("cache", f"{size(s['cache_bytes'])} of {size(s['cache_limit'])}"),
+        ("waiting for upload", size(s["dirty_bytes"])),
+        ("metadata", f"{size(s['metadata_local_bytes'])} local,"
+                     f" {size(s['metadata_snapshot_bytes'])} snapshot in the store"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k + ':':<{width + 1}} {v}")
     return 0
 
 

@@ -282,6 +282,26 @@ class Filesystem:
     def removexattr(self, ino: int, name: bytes) -> None:
         self.ns.removexattr(ino, name)
 
+    def stats(self) -> dict:
+        """Figures for ``megafs stat``."""
+        blocks = self.blockmap.stats()
+        files, logical = self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM inodes WHERE mode & ? = ?",
+            (stat.S_IFMT(0o177777), stat.S_IFREG)).fetchone()
+        meta = self.db.execute("SELECT value FROM state WHERE key IN ('base_size')"
+                               ).fetchone()
+        return {
+            "files": files, "inodes": self.ns.count_inodes(),
+            "file_bytes": logical,  # sum of file sizes (holes included)
+            "block_bytes": blocks["logical_bytes"],  # stored blocks as files use them
+            "unique_bytes": blocks["plain_bytes"],  # after deduplication
+            "stored_bytes": blocks["stored_bytes"],  # after compression, with padding
+            "quota": self.quota, "cache_bytes": self.cache.total,
+            "cache_limit": self.cache.max_bytes, "dirty_bytes": self.cache.dirty_bytes,
+            "metadata_local_bytes": os.path.getsize(self.db.filename),
+            "metadata_snapshot_bytes": meta[0] if meta else None,
+        }
+
     def usage(self) -> tuple[int, int]:
         """(number of inodes, bytes used: stored plus waiting for upload)."""
         return self.ns.count_inodes(), self.stored + self.cache.dirty_bytes

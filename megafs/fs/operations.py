@@ -31,6 +31,7 @@ CTRL_PREFIX = b"megafs."
 SHARE_ATTR = b"megafs.share"  # on any file or folder: its link; set to share / revoke
 SHARES_ATTR = b"megafs.shares"  # on the root: all links (JSON)
 UNSHARE_ATTR = b"megafs.unshare"  # on the root: revoke the share with this id
+STATS_ATTR = b"megafs.stats"  # on the root: figures for `megafs stat` (JSON)
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
 
@@ -244,6 +245,8 @@ class Operations(pyfuse3.Operations):
             if link is None:
                 raise FsError(errno.ENODATA)
             return link.encode()
+        if inode == ROOT and name == STATS_ATTR:
+            return json.dumps(self.fs.stats()).encode()
         if inode == ROOT and name == SHARES_ATTR and self.shares:
             return json.dumps(self.shares.listing()).encode()
         if inode == ROOT and name.startswith(CTRL_PREFIX):
