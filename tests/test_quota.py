@@ -64,6 +64,6 @@ def test_stat_shows_usage_savings_and_cache(quota_fs):
     assert fields["waiting for upload"] == "0 B"
     assert fields["saved by deduplication"].startswith("585.9 KiB")  # one copy of "one"
     assert not fields["saved by compression"].startswith("-")
-    assert fields["saved by holes"].startswith("1024.0 MiB")
+    assert fields["saved by holes"].startswith("1.0 GiB")
     for key in ("used (stored)", "cache", "metadata", "daemon pid"):
         assert fields[key]
