@@ -168,9 +168,25 @@ def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
             assert path.read_bytes()[:1000] == name.name.upper().encode() * 1000
     assert (local_fs.mnt / "a").stat().st_size == 3000  # metadata unaffected
     local_fs.umount()
-    r = local_fs.fsck(check=False)
-    assert r.returncode == ExitCode.FSCK_ERRORS
+    # fsck --dry-run reports the file, the byte range and the object; changes nothing.
+    r = local_fs.run("fsck.megafs", "--dry-run", local_fs.url, check=False)
+    assert r.returncode == ExitCode.FSCK_ERRORS, r.stdout + r.stderr
+    for name in damaged:
+        assert f"/{name}: bytes 0-65536 unreadable" in r.stdout, r.stdout
     assert Path(victim).name in r.stdout, r.stdout
+    # fsck repairs: damaged blocks become holes, the rest stays readable.
+    r = local_fs.run("fsck.megafs", local_fs.url, check=False)
+    assert r.returncode == ExitCode.FSCK_REPAIRED, r.stdout + r.stderr
+    assert "repaired" in r.stdout
+    assert local_fs.run("fsck.megafs", local_fs.url).stdout.strip().endswith("no problems")
+    local_fs.mount(fresh_cache=True)
+    for name in objects.values():
+        data = (local_fs.mnt / name).read_bytes()
+        assert len(data) == 3000
+        if name in damaged:
+            assert data == bytes(3000)
+        else:
+            assert data[:1000] == name.name.upper().encode() * 1000
 
 
 def test_rollback_of_metadata_is_detected(local_fs, tmp_path):

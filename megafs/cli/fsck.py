@@ -6,7 +6,6 @@ import sys
 
 import trio
 
-from megafs.backends import NoSuchObject
 from megafs.cli.common import (
     Progress,
     add_passphrase_option,
@@ -15,8 +14,9 @@ from megafs.cli.common import (
     run,
     setup_logging,
 )
-from megafs.core import snapshot
-from megafs.errors import CorruptObject, ExitCode, MegafsError, UnsupportedFormat
+from megafs.core.check import Checker, Report, local_changes
+from megafs.errors import ExitCode, MegafsError
+from megafs.mount import default_cache_dir
 from megafs.store import lifecycle
 
 #: Prose of the man page fsck.megafs(8) (see megafs.cli.manpage), next to the options.
@@ -24,13 +24,19 @@ MANUAL = {
     "summary": "check a megafs filesystem",
     "description": """\
 **fsck.megafs** unlocks the filesystem in the store at STORAGE_URL, reads its \
-newest metadata snapshot and downloads every data object the metadata references, \
-checking that it exists, authenticates (was not tampered with or damaged) and has \
-the recorded length. It prints one line per problem, naming the inodes that use the \
-object, and a summary line on standard output.
+newest metadata and checks it against the store: the lock (a lock left by a mount \
+that is gone is removed), every data object the metadata references (it must exist, \
+authenticate and have the recorded length), objects nothing references, reference \
+counts, directory entries without inodes, inodes in no directory and link counts. \
+It prints one line per problem, naming the file and the unreadable byte range, and \
+a summary line on standard output.
 
-It only reads: it never changes the store, and it may run while the filesystem is \
-mounted (it then checks the last snapshot uploaded).""",
+Unless --dry-run is given it repairs what it found: damaged or missing blocks become \
+holes (the files keep their readable parts), unreferenced objects are deleted, counts \
+are corrected and inodes in no directory move to /lost+found; the repaired metadata \
+is committed as a new snapshot. It does not repair while the filesystem is mounted \
+(it then only checks the last metadata uploaded). It also reports a cache directory \
+that holds changes which never reached the store: mount with it to upload them.""",
     "examples": """\
     fsck.megafs --passphrase-file /etc/megafs/mega.passphrase local:///srv/megafs-store""",
     "environment": ["MEGAFS_PASSPHRASE", "MEGAFS_AUTHINFO", "AWS_ACCESS_KEY_ID"],
@@ -38,52 +44,44 @@ mounted (it then checks the last snapshot uploaded).""",
 
 
 def build_parser():
-    p = parser("fsck.megafs", "Check a megafs filesystem in STORAGE_URL.")
+    p = parser("fsck.megafs", "Check a megafs filesystem in STORAGE_URL and repair what is wrong.")
     add_passphrase_option(p)
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="report problems without changing anything")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="the cache directory to look at for changes that never reached the"
+                        " store (default ~/.cache/megafs/STORE_ID)")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="where the filesystem is stored")
     return p
 
 
-async def check(url: str, passphrase: bytes, out, progress: Progress | None = None) -> int:
+async def check(url: str, passphrase: bytes, out, progress: Progress | None = None, *,
+                repair: bool = False, cache_dir: str | None = None) -> Report:
     backend = await lifecycle.connect(url)
-    store, _ = await lifecycle.unlock(backend, passphrase=passphrase)
-    head = await store.read_head()
-    if head is None:
-        print("no metadata head in the store", file=out)
-        return 1
-    conn = await snapshot.load(store, head)
-    rows = conn.execute(
-        "SELECT o.key, o.size, group_concat(b.inode) FROM objects o"
-        " JOIN blocks b ON b.object = o.id GROUP BY o.id").fetchall()
-    problems = 0
-    limit = trio.CapacityLimiter(backend.parallelism * 2)
-    done = 0
+    try:
+        store, sb = await lifecycle.unlock(backend, passphrase=passphrase)
 
-    async def verify(key: str, size: int, inodes: str) -> None:
-        nonlocal problems, done
-        async with limit:
-            try:
-                data = await store.get_block(key)
-                if len(data) != size:
-                    raise CorruptObject(f"data block {key} has the wrong length")
-            except (CorruptObject, UnsupportedFormat, NoSuchObject) as e:
-                problems += 1
-                line = f"{e} (used by inode {inodes})"
-                if progress is not None:
-                    progress.print(line, file=out)
-                else:
-                    print(line, file=out)
-            done += 1
+        def say(line: str) -> None:
             if progress is not None:
-                progress.update(f"checked {done} of {len(rows)} data objects")
+                progress.print(line, file=out)
+            else:
+                print(line, file=out)
 
-    async with trio.open_nursery() as n:
-        for key, size, inodes in rows:
-            n.start_soon(verify, key, size, inodes)
-    print(f"checked metadata snapshot {head['seq']} and {len(rows)} data objects:"
-          f" {problems} problem(s)", file=out)
-    await backend.aclose()
-    return problems
+        checker = Checker(store, sb["block_size"], repair=repair, say=say,
+                          progress=progress.update if progress is not None else lambda t: None)
+        report = await checker.run()
+        local = local_changes(cache_dir or default_cache_dir(sb["store_id"]))
+        if local:
+            report.problems.append(local)
+            say(local)
+        verdict = ("no problems" if not report.problems else
+                   f"{len(report.problems)} problem(s), repaired" if report.repaired else
+                   f"{len(report.problems)} problem(s)"
+                   + ("" if repair else " (run without --dry-run to repair)"))
+        say(f"checked {url}: {verdict}")
+        return report
+    finally:
+        await backend.aclose()
 
 
 def _main(argv=None) -> int:
@@ -91,8 +89,13 @@ def _main(argv=None) -> int:
     setup_logging(args.debug)
     passphrase = read_passphrase(args.passphrase_file)
     with Progress("fsck.megafs", "unlocking the store and reading the metadata") as progress:
-        problems = trio.run(check, args.storage_url, passphrase, sys.stdout, progress)
-    return int(ExitCode.FSCK_ERRORS) if problems else 0
+        report = trio.run(lambda: check(args.storage_url, passphrase, sys.stdout, progress,
+                                        repair=not args.dry_run, cache_dir=args.cache_dir))
+    if not report.problems:
+        return 0
+    unrepaired = not report.repaired or report.read_only_reason or any(
+        "cache directory" in p for p in report.problems)
+    return int(ExitCode.FSCK_ERRORS if unrepaired else ExitCode.FSCK_REPAIRED)
 
 
 def main(argv=None) -> int:

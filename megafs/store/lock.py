@@ -38,6 +38,11 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def is_stale(holder: dict) -> bool:
+    """True if the lock names a mount on this host that is no longer running."""
+    return holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"])
+
+
 async def read(store: ObjectStore) -> dict | None:
     try:
         blob = await store.backend.get(LOCK_KEY)
@@ -62,7 +67,7 @@ async def acquire(store: ObjectStore, *, force: bool = False) -> dict:
             continue
         if holder.get("token") == me["token"]:  # our own put, retried
             return me
-        stale = holder["host"] == me["host"] and not _pid_alive(holder["pid"])
+        stale = is_stale(holder)
         if stale or force:
             log.warning("taking over the lock of %s pid %s (since %s)%s", holder["host"],
                         holder["pid"], _when(holder["since"]),

@@ -1,0 +1,239 @@
+"""Checking and repairing a filesystem in its store (the engine of fsck.megafs).
+
+Checks, in order: the lock, every data object the metadata references (exists,
+authenticates, right length), objects nothing references, reference counts,
+directory entries without inodes, inodes without entries (orphans) and link
+counts. Repairs change only metadata and delete only unreferenced objects; the
+repaired metadata is committed as a new full snapshot. Damaged blocks become
+holes, so files keep their readable parts, and the unreadable ranges are
+reported by path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import apsw
+import trio
+
+from megafs.backends import NoSuchObject
+from megafs.core import snapshot
+from megafs.core.blockmap import BlockMap
+from megafs.core.namespace import ROOT, Namespace, now_ns
+from megafs.errors import CorruptObject, UnsupportedFormat
+from megafs.store import lock as store_lock
+from megafs.store.objects import HEAD_KEY, ObjectStore
+from megafs.store.superblock import OBJECT_KEY as SUPERBLOCK_KEY
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    repaired: bool = False
+    read_only_reason: str | None = None
+
+
+class Checker:
+    def __init__(self, store: ObjectStore, block_size: int, *, repair: bool,
+                 say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None):
+        self.store = store
+        self.bs = block_size
+        self.backend = store.backend
+        self.repair = repair
+        self.say = say
+        self.progress = progress
+        self.report = Report()
+        self.changed = False  # metadata repaired: commit a new snapshot
+
+    def problem(self, text: str, *, fixed: str = "") -> None:
+        self.report.problems.append(text)
+        self.say(f"{text}{f'; {fixed}' if fixed and self.repair else ''}")
+
+    async def run(self) -> Report:
+        head = await self.store.read_head()
+        if head is None:
+            self.problem("the store has no metadata head: nothing to check")
+            self.repair = False
+            return self.report
+        await self._check_lock()
+        self.db = await snapshot.load(self.store, head)
+        snapshot.confirm(self.db, head)
+        self.ns = Namespace(self.db)
+        stored = {k async for k in self.backend.list("")}
+        await self._check_objects(stored)
+        self._check_refcounts()
+        self._check_entries()
+        self._check_link_counts()
+        garbage = await self._check_unreferenced(stored, head)
+        if self.repair and (self.changed or garbage):
+            snap = snapshot.Snapshotter(self.db, self.store, BlockMap(self.db))
+            await snap.upload(full=True)
+            self.report.repaired = True
+        return self.report
+
+    async def _check_lock(self) -> None:
+        try:
+            holder = await store_lock.read(self.store)
+        except (CorruptObject, UnsupportedFormat):
+            self.problem("the store's lock object is damaged", fixed="removed")
+            if self.repair:
+                await self.backend.delete(store_lock.LOCK_KEY)
+                self.report.repaired = True
+            return
+        if holder is None:
+            return
+        who = f"{holder['host']} pid {holder['pid']}"
+        if store_lock.is_stale(holder):
+            self.problem(f"leftover lock of {who} (that mount is gone)", fixed="removed")
+            if self.repair:
+                await self.backend.delete(store_lock.LOCK_KEY)
+                self.report.repaired = True
+        elif self.repair:
+            self.report.read_only_reason = (f"the store is mounted ({who}): checking only;"
+                                            " unmount it to repair")
+            self.say(self.report.read_only_reason)
+            self.repair = False
+
+    async def _check_objects(self, stored: set[str]) -> None:
+        rows = self.db.execute("SELECT id, key, size FROM objects WHERE refcount > 0").fetchall()
+        bad: dict[int, str] = {}
+        limit = trio.CapacityLimiter(self.backend.parallelism * 2)
+        done = 0
+
+        async def verify(obj: int, key: str, size: int) -> None:
+            nonlocal done
+            async with limit:
+                try:
+                    if key not in stored:
+                        raise CorruptObject(f"data block {key} is missing from the store")
+                    data = await self.store.get_block(key)
+                    if len(data) != size:
+                        raise CorruptObject(f"data block {key} has the wrong length")
+                except (CorruptObject, UnsupportedFormat, NoSuchObject) as e:
+                    bad[obj] = str(e)
+                done += 1
+                self.progress(f"checked {done} of {len(rows)} data objects")
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                nursery.start_soon(verify, *row)
+        bs = self.bs
+        for obj, reason in sorted(bad.items()):
+            users = self.db.execute("SELECT inode, blockno FROM blocks WHERE object=?",
+                                    (obj,)).fetchall()
+            for ino, blockno in users:
+                self.problem(f"{self.ns.path_of(ino)}: bytes {blockno * bs}-{(blockno + 1) * bs}"
+                             f" unreadable: {reason}", fixed="they now read as zeros")
+            if self.repair:
+                self.db.execute("DELETE FROM blocks WHERE object=?", (obj,))
+                self.db.execute("DELETE FROM objects WHERE id=?", (obj,))
+                self.changed = True
+
+    def _check_refcounts(self) -> None:
+        wrong = self.db.execute(
+            "SELECT o.id, o.key, o.refcount, (SELECT count(*) FROM blocks b WHERE b.object=o.id)"
+            " AS n FROM objects o WHERE o.refcount != n").fetchall()
+        for obj, key, have, want in wrong:
+            self.problem(f"object {key}: reference count {have}, should be {want}",
+                         fixed="corrected")
+            if self.repair:
+                self.db.execute("UPDATE objects SET refcount=? WHERE id=?", (want, obj))
+                self.changed = True
+        dangling = self.db.execute(
+            "SELECT inode, blockno FROM blocks WHERE object NOT IN (SELECT id FROM objects)"
+        ).fetchall()
+        for ino, blockno in dangling:
+            self.problem(f"{self.ns.path_of(ino)}: block {blockno} names no object",
+                         fixed="made a hole")
+            if self.repair:
+                self.db.execute("DELETE FROM blocks WHERE inode=? AND blockno=?", (ino, blockno))
+                self.changed = True
+
+    def _check_entries(self) -> None:
+        for did, parent, name in self.db.execute(
+                "SELECT id, parent, name FROM dentries WHERE inode NOT IN"
+                " (SELECT id FROM inodes) OR parent NOT IN (SELECT id FROM inodes)").fetchall():
+            self.problem(f"entry {name.decode(errors='replace')!r} in directory {parent}"
+                         " points nowhere", fixed="removed")
+            if self.repair:
+                self.db.execute("DELETE FROM dentries WHERE id=?", (did,))
+                self.changed = True
+        orphans = self.db.execute(
+            "SELECT id, nlink, mode FROM inodes WHERE id != ? AND id NOT IN"
+            " (SELECT inode FROM dentries)", (ROOT,)).fetchall()
+        for ino, nlink, mode in orphans:
+            if nlink == 0 or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                self.problem(f"inode {ino} has no name and no links", fixed="deleted")
+                if self.repair:
+                    BlockMap(self.db).drop_from(ino, 0)
+                    self.ns.purge(ino)
+                    self.changed = True
+                continue
+            self.problem(f"inode {ino} is in no directory", fixed="moved to /lost+found")
+            if self.repair:
+                lost = self._lost_and_found()
+                self.db.execute("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
+                                (lost, f"inode-{ino}".encode(), ino))
+                self.changed = True
+
+    def _lost_and_found(self) -> int:
+        row = self.db.execute("SELECT inode FROM dentries WHERE parent=? AND name=?",
+                              (ROOT, b"lost+found")).fetchone()
+        if row:
+            return row[0]
+        return self.ns.make(ROOT, b"lost+found", stat.S_IFDIR | 0o700, 0, 0)[0]
+
+    def _check_link_counts(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.id, i.mode, i.nlink,"
+            " (SELECT count(*) FROM dentries d WHERE d.inode=i.id),"
+            " (SELECT count(*) FROM dentries d JOIN inodes c ON c.id=d.inode"
+            "  WHERE d.parent=i.id AND (c.mode & ?) = ?)"
+            " FROM inodes i", (stat.S_IFMT(0o177777), stat.S_IFDIR)).fetchall()
+        for ino, mode, nlink, names, subdirs in rows:
+            want = 2 + subdirs if stat.S_ISDIR(mode) else names
+            if nlink != want and (names or ino == ROOT):
+                self.problem(f"{self.ns.path_of(ino)}: link count {nlink}, should be {want}",
+                             fixed="corrected")
+                if self.repair:
+                    self.db.execute("UPDATE inodes SET nlink=?, ctime_ns=? WHERE id=?",
+                                    (want, now_ns(), ino))
+                    self.changed = True
+
+    async def _check_unreferenced(self, stored: set[str], head: dict) -> int:
+        known = {SUPERBLOCK_KEY, HEAD_KEY, store_lock.LOCK_KEY, head["snapshot"],
+                 *head.get("deltas", [])}
+        known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
+        known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
+        extra = sorted(k for k in stored if k not in known)
+        if extra:
+            self.problem(f"{len(extra)} objects in the store are not referenced by anything",
+                         fixed="removed")
+            if self.repair:
+                for key in extra:
+                    await self.backend.delete(key)
+        return len(extra)
+
+
+def local_changes(cache_dir: str) -> str | None:
+    """Describe changes a cache directory holds that may not be in the store, or None."""
+    path = os.path.join(cache_dir, "metadata.db")
+    if not os.path.exists(path):
+        return None
+    blocks = os.path.join(cache_dir, "blocks")
+    dirty = [n for n in os.listdir(blocks) if n.endswith(".d")] if os.path.isdir(blocks) else []
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        pending = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+    except apsw.Error:
+        pending = 0
+    finally:
+        conn.close()
+    if dirty or pending:
+        return (f"the cache directory {cache_dir} holds {len(dirty)} blocks and"
+                f" {pending} metadata changes not yet in the store: mount the filesystem"
+                " with that cache directory to upload them")
+    return None
