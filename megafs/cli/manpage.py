@@ -49,13 +49,15 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.UNSUPPORTED_FORMAT: "the store uses a format version this megafs does not read",
     ExitCode.BACKEND_UNAVAILABLE: "the storage backend is unreachable or failing",
     ExitCode.NOT_MOUNTED: "not a megafs mount point (or its daemon does not answer)",
-    ExitCode.FSCK_ERRORS: "`fsck.megafs` found problems",
+    ExitCode.FSCK_ERRORS: "`fsck.megafs` found problems it did not (or could not) repair",
     ExitCode.CACHE_ERROR:
         "the cache directory is unusable (permissions, in use, wrong filesystem)",
     ExitCode.LOCKED: "the store is mounted elsewhere",
     ExitCode.ROLLBACK: "the store serves older metadata than this machine has seen (rollback)",
     ExitCode.BAD_CREDENTIALS: "storage credentials missing, unreadable, refused by the server,"
                               " or in a group/world-readable authinfo file",
+    ExitCode.SHARE_NOT_FOUND: "the share link was revoked or never existed",
+    ExitCode.FSCK_REPAIRED: "`fsck.megafs` found problems and repaired them",
     ExitCode.INTERRUPTED: "interrupted",
 }
 
@@ -227,6 +229,9 @@ def _metavars(p: argparse.ArgumentParser) -> set[str]:
 FALLBACK_HELP = {
     "STORAGE_URL": "where the filesystem is stored",
     "MOUNTPOINT": "where the filesystem is mounted",
+    "PATH": "a file or folder inside a megafs mount",
+    "LINK": "a share link, as printed by megafs share",
+    "LINK_OR_PATH": "a share link, or the shared file or folder inside a megafs mount",
 }
 
 
@@ -367,7 +372,7 @@ def _kind(action: argparse.Action, prog: str) -> str:
     mv = _metavar(action)
     if action.choices and not isinstance(action, argparse._SubParsersAction):
         return "words:" + "|".join(action.choices)
-    if mv == "F" or action.dest.endswith("_file"):
+    if mv in ("F", "PATH", "DEST", "LINK_OR_PATH") or action.dest.endswith("_file"):
         return "file"
     if mv == "DIR":
         return "dir"

@@ -15,12 +15,16 @@ MANUAL = {
     "summary": "manage megafs filesystems and running mounts",
     "description": """\
 **megafs** gathers the commands that are not mkfs, mount, umount or fsck: the state \
-of a mount, control of a running daemon, and key management. `python -m megafs` runs \
-it too.
+of a mount, control of a running daemon, key management and share links. \
+`python -m megafs` runs it too.
 
 Changing the passphrase or recovering access with the recovery key rewrites only the \
 superblock: no data is re-encrypted, and they work whether or not the filesystem is \
-mounted.""",
+mounted.
+
+A share link names one file or folder and carries the key that decrypts it, and \
+nothing else: whoever holds the link can download it with `megafs get`, without the \
+passphrase, until it is revoked with `megafs unshare`.""",
     "examples": """\
 Upload everything now and free the cache space of what is in the store:
 
