@@ -304,4 +304,5 @@ class Filesystem:
 
     def usage(self) -> tuple[int, int]:
         """(number of inodes, bytes used: stored plus waiting for upload)."""
+        self.refresh_usage()
         return self.ns.count_inodes(), self.stored + self.cache.dirty_bytes
