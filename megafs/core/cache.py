@@ -250,8 +250,17 @@ class BlockCache:
             ev.set()
 
     def readahead(self, ino: int, blk: int, last_blk: int) -> None:
-        """Start fetching the stored blocks after *blk* (up to *last_blk*) not yet cached."""
-        if self.nursery is None or (ino, blk + 1) in self.entries:
+        """Start fetching the stored blocks after *blk* (up to *last_blk*) not yet cached;
+        for blocks cached on disk but not opened yet, let the kernel read them ahead."""
+        nxt = self.entries.get((ino, blk + 1))
+        if nxt is not None:
+            if nxt.fd is None and nxt.buf is None:
+                for b in range(blk + 1, min(blk + 16, last_blk) + 1):
+                    e = self.entries.get((ino, b))
+                    if e is not None and e.fd is None and e.buf is None:
+                        os.posix_fadvise(self._fd(e), 0, 0, os.POSIX_FADV_WILLNEED)
+            return
+        if self.nursery is None:
             return
         for b in range(blk + 1, min(blk + self.window, last_blk) + 1):
             key = (ino, b)
