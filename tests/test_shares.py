@@ -122,3 +122,24 @@ def test_bad_links_are_usage_errors(megafs, tmp_path):
     for bad in ("https://example.com/x", "megafs+local:///x/s/123#abc"):
         assert_cli_error(megafs.run("megafs", "get", bad, tmp_path / "o", check=False),
                          "megafs", ExitCode.USAGE)
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_s3_link_works_with_read_only_credentials(tree, tmp_path):
+    """The owner grants recipients read access to the prefix (here SeaweedFS's
+    read-only identity); with it and the link, get works, and the key cannot write."""
+    import seaweed
+
+    fs = tree
+    link = _share(fs, fs.mnt / "photos")
+    reader = dict(fs.env, AWS_ACCESS_KEY_ID=seaweed.READONLY.access_key,
+                  AWS_SECRET_ACCESS_KEY=seaweed.READONLY.secret_key)
+    reader.pop("MEGAFS_PASSPHRASE", None)
+    fs.run("megafs", "get", link, tmp_path / "got", env=reader)
+    assert (tmp_path / "got" / "cat.jpg").read_bytes() == \
+        (fs.mnt / "photos" / "cat.jpg").read_bytes()
+    # The same credentials cannot change the store.
+    r = fs.run("mkfs.megafs", "--force", fs.url, check=False,
+               env=dict(reader, MEGAFS_PASSPHRASE="x"))
+    assert r.returncode != 0
+    assert (fs.mnt / "private.txt").read_text() == "not shared: top secret"
