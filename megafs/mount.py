@@ -83,8 +83,14 @@ class Control:
             return (f"dirty_bytes={fs.cache.dirty_bytes} cache_bytes={fs.cache.total}"
                     f" cache_max={fs.cache.max_bytes}"
                     f" log_level={logging.getLevelName(logging.getLogger().level).lower()}"
-                    f" upload_error={fs.uploader.last_error or ''}").encode()
+                    f" upload_error={self._error()}").encode()
         raise pyfuse3.FUSEError(self.ENODATA)
+
+    def _error(self) -> str:
+        """The storage error uploads are stuck on, as one space-free field."""
+        fs = self.daemon.fs
+        text = fs.uploader.last_error or getattr(fs.store.backend, "failing", None) or ""
+        return text.replace(" ", "\u00a0")
 
     async def setxattr(self, name: bytes, value: bytes) -> None:
         try:

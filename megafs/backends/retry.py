@@ -27,14 +27,30 @@ class RetryBackend(BackendWrapper):
         self.deadline = deadline
         self.base_delay = base_delay
         self.max_delay = max_delay
+        #: The error the backend is failing with right now (None once a request
+        #: succeeds again): lets the daemon say why it waits during an outage.
+        self.failing: str | None = None
 
-    async def _retry(self, what: str, fn, *args, **kw):
+    async def _retry(self, what: str, fn, *args, bounded: bool = False, **kw):
+        """Call *fn* until it succeeds or *deadline* passes; with *bounded*, a single
+        attempt that hangs (a stalled endpoint) is cut off at the deadline too."""
         start = trio.current_time()
         attempt = 0
         while True:
             try:
-                return await fn(*args, **kw)
+                if bounded:
+                    left = max(0.0, start + self.deadline - trio.current_time())
+                    with trio.move_on_after(left) as scope:
+                        result = await fn(*args, **kw)
+                    if scope.cancelled_caught:
+                        raise BackendUnavailable(f"{self.description}: {what} got no answer"
+                                                 f" for {self.deadline:.0f}s")
+                else:
+                    result = await fn(*args, **kw)
+                self.failing = None
+                return result
             except TransientError as e:
+                self.failing = str(e)
                 attempt += 1
                 elapsed = trio.current_time() - start
                 if elapsed >= self.deadline:
@@ -47,7 +63,7 @@ class RetryBackend(BackendWrapper):
                 await trio.sleep(min(delay, max(0.0, self.deadline - elapsed)))
 
     async def get(self, key):
-        return await self._retry(f"GET {key}", self.inner.get, key)
+        return await self._retry(f"GET {key}", self.inner.get, key, bounded=True)
 
     async def put(self, key, data, *, if_absent=False):
         # A conditional put whose first attempt landed but whose answer was lost
@@ -59,7 +75,7 @@ class RetryBackend(BackendWrapper):
         await self._retry(f"DELETE {key}", self.inner.delete, key)
 
     async def size(self, key):
-        return await self._retry(f"HEAD {key}", self.inner.size, key)
+        return await self._retry(f"HEAD {key}", self.inner.size, key, bounded=True)
 
     async def list(self, prefix=""):
         async def collect():

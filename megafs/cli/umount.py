@@ -90,7 +90,7 @@ def _status(mnt: str) -> str:
         return "the daemon does not answer"
     text = f"{int(fields.get('dirty_bytes', 0)) / 2**20:.1f} MiB left to upload"
     if fields.get("upload_error"):
-        text += f" (storage error: {fields['upload_error']})"
+        text += f" (storage error: {fields['upload_error'].replace(chr(0xa0), ' ')})"
     return text
 
 
