@@ -18,6 +18,7 @@ import errno
 import functools
 import json
 import logging
+import os
 import stat
 
 import pyfuse3
@@ -151,6 +152,8 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
+        if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: no separate setattr comes
+            await self.fs.setattr(inode, {"size": 0})
         self.fs.open(inode)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
