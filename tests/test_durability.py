@@ -213,3 +213,20 @@ def test_rollback_of_metadata_is_detected(local_fs, tmp_path):
     msg = assert_cli_error(r, "mount.megafs", ExitCode.ROLLBACK)
     assert "rolled back" in msg
     assert not fs.is_mounted()
+
+
+def test_store_alone_reflects_changes_within_ten_seconds(megafs):
+    """Default settings: after activity stops, losing the cache directory loses nothing
+    older than 10 s (data is uploaded after 5 s, metadata every 2 s)."""
+    megafs.mkfs()
+    megafs.mount()
+    (megafs.mnt / "kept").write_bytes(b"k" * 200_000)
+    os.chmod(megafs.mnt / "kept", 0o600)
+    (megafs.mnt / "dir").mkdir()
+    time.sleep(10)
+    megafs.kill9()
+    megafs.mount(fresh_cache=True)  # the local disk is lost: only the store is left
+    assert (megafs.mnt / "kept").read_bytes() == b"k" * 200_000
+    assert (megafs.mnt / "kept").stat().st_mode & 0o777 == 0o600
+    assert (megafs.mnt / "dir").is_dir()
+    megafs.umount()
