@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from helpers import LocalStore, MegaFS, assert_same_tree
 
+import megafs
+
 BS = 64 * 1024
 MiB = 1 << 20
 
@@ -84,7 +86,7 @@ def test_git_repository_inside_the_mount(fs, tmp_path):
     run("git", "init", "-q", "-b", "main", repo, env=env)
     git("config", "gc.auto", "0")
     # a real tree: megafs' own source, a binary blob, an executable and a symlink
-    src = Path(__file__).resolve().parent.parent / "megafs"
+    src = Path(megafs.__file__).resolve().parent
     shutil.copytree(src, repo / "megafs", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "blob.bin").write_bytes(os.urandom(3 * BS + 5))
     (repo / "run.sh").write_text("#!/bin/sh\necho ok\n")
