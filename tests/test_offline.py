@@ -226,6 +226,21 @@ def _timed_read(path, offset: int, size: int, limit: float) -> tuple[str, int, f
     return out[0], int(out[1]), float(out[2])
 
 
+def _block_diff(want: bytes, got: bytes, bs: int = 64 << 10) -> str:
+    """Which blocks of *got* differ from *want*, and what they hold instead."""
+    out = []
+    for off in range(0, max(len(want), len(got)), bs):
+        w, g = want[off:off + bs], got[off:off + bs]
+        if w == g:
+            continue
+        same = next((i for i in range(min(len(w), len(g))) if w[i] != g[i]), min(len(w), len(g)))
+        kind = ("zeros" if not g.strip(b"\0") else
+                f"another block's data (block {want.index(g) // bs})" if g in want else
+                f"first {same} bytes right")
+        out.append(f"block {off // bs}: {kind}")
+    return f"{len(out)} blocks differ: " + ", ".join(out[:10])
+
+
 class StderrLines:
     """Collects a process's stderr lines, with the time each arrived."""
 
@@ -377,6 +392,8 @@ def test_endpoint_outage_while_mounted(megafs, store, second_fs, outage, tmp_pat
 
     # Everything is in the store.
     fs.mount(fresh_cache=True)
+    stored = read_file(fs.mnt / "new" / "big")
+    assert stored == big, f"new/big differs in the store: {_block_diff(big, stored)}"
     assert_same_tree(staging / "cached", fs.mnt / "cached")
     assert_same_tree(staging / "new", fs.mnt / "new")
     fs.umount()

@@ -76,7 +76,9 @@ class Snapshotter:
         self.last_size = 0  # bytes of the last upload (tests and statistics)
 
     def changed(self) -> bool:
-        return self.db.total_changes() != self.uploaded_changes
+        """True while some metadata change has not reached the store (the journal holds
+        the keys of every row changed since the last upload)."""
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM journal)").fetchone()[0] == 1
 
     def _want_full(self) -> bool:
         deltas = json.loads(get_state(self.db, "deltas", "[]"))
