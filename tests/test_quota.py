@@ -2,6 +2,7 @@
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -20,6 +21,18 @@ def _write(path, size):
         os.fsync(f.fileno())
 
 
+def _wait_used_at_most(mnt, limit, timeout=10.0):
+    """The kernel sends RELEASE asynchronously after close(2): the data of a file
+    deleted right after closing it counts until the daemon has seen that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = os.statvfs(mnt)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        if used <= limit or time.monotonic() > deadline:
+            return used
+        time.sleep(0.05)
+
+
 def test_quota_is_enforced_and_changeable(quota_fs):
     fs = quota_fs
     st = os.statvfs(fs.mnt)
@@ -31,6 +44,13 @@ def test_quota_is_enforced_and_changeable(quota_fs):
         _write(fs.mnt / "b", 3 << 20)  # the error shows at fsync (writeback cache)
     assert e.value.errno == errno.ENOSPC
     (fs.mnt / "b").unlink()
+    fd = os.open(fs.mnt / "e", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, os.urandom(3 << 20))
+    with pytest.raises(OSError) as e:  # without fsync, close(2) reports it
+        os.close(fd)
+    assert e.value.errno == errno.ENOSPC
+    (fs.mnt / "e").unlink()
+    assert _wait_used_at_most(fs.mnt, 4 << 20) <= 4 << 20
     _write(fs.mnt / "c", 1 << 20)  # below the quota again: fine
     fs.umount()
     r = fs.run("megafs", "quota", fs.url, "20M")
