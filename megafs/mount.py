@@ -24,12 +24,14 @@ from megafs.core.shares import Shares
 from megafs.core.snapshot import Snapshotter, confirm, download, get_state, set_state
 from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
 from megafs.fs.operations import Operations
+from megafs.osutil import set_fuse_readahead
 from megafs.store import lifecycle
 from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
+READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
 
 
 @dataclass
@@ -261,6 +263,12 @@ class Daemon:
             except apsw.Error as e:  # e.g. the cache disk is full: retried next second
                 log.error("committing metadata to the cache directory failed: %s", e)
 
+    async def _tune_readahead(self, initialized: trio.Event) -> None:
+        # The kernel's answer to INIT sets the readahead, so this must come after it.
+        await initialized.wait()
+        if not set_fuse_readahead(self.cfg.mountpoint, READAHEAD_KIB):
+            log.debug("could not raise the kernel readahead of the mount (not root?)")
+
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for sig in sigs:
@@ -275,8 +283,8 @@ class Daemon:
         options |= cfg.fuse_options
         self.unmount_requested = False
         try:
-            pyfuse3.init(Operations(self.fs, Control(self), self.shares), cfg.mountpoint,
-                         options)
+            ops = Operations(self.fs, Control(self), self.shares)
+            pyfuse3.init(ops, cfg.mountpoint, options)
         except RuntimeError as e:
             self.fs.close()
             await store_lock.release(self.store, self.lock)
@@ -287,6 +295,7 @@ class Daemon:
             nursery.start_soon(self._signals)
             nursery.start_soon(self._periodic_snapshots)
             nursery.start_soon(self._commits)
+            nursery.start_soon(self._tune_readahead, ops.initialized)
             try:
                 ready()
                 await pyfuse3.main(min_tasks=1, max_tasks=64)

@@ -22,6 +22,7 @@ import os
 import stat
 
 import pyfuse3
+import trio
 
 from megafs.core.filesystem import Filesystem
 from megafs.core.namespace import ROOT, FsError
@@ -81,6 +82,11 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.control = control
         self.shares = shares
+        self.initialized = trio.Event()  # set once the kernel's INIT has been answered
+
+    def init(self):
+        # pyfuse3 calls this while answering INIT; waiters run only after the answer.
+        self.initialized.set()
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
