@@ -21,7 +21,14 @@ import trio
 from megafs.core import schema
 from megafs.core.filesystem import Filesystem
 from megafs.core.shares import Shares
-from megafs.core.snapshot import Snapshotter, confirm, download, get_state, set_state
+from megafs.core.snapshot import (
+    Snapshotter,
+    confirm,
+    download,
+    get_state,
+    set_state,
+    upgrade_schema,
+)
 from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
 from megafs.fs.operations import Operations
 from megafs.osutil import set_fuse_readahead
@@ -46,6 +53,8 @@ class MountConfig:
     metadata_interval: float = 2.0
     force: bool = False
     timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
+    atime: bool = True  #: relatime updates of atime (-o noatime: none)
+    diratime: bool = True  #: ... of directories too (-o nodiratime: files only)
 
 
 def default_cache_dir(store_id: str) -> str:
@@ -168,7 +177,8 @@ class Daemon:
         conn = await self._metadata(store, sb, cache_dir)
         self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
-                             timeout=cfg.timeout, quota=sb.get("quota"))
+                             timeout=cfg.timeout, quota=sb.get("quota"), atime=cfg.atime,
+                             diratime=cfg.diratime)
         dirty = self.fs.recover()
         if dirty:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
@@ -200,6 +210,7 @@ class Daemon:
                 # a crash): the local copy is as new or newer.
                 with conn:
                     confirm(conn, head)
+                upgrade_schema(conn)
                 return conn
             if head["seq"] < local:
                 conn.close()

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 
+import apsw
 import pytest
 import trio
 from helpers import PASSPHRASE, LocalStore, MegaFS
@@ -131,3 +132,37 @@ def test_no_repairs_while_mounted(fs):
     assert r.returncode == ExitCode.FSCK_ERRORS
     assert "unmount it to repair" in r.stdout
     assert (fs.store.path / JUNK).exists()
+
+
+def test_wrong_block_count(fs):
+    _edit(fs, "UPDATE inodes SET nblocks = nblocks + 5 WHERE size = 100000")
+    _repair(fs, "/dir/file: block count 7, should be 2")
+    fs.mount(fresh_cache=True)
+    assert os.stat(fs.mnt / "dir" / "file").st_blocks == 100_000 // 4096 * 8 + 8
+
+
+def test_metadata_of_schema_version_1_is_upgraded(fs):
+    """A store written before inodes.nblocks existed (schema version 1) is checked, mounted
+    and upgraded: st_blocks right away, and a full snapshot of version 2 at the next upload
+    (a delta of the new schema would not apply to the old snapshot)."""
+    _edit(fs, "ALTER TABLE inodes DROP COLUMN nblocks", "PRAGMA user_version = 1")
+    r = _fsck(fs, "--dry-run")
+    assert r.returncode == 0 and r.stdout.strip().endswith("no problems"), r.stdout
+    fs.mount(fresh_cache=True)
+    assert os.stat(fs.mnt / "dir" / "file").st_blocks == 100_000 // 4096 * 8 + 8
+    (fs.mnt / "new").write_bytes(b"z" * 70_000)
+    fs.umount()
+
+    async def head_schema():
+        backend = await lifecycle.connect(fs.url)
+        store, _ = await lifecycle.unlock(backend, passphrase=PASSPHRASE.encode())
+        head = await store.read_head()
+        conn = apsw.Connection(":memory:")
+        conn.deserialize("main", await store.get_metadata(head["snapshot"]))
+        return head, conn.execute("PRAGMA user_version").fetchone()[0]
+
+    head, version = trio.run(head_schema)
+    assert version == 2 and head["deltas"] == []
+    fs.mount(fresh_cache=True)
+    assert os.stat(fs.mnt / "new").st_blocks == (70_000 + 4095) // 4096 * 8
+    assert (fs.mnt / "dir" / "file").read_bytes() == b"x" * 100_000

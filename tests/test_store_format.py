@@ -2,9 +2,12 @@
 
 import json
 
+import apsw
 import pytest
 
 from megafs import FORMAT_VERSION
+from megafs.core import schema, snapshot
+from megafs.core.blockmap import BlockMap
 from megafs.crypto.keys import KeyRing
 from megafs.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
 from megafs.store import envelope, superblock
@@ -115,3 +118,27 @@ def test_sub_keys_are_distinct_and_per_object():
     other = KeyRing(bytes(32), b"\x01" * 16)  # another store, same master: other keys
     assert other.block_key("b/00") != ring.block_key("b/00")
     assert ring.dedup_hash(b"x") != other.dedup_hash(b"x")
+
+
+def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():
+    conn = apsw.Connection(":memory:")
+    schema.create(conn, root_uid=0, root_gid=0, now_ns=1)
+    assert schema.check_version(conn) == schema.SCHEMA_VERSION == 2
+    assert not schema.upgrade(conn)
+    # a version 1 database (before inodes.nblocks) with two blocks mapped for inode 1
+    conn.execute("ALTER TABLE inodes DROP COLUMN nblocks")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO objects (id, key, hash, refcount, size, stored_size)"
+                 " VALUES (1, 'b/00', x'00', 2, 1, 1)")
+    conn.execute("INSERT INTO blocks (inode, blockno, object) VALUES (1, 0, 1), (1, 5, 1)")
+    snapshot.set_state(conn, "snapshot", "m/00")
+    snap = snapshot.Snapshotter(conn, None, BlockMap(conn))
+    assert not snap._want_full()
+    snapshot.upgrade_schema(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT nblocks FROM inodes WHERE id=1").fetchone()[0] == 2
+    # the next upload is a full snapshot: deltas of version 2 must not follow a version 1 one
+    assert snap._want_full()
+    conn.execute("PRAGMA user_version = 3")
+    with pytest.raises(UnsupportedFormat, match="metadata schema version 3"):
+        schema.check_version(conn)

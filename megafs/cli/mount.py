@@ -25,8 +25,8 @@ from megafs.mount import Daemon, MountConfig, check_mountpoint
 
 #: mount(8) options that mean nothing to a FUSE filesystem daemon.
 _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
-            "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "atime", "noatime",
-            "relatime", "nonempty"}
+            "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "atime", "relatime",
+            "nonempty"}
 
 #: Prose of the man page mount.megafs(8) (see megafs.cli.manpage), next to the options.
 MANUAL = {
@@ -46,8 +46,10 @@ holds a lock object while mounted.
 **mount.megafs** also works as the mount helper of mount(8): installed as \
 /sbin/mount.megafs, `mount -t megafs STORAGE_URL MOUNTPOINT -o OPTIONS` and lines of \
 type `megafs` in /etc/fstab work. Besides FUSE options such as `allow_other` and \
-`ro`, `-o` understands `cache_dir=DIR`, `cache_size=SIZE`, `passphrase_file=F` and \
-`nonempty` (mount over a non-empty directory); options that mean nothing to FUSE \
+`ro`, `-o` understands `cache_dir=DIR`, `cache_size=SIZE`, `passphrase_file=F`, \
+`nonempty` (mount over a non-empty directory), and `noatime` or `nodiratime` (do not \
+update the access time of files and directories, or of directories only, which \
+otherwise follows `relatime` for reads that reach the daemon); options that mean nothing to FUSE \
 (`_netdev`, `nofail`, `noauto`, `x-*` and the like) are ignored.
 
 Without `--fg` the daemon logs to megafs.log in the cache directory and to the \
@@ -105,7 +107,7 @@ def build_parser():
 
 
 def _config(args) -> MountConfig:
-    fuse, nonempty = set(), False
+    fuse, nonempty, atime = set(), False, {}
     for opt in ",".join(args.options).split(","):
         name, _, value = opt.strip().partition("=")
         if not name:
@@ -118,6 +120,8 @@ def _config(args) -> MountConfig:
             args.passphrase_file = value
         elif name == "nonempty":
             nonempty = True
+        elif name in ("noatime", "nodiratime"):
+            atime[name[2:]] = False
         elif name in _IGNORED or name.startswith(("x-", "comment=")):
             continue
         else:
@@ -129,7 +133,8 @@ def _config(args) -> MountConfig:
         passphrase=read_passphrase(args.passphrase_file),
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
-        metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout)
+        metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
+        **atime)
 
 
 def _serve(cfg: MountConfig, ready, opened=None) -> None:

@@ -4,6 +4,9 @@ Objects are deduplicated by a keyed hash of their plaintext. An object whose
 reference count reaches zero stays in the table (and in the store) until a
 metadata snapshot that no longer references it has been committed; then
 :meth:`BlockMap.take_garbage` hands it to the snapshot code for deletion.
+
+Every change of the ``blocks`` rows goes through here, which keeps
+``inodes.nblocks`` (the number of rows of an inode, for ``st_blocks``) in step.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ class BlockMap:
             "SELECT o.key FROM blocks b JOIN objects o ON o.id = b.object"
             " WHERE b.inode=? AND b.blockno=?", (ino, blockno)).fetchone()
         return row[0] if row else None
+
+    def has_block(self, ino: int, blockno: int) -> bool:
+        return self.ex("SELECT 1 FROM blocks WHERE inode=? AND blockno=?",
+                       (ino, blockno)).fetchone() is not None
 
     def find_duplicate(self, digest: bytes) -> int | None:
         """The object holding content with this keyed hash (possibly unreferenced garbage:
@@ -45,11 +52,16 @@ class BlockMap:
             if old and old[0] == obj:
                 return
             if obj is None:
+                if not old:
+                    return
                 self.ex("DELETE FROM blocks WHERE inode=? AND blockno=?", (ino, blockno))
+                self.ex("UPDATE inodes SET nblocks=nblocks-1 WHERE id=?", (ino,))
             else:
                 self.ex("INSERT OR REPLACE INTO blocks (inode, blockno, object) VALUES (?,?,?)",
                         (ino, blockno, obj))
                 self.ex("UPDATE objects SET refcount=refcount+1 WHERE id=?", (obj,))
+                if not old:
+                    self.ex("UPDATE inodes SET nblocks=nblocks+1 WHERE id=?", (ino,))
             if old:
                 self._decref(old[0])
 
@@ -62,6 +74,9 @@ class BlockMap:
                 " (SELECT object FROM blocks WHERE inode=? AND blockno>=?)",
                 (ino, first_block, ino, first_block))
             self.ex("DELETE FROM blocks WHERE inode=? AND blockno>=?", (ino, first_block))
+            dropped = self.db.changes()
+            if dropped:
+                self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
     def garbage(self) -> list[tuple[int, str]]:
         return self.ex("SELECT id, key FROM objects WHERE refcount=0").fetchall()

@@ -9,6 +9,10 @@ blocks are written to ``.tmp`` and renamed, so a clean file is never partial.
 Invariant: bytes of a block past the end of the file are zero (truncate trims
 the last block), so growing a file never exposes stale data.
 
+``Entry.stored`` says whether the block map has a row for the block; ``unstored``
+counts, per inode, the dirty blocks without one (new data not uploaded yet), which
+``st_blocks`` adds to the inode's ``nblocks``.
+
 A block created by a small write starts in memory (``Entry.buf``) instead of a
 file: most small files are written, closed and uploaded without a cache file
 ever being created. Such a block moves to a ``.d`` file when it grows past
@@ -54,10 +58,11 @@ def _pwrite(fd: int, data, offset: int) -> None:
 
 class Entry:
     __slots__ = ("ino", "blk", "fd", "buf", "dirty", "gen", "size", "last_write", "uploading",
-                 "removed", "writing")
+                 "removed", "writing", "stored")
 
-    def __init__(self, ino: int, blk: int, size: int, dirty: bool):
+    def __init__(self, ino: int, blk: int, size: int, dirty: bool, stored: bool):
         self.ino, self.blk, self.size, self.dirty = ino, blk, size, dirty
+        self.stored = stored  # the block map has a row for this block
         self.fd = None
         self.buf: bytearray | None = None
         self.gen = 0
@@ -80,6 +85,7 @@ class BlockCache:
         self.entries: OrderedDict[tuple[int, int], Entry] = OrderedDict()
         self.by_ino: dict[int, set[int]] = {}
         self.dirty: dict[tuple[int, int], Entry] = {}
+        self.unstored: dict[int, int] = {}  # inode -> dirty blocks not in the block map
         self.loading: dict[tuple[int, int], trio.Event] = {}
         self.fds: OrderedDict[tuple[int, int], Entry] = OrderedDict()
         self.total = 0
@@ -120,7 +126,23 @@ class BlockCache:
         if e.dirty:
             self.dirty[key] = e
             self.dirty_bytes += e.size
+            if not e.stored:
+                self._count_unstored(e.ino, 1)
         return e
+
+    def _count_unstored(self, ino: int, n: int) -> None:
+        left = self.unstored.get(ino, 0) + n
+        if left:
+            self.unstored[ino] = left
+        else:
+            del self.unstored[ino]
+
+    def set_stored(self, e: Entry, stored: bool) -> None:
+        """Record that the block map now has (or no longer has) a row for *e*'s block."""
+        if e.stored != stored:
+            e.stored = stored
+            if e.dirty and not e.removed:
+                self._count_unstored(e.ino, -1 if stored else 1)
 
     def _resize(self, e: Entry, size: int) -> None:
         delta = size - e.size
@@ -158,6 +180,8 @@ class BlockCache:
         if e.dirty:
             del self.dirty[key]
             self.dirty_bytes -= e.size
+            if not e.stored:
+                self._count_unstored(e.ino, -1)
             self._notify()
         e.removed = True
 
@@ -196,7 +220,7 @@ class BlockCache:
                 os.unlink(f"{self.dir}/{ino}-{blk}")
             found[(ino, blk)] = found.get((ino, blk), False) or suffix == "d"
         for (ino, blk), dirty in found.items():
-            e = Entry(ino, blk, 0, dirty)
+            e = Entry(ino, blk, 0, dirty, self.blockmap.has_block(ino, blk))
             e.size = os.stat(self._path(e)).st_size
             self._add(e)
         return len(self.dirty)
@@ -224,11 +248,12 @@ class BlockCache:
         if objkey is None:
             if not create:
                 return None
+            stored = not fetch and self.blockmap.has_block(ino, blk)
             if small and self.mem_bytes < self.mem_limit:
-                e = self._add(Entry(ino, blk, 0, dirty=True))
+                e = self._add(Entry(ino, blk, 0, dirty=True, stored=stored))
                 e.buf = bytearray()
                 return e
-            return self._create(ino, blk, b"", dirty=True)
+            return self._create(ino, blk, b"", dirty=True, stored=stored)
         ev = self.loading[key] = trio.Event()
         return await self._load(ino, blk, objkey, ev, create)
 
@@ -242,9 +267,11 @@ class BlockCache:
                 if now == objkey:
                     break
                 if now is None:  # truncated away while we fetched
-                    return self._create(ino, blk, b"", dirty=True) if create else None
+                    if not create:
+                        return None
+                    return self._create(ino, blk, b"", dirty=True, stored=False)
                 objkey = now
-            return self._create(ino, blk, data, dirty=False)
+            return self._create(ino, blk, data, dirty=False, stored=True)
         finally:
             del self.loading[(ino, blk)]
             ev.set()
@@ -277,9 +304,9 @@ class BlockCache:
         except MegafsError as e:  # the reader that needs the block fetches it and reports
             log.debug("readahead of inode %d block %d failed: %s", ino, blk, e)
 
-    def _create(self, ino: int, blk: int, data: bytes, dirty: bool) -> Entry:
+    def _create(self, ino: int, blk: int, data: bytes, dirty: bool, stored: bool) -> Entry:
         self.ensure_space(len(data) or 4096)
-        e = Entry(ino, blk, len(data), dirty)
+        e = Entry(ino, blk, len(data), dirty, stored)
         path = self._path(e)
         try:
             if data:  # fetched content: never leave a partial clean file behind
@@ -354,6 +381,8 @@ class BlockCache:
             e.dirty = True
             self.dirty[(e.ino, e.blk)] = e
             self.dirty_bytes += e.size
+            if not e.stored:
+                self._count_unstored(e.ino, 1)
         if e.buf is not None:
             buf = e.buf
             if offset > len(buf):
@@ -435,6 +464,8 @@ class BlockCache:
         e.dirty = False
         del self.dirty[(e.ino, e.blk)]
         self.dirty_bytes -= e.size
+        if not e.stored:
+            self._count_unstored(e.ino, -1)
         self._notify()
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 Checks, in order: the lock, every data object the metadata references (exists,
 authenticates, right length), objects nothing references, reference counts,
-directory entries without inodes, inodes without entries (orphans) and link
+the per-inode block counts (``st_blocks``), directory entries without inodes, inodes without entries (orphans) and link
 counts. Repairs change only metadata and delete only unreferenced objects; the
 repaired metadata is committed as a new full snapshot. Damaged blocks become
 holes, so files keep their readable parts, and the unreadable ranges are
@@ -65,6 +65,7 @@ class Checker:
         stored = {k async for k in self.backend.list("")}
         await self._check_objects(stored)
         self._check_refcounts()
+        self._check_block_counts()
         self._check_entries()
         self._check_link_counts()
         garbage = await self._check_unreferenced(stored, head)
@@ -130,6 +131,8 @@ class Checker:
             if self.repair:
                 self.db.execute("DELETE FROM blocks WHERE object=?", (obj,))
                 self.db.execute("DELETE FROM objects WHERE id=?", (obj,))
+                for ino, _ in users:
+                    self.db.execute("UPDATE inodes SET nblocks=nblocks-1 WHERE id=?", (ino,))
                 self.changed = True
 
     def _check_refcounts(self) -> None:
@@ -150,6 +153,19 @@ class Checker:
                          fixed="made a hole")
             if self.repair:
                 self.db.execute("DELETE FROM blocks WHERE inode=? AND blockno=?", (ino, blockno))
+                self.db.execute("UPDATE inodes SET nblocks=nblocks-1 WHERE id=?", (ino,))
+                self.changed = True
+
+    def _check_block_counts(self) -> None:
+        """``inodes.nblocks`` (what st_blocks shows) against the rows of the block map."""
+        wrong = self.db.execute(
+            "SELECT i.id, i.nblocks, (SELECT count(*) FROM blocks b WHERE b.inode=i.id) AS n"
+            " FROM inodes i WHERE i.nblocks != n").fetchall()
+        for ino, have, want in wrong:
+            self.problem(f"{self.ns.path_of(ino)}: block count {have}, should be {want}",
+                         fixed="corrected")
+            if self.repair:
+                self.db.execute("UPDATE inodes SET nblocks=? WHERE id=?", (want, ino))
                 self.changed = True
 
     def _check_entries(self) -> None:

@@ -2,6 +2,17 @@
 
 Independent of FUSE: the adapter in :mod:`megafs.fs` translates kernel requests
 into these calls. Errors are :class:`FsError` (an errno).
+
+Inode rows handed out (``INODE_COLS``) end with ``st_blocks`` in 512-byte units:
+the blocks the file has in the store (``nblocks``) plus its new blocks not uploaded
+yet, each counted whole, but no more than the size rounded up to 4 KiB (so a small
+file counts 4 KiB, like on ext4, not a whole block of the store).
+
+Times: with the kernel's writeback cache (``kernel_times``) the kernel owns a
+regular file's mtime and ctime; it stamps them at write time and sends them with a
+``setattr``, so :meth:`Filesystem.write` leaves them alone. atime follows
+``relatime`` for the reads and listings that reach the daemon (see
+:meth:`Filesystem._accessed`); the kernel does not maintain atime for FUSE files.
 """
 
 from __future__ import annotations
@@ -26,12 +37,14 @@ from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1 << 62
+DAY_NS = 86400 * 10**9
 
 
 class Filesystem:
     def __init__(self, conn: apsw.Connection, store: ObjectStore, cache_dir: str, *,
                  block_size: int, cache_size: int, upload_delay: float = 1.0,
-                 timeout: float = 60.0, quota: int | None = None):
+                 timeout: float = 60.0, quota: int | None = None, atime: bool = True,
+                 diratime: bool = True, kernel_times: bool = False):
         self.db = conn
         self.ns = Namespace(conn)
         self.blockmap = BlockMap(conn)
@@ -46,6 +59,10 @@ class Filesystem:
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, int] = {}
         self.wal_path = conn.filename + "-wal"
+        self.atime = atime  # update atime on reads (relatime); off with -o noatime
+        self.diratime = atime and diratime  # ... and on listings (-o nodiratime)
+        self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
+        self.unstored = self.cache.unstored
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -93,38 +110,64 @@ class Filesystem:
             self.blockmap.drop_from(ino, 0)
             self.ns.purge(ino)
 
+    # -- attributes handed out ---------------------------------------------------
+    def _out(self, row: tuple) -> tuple:
+        """*row* with its last column (nblocks) turned into st_blocks."""
+        n = row[10]
+        if self.unstored:
+            n += self.unstored.get(row[0], 0)
+        if not n:
+            return row
+        return (*row[:10], min(n * self.bs, (row[4] + 4095) & ~4095) >> 9)
+
+    def _accessed(self, row: tuple) -> None:
+        """relatime: set atime to now if it is not newer than mtime or ctime, or is more
+        than a day old. Part of the open metadata batch, so it costs no commit."""
+        t = now_ns()
+        a = row[6]
+        if a <= row[7] or a <= row[8] or t - a >= DAY_NS:
+            self.db.execute("UPDATE inodes SET atime_ns=? WHERE id=?", (t, row[0]))
+
     # -- namespace --------------------------------------------------------------
     def getattr(self, ino: int) -> tuple:
-        return self.ns.get(ino)
+        return self._out(self.ns.get(ino))
 
     def lookup(self, parent: int, name: bytes) -> tuple:
         if name == b".":
-            return self._ref(self.ns.get(parent))
+            return self._ref(self._out(self.ns.get(parent)))
         if name == b"..":
-            return self._ref(self.ns.get(self.ns.parent_of(parent)))
+            return self._ref(self._out(self.ns.get(self.ns.parent_of(parent))))
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
-        return self._ref(self.ns.lookup(parent, name))
+        return self._ref(self._out(self.ns.lookup(parent, name)))
 
     def make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *,
              rdev: int = 0, target: bytes | None = None) -> tuple:
         return self._ref(self.ns.make(parent, name, mode, uid, gid, rdev=rdev, target=target))
 
     def link(self, ino: int, parent: int, name: bytes) -> tuple:
-        return self._ref(self.ns.link(ino, parent, name))
+        return self._ref(self._out(self.ns.link(ino, parent, name)))
 
     def unlink(self, parent: int, name: bytes, *, rmdir: bool = False) -> None:
         ino, nlink = self.ns.unlink(parent, name, rmdir=rmdir)
         if nlink == 0:
             self._maybe_purge(ino)
 
-    def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int) -> None:
-        replaced = self.ns.rename(p_old, n_old, p_new, n_new, flags)
+    def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int,
+               uid: int = 0, gid: int = 0) -> None:
+        """renameat2; *uid*/*gid* (the caller's) own the whiteout RENAME_WHITEOUT leaves."""
+        replaced = self.ns.rename(p_old, n_old, p_new, n_new, flags, uid, gid)
         if replaced is not None:
             self._maybe_purge(replaced)
 
     def readdir(self, ino: int, after: int, limit: int = 256) -> list[tuple]:
-        return self.ns.readdir(ino, after, limit)
+        """(cookie, name, inode row...) of the entries after cookie *after*."""
+        if self.diratime:
+            self._accessed(self.ns.get(ino))
+        rows = self.ns.readdir(ino, after, limit)
+        out = self._out
+        return [r if not r[12] and r[2] not in self.unstored else (r[0], r[1], *out(r[2:]))
+                for r in rows]
 
     def ref_entry(self, row: tuple) -> None:
         """Count a lookup the kernel takes through readdirplus."""
@@ -145,7 +188,7 @@ class Filesystem:
             fields.setdefault("mtime_ns", t)
         if fields:
             fields.setdefault("ctime_ns", t)
-        return self.ns.setattr(ino, fields)
+        return self._out(self.ns.setattr(ino, fields))
 
     async def _shrink(self, ino: int, size: int) -> None:
         bs = self.bs
@@ -173,7 +216,10 @@ class Filesystem:
             self._maybe_purge(ino)
 
     async def read(self, ino: int, offset: int, size: int) -> bytes:
-        fsize = self.ns.get(ino)[4]
+        row = self.ns.get(ino)
+        if self.atime:
+            self._accessed(row)
+        fsize = row[4]
         if offset >= fsize:
             return b""
         end = min(offset + size, fsize)
@@ -227,9 +273,12 @@ class Filesystem:
             raise FsError(err.errno or errno.EIO) from None
         finally:
             self.inflight -= len(data)
-        t = now_ns()
-        self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=? WHERE id=?",
-                        (end, t, t, ino))
+        if self.kernel_times:
+            self.db.execute("UPDATE inodes SET size=max(size, ?) WHERE id=?", (end, ino))
+        else:
+            t = now_ns()
+            self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=?"
+                            " WHERE id=?", (end, t, t, ino))
         return len(data)
 
     async def _write_blocks(self, ino: int, offset: int, data: bytes) -> None:

@@ -98,7 +98,7 @@ class Namespace:
             if is_dir:
                 self.ex("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (parent,))
             self._touch_dir(parent, t)
-        return (ino, mode, uid, gid, size, 2 if is_dir else 1, t, t, t, rdev)
+        return (ino, mode, uid, gid, size, 2 if is_dir else 1, t, t, t, rdev, 0)
 
     def link(self, ino: int, parent: int, name: bytes) -> tuple:
         if len(name) > NAME_MAX:
@@ -165,11 +165,17 @@ class Namespace:
             ino = row[0]
 
     def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes,
-               flags: int = 0) -> int | None:
-        """Rename; return the inode whose entry was replaced (for nlink handling) or None."""
+               flags: int = 0, uid: int = 0, gid: int = 0) -> int | None:
+        """Rename; return the inode whose entry was replaced (for nlink handling) or None.
+
+        *flags* are renameat2's: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2) and
+        RENAME_WHITEOUT (4), which leaves a whiteout at the old name as ext4 does (a
+        character device 0/0 owned by *uid*/*gid*, for overlayfs)."""
         if len(n_new) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
-        noreplace, exchange = flags & 1, flags & 2
+        noreplace, exchange, whiteout = flags & 1, flags & 2, flags & 4
+        if flags & ~7 or (exchange and (noreplace or whiteout)):
+            raise FsError(errno.EINVAL)
         t = now_ns()
         with self.db:
             src = self._child(p_old, n_old)
@@ -219,6 +225,8 @@ class Namespace:
             if stat.S_ISDIR(src_mode) and p_old != p_new:
                 self.ex("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (p_old,))
                 self.ex("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (p_new,))
+            if whiteout:
+                self.make(p_old, n_old, stat.S_IFCHR, uid, gid)
             self.ex("UPDATE inodes SET ctime_ns=? WHERE id=?", (t, src))
             self._touch_dir(p_old, t)
             if p_new != p_old:

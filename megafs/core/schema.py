@@ -2,13 +2,16 @@
 
 The same database is the local working copy in the cache directory and, as a
 serialized image sealed in a metadata object, the filesystem's state in the
-store. Schema version lives in ``PRAGMA user_version``.
+store. Schema version lives in ``PRAGMA user_version``: 2 since ``inodes.nblocks``
+was added; a version 1 database (without it) is upgraded when opened (:func:`upgrade`).
 
 Tables
 ------
 inodes    one row per inode. ``id`` 1 is the root directory. Times are integer
           nanoseconds since the epoch. ``target`` holds a symlink's target.
-          Directories have nlink = 2 + number of subdirectories.
+          Directories have nlink = 2 + number of subdirectories. ``nblocks`` is
+          the number of ``blocks`` rows of the inode (its stored blocks, for
+          ``st_blocks``), kept up to date by :class:`~megafs.core.blockmap.BlockMap`.
 dentries  directory entries. ``id`` is AUTOINCREMENT and never reused: it is the
           readdir cookie, so a listing resumes correctly while entries are
           added or removed.
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Older schema versions this megafs upgrades when it opens them.
+UPGRADABLE = (1,)
 
 SCHEMA = """
 CREATE TABLE inodes (
@@ -42,7 +47,8 @@ CREATE TABLE inodes (
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
     rdev INTEGER NOT NULL DEFAULT 0,
-    target BLOB
+    target BLOB,
+    nblocks INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE dentries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -120,7 +126,9 @@ DELTA_SCHEMA = SCHEMA[:SCHEMA.index("CREATE TABLE state")].replace(
 
 
 #: Column order of inode rows handed around the core (``SELECT INODE_COLS FROM inodes``).
-INODE_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, rdev"
+#: The last column is ``nblocks``; :class:`~megafs.core.filesystem.Filesystem` turns it
+#: into ``st_blocks`` (512-byte units) before a row leaves the core.
+INODE_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, rdev, nblocks"
 
 
 def connect(path: str) -> apsw.Connection:
@@ -159,11 +167,32 @@ def create(conn: apsw.Connection, *, root_uid: int, root_gid: int, now_ns: int) 
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
-def check_version(conn: apsw.Connection) -> None:
+def check_version(conn: apsw.Connection) -> int:
+    """The schema version of *conn*: the current one or one :func:`upgrade` handles."""
     from megafs.errors import UnsupportedFormat
 
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and version not in UPGRADABLE:
         raise UnsupportedFormat(
-            f"metadata schema version {version}; this megafs reads version {SCHEMA_VERSION}"
+            f"metadata schema version {version}; this megafs reads versions"
+            f" {', '.join(map(str, (*UPGRADABLE, SCHEMA_VERSION)))}"
         )
+    return version
+
+
+def upgrade(conn: apsw.Connection) -> bool:
+    """Bring a database of an older schema version (after its deltas are applied: they
+    have the old columns) to the current one; True if it was upgraded.
+
+    1 -> 2: ``inodes.nblocks``, counted from ``blocks``. The caller must make the next
+    upload a full snapshot: deltas of the new schema cannot apply to an old snapshot,
+    and an older megafs refuses the new snapshot clearly (its schema version).
+    """
+    if check_version(conn) == SCHEMA_VERSION:
+        return False
+    with conn:
+        conn.execute("ALTER TABLE inodes ADD COLUMN nblocks INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE inodes SET nblocks=(SELECT count(*) FROM blocks"
+                     " WHERE blocks.inode=inodes.id) WHERE id IN (SELECT inode FROM blocks)")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return True

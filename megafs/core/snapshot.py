@@ -30,7 +30,14 @@ import trio
 
 from megafs import FORMAT_VERSION
 from megafs.core.blockmap import BlockMap
-from megafs.core.schema import DELTA_SCHEMA, JOURNALED, check_version, commit_batch, connect
+from megafs.core.schema import (
+    DELTA_SCHEMA,
+    JOURNALED,
+    check_version,
+    commit_batch,
+    connect,
+    upgrade,
+)
 from megafs.errors import CorruptObject
 from megafs.store.objects import ObjectStore, new_metadata_key
 
@@ -44,6 +51,16 @@ def get_state(conn: apsw.Connection, key: str, default=None):
 
 def set_state(conn: apsw.Connection, key: str, value) -> None:
     conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?,?)", (key, value))
+
+
+def upgrade_schema(conn: apsw.Connection) -> None:
+    """Upgrade the working copy from an older schema version (see schema.upgrade); its
+    next upload is then a full snapshot, never a delta on the old-format snapshot."""
+    if upgrade(conn):
+        with conn:
+            set_state(conn, "delta_bytes", 1 << 62)
+        log.info("metadata upgraded to schema version %d", conn.execute(
+            "PRAGMA user_version").fetchone()[0])
 
 
 def confirm(conn: apsw.Connection, head: dict) -> None:
@@ -198,6 +215,7 @@ async def load(store: ObjectStore, head: dict) -> apsw.Connection:
     check_version(conn)
     for name in head.get("deltas", []):
         apply_delta(conn, await store.get_metadata(name, delta=True), name)
+    upgrade(conn)
     return conn
 
 
@@ -236,4 +254,5 @@ async def download(store: ObjectStore, head: dict, path: str) -> apsw.Connection
         conn.execute("DELETE FROM objects WHERE refcount=0")
         conn.execute("DELETE FROM journal")
         conn.execute("DELETE FROM journal_sent")
+    upgrade_schema(conn)
     return conn

@@ -140,6 +140,7 @@ class Uploader:
         if e.removed:
             return False
         self.blockmap.set_block(e.ino, e.blk, obj)
+        self.cache.set_stored(e, obj is not None)
         return e.gen == gen and not e.writing
 
     async def flush(self) -> None:

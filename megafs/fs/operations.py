@@ -41,10 +41,9 @@ STATFS_BLOCK = 4096
 def _attrs(row: tuple) -> pyfuse3.EntryAttributes:
     a = pyfuse3.EntryAttributes()
     (a.st_ino, a.st_mode, a.st_uid, a.st_gid, a.st_size, a.st_nlink, a.st_atime_ns,
-     a.st_mtime_ns, a.st_ctime_ns, a.st_rdev) = row
+     a.st_mtime_ns, a.st_ctime_ns, a.st_rdev, a.st_blocks) = row
     a.generation = 0
     a.st_blksize = BLKSIZE
-    a.st_blocks = (a.st_size + 511) // 512 if stat.S_ISREG(a.st_mode) else 0
     return a
 
 
@@ -80,6 +79,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem, control, shares=None):
         super().__init__()
         self.fs = fs
+        fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
         self.control = control
         self.shares = shares
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
@@ -150,7 +150,8 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.uid,
+                       ctx.gid)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):

@@ -710,6 +710,25 @@ def test_readdir_updates_atime(target):
     expect_stamps(os.listdir, {d: "a"}, d)
 
 
+def test_noatime_mount_option(tmp_path):
+    """-o noatime: reads and listings that reach the daemon leave atime alone."""
+    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
+    try:
+        fs.mkfs()
+        fs.mount(args=("-o", "noatime"))
+        f, d = fs.mnt / "f", fs.mnt / "d"
+        f.write_bytes(b"some data")
+        d.mkdir()
+        age(f, 2 * 86400)
+        age(d, 2 * 86400)
+        fs.umount()
+        fs.mount(fresh_cache=True, args=("-o", "noatime"))
+        expect_stamps(read_from, {f: ""}, f)
+        expect_stamps(os.listdir, {d: ""}, d)
+    finally:
+        fs.cleanup()
+
+
 # -- special files -----------------------------------------------------------------------
 
 
