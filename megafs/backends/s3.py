@@ -331,9 +331,14 @@ class S3Backend(Backend):
             raise NoSuchObject(key)
         raise self._error(status, body, f"GET {key}")
 
-    async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def payload_digest(self, data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
+
+    async def put(self, key: str, data: bytes, *, if_absent: bool = False,
+                  digest: str | None = None) -> None:
         data = bytes(data)
-        digest = await self._sha256(data)
+        if digest is None:
+            digest = await self._sha256(data)
         headers = {"content-length": str(len(data)), "content-type": "application/octet-stream"}
         if if_absent:
             headers["if-none-match"] = "*"

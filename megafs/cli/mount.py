@@ -22,6 +22,7 @@ from megafs.cli.common import (
 )
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import Daemon, MountConfig, check_mountpoint
+from megafs.osutil import tune_malloc
 
 #: mount(8) options that mean nothing to a FUSE filesystem daemon.
 _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
@@ -133,6 +134,8 @@ def _config(args) -> MountConfig:
 
 
 def _serve(cfg: MountConfig, ready, opened=None) -> None:
+    tune_malloc()
+
     async def go():
         daemon = Daemon(cfg)
         await daemon.open()

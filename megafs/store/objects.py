@@ -52,10 +52,14 @@ class ObjectStore:
         return envelope.open_(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,
                               blob)
 
+    def _seal_for_put(self, object_key: str, data: bytes) -> tuple[bytes, str | None]:
+        blob = self.seal_block(object_key, data)
+        return blob, self.backend.payload_digest(blob)
+
     async def put_block(self, object_key: str, data: bytes) -> int:
         """Seal and store one block; return the stored size."""
-        blob = await _run(self.seal_block, object_key, data, size=len(data))
-        await self.backend.put(object_key, blob)
+        blob, digest = await _run(self._seal_for_put, object_key, data, size=len(data))
+        await self.backend.put(object_key, blob, digest=digest)
         return len(blob)
 
     async def get_block(self, object_key: str) -> bytes:
