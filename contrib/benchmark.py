@@ -305,10 +305,11 @@ class CpuWatch:
     """CPU seconds (user + system) a process uses from now until it exits or ``stop()``:
     /proc/PID/stat is polled every 20 ms, as a process that has exited cannot be asked."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, label: str = "daemon"):
         import threading
 
         self.pid = pid
+        self.label = label
         self.sys = 0.0
         self.start = self.last = self._read()
         self.sys0 = self.sys
@@ -335,8 +336,9 @@ class CpuWatch:
     def stop(self) -> float:
         self._stop.set()
         self._thread.join()
-        log(f"daemon CPU: {self.sys - self.sys0:.2f} s of it in the kernel")
-        return (self.last or 0.0) - (self.start or 0.0)
+        total = (self.last or 0.0) - (self.start or 0.0)
+        log(f"{self.label} CPU {total:.2f} s ({self.sys - self.sys0:.2f} s of it in the kernel)")
+        return total
 
 
 def find_tool(name: str, bin_dir: str | None) -> str:
@@ -641,7 +643,9 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
     ok = False
 
     def raw_put():
+        weed = CpuWatch(server.proc.pid, "SeaweedFS")
         r["raw_put_s"], _ = _raw(server, raw_prefix, "put", objects)
+        weed.stop()
         log(f"run {run} raw S3        PUT    {size / r['raw_put_s'] / 1e6:10.1f} MB/s"
             f"  ({len(objects)} objects, {r['raw_put_s']:.2f} s)")
 
@@ -650,12 +654,14 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
         path = os.path.join(root, "big")
         profiler.start(target, "s3-copy", run)
         cpu = CpuWatch(target.pid)
+        weed = CpuWatch(server.proc.pid, "SeaweedFS")
         t0 = time.perf_counter()
         _write_file(path, inputs.data, fsync=False)
         t1 = time.perf_counter()
         target.stop()  # umount.megafs: returns once everything is in the store
         t2 = time.perf_counter()
         r["copy_cpu_s"] = cpu.stop()
+        weed.stop()
         profiler.stop()
         r.update(copy_s=t2 - t0, write_s=t1 - t0, umount_s=t2 - t1)
         log(f"run {run} {target.name:<13} copy   {size / r['copy_s'] / 1e6:10.1f} MB/s"
