@@ -36,6 +36,7 @@ from megafs.core.cache import BlockCache, Entry
 from megafs.core.schema import commit_batch
 from megafs.errors import MegafsError
 from megafs.store.objects import ObjectStore, new_block_key
+from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
 INFLIGHT_BYTES = 64 * 1024 * 1024  # block data being uploaded at once (at least one block)
@@ -156,8 +157,7 @@ class Uploader:
             if not data:
                 digest = None
             elif len(data) >= _THREAD_HASH:
-                digest = await trio.to_thread.run_sync(_zero_or_hash, data,
-                                                       self.store.keys.dedup_hash)
+                digest = await run_sync(_zero_or_hash, data, self.store.keys.dedup_hash)
             else:
                 digest = _zero_or_hash(data, self.store.keys.dedup_hash)
             if digest is None or self.blockmap.find_duplicate(digest) is not None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import os
 
-import trio
-
 from megafs.backends import Backend, NoSuchObject
 from megafs.crypto.keys import KeyRing
 from megafs.errors import CorruptObject
 from megafs.store import envelope
+from megafs.threads import run_sync
 
 HEAD_KEY = "head"
 _INLINE = 128 * 1024  # objects below this are sealed/opened inline (thread hop ~84 us)
@@ -35,7 +34,7 @@ def new_metadata_key() -> str:
 async def _run(fn, *args, size: int):
     if size < _INLINE:
         return fn(*args)
-    return await trio.to_thread.run_sync(fn, *args)
+    return await run_sync(fn, *args)
 
 
 class ObjectStore:
