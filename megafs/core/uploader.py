@@ -55,6 +55,16 @@ def _zero_or_hash(data: bytes, dedup_hash) -> bytes | None:
     return dedup_hash(data)
 
 
+def _prepare(store: ObjectStore, key: str, data: bytes, seal: bool) -> tuple[bytes | None,
+                                                                             tuple | None]:
+    """(In a worker thread.) The deduplication hash of *data* (None: all zeros) and, if
+    *seal*, the object to store under *key* (:meth:`ObjectStore.prepare_block`)."""
+    digest = _zero_or_hash(data, store.keys.dedup_hash)
+    if digest is None or not seal:
+        return digest, None
+    return digest, store.prepare_block(key, data)
+
+
 class Uploader:
     def __init__(self, cache: BlockCache, blockmap: BlockMap, store: ObjectStore, *,
                  delay: float = 1.0):
@@ -73,6 +83,7 @@ class Uploader:
         self._done: list[tuple[Entry, int, bytes | None, tuple | None]] = []  # to commit
         self._queue: deque[Entry] = deque()  # due blocks, oldest first
         self._wake = trio.Event()  # set (and replaced) whenever an upload finishes
+        self._dup_rate = 0.0  # moving average: how many recent blocks had a duplicate
 
     # -- scheduling -------------------------------------------------------------
     def _signal(self) -> None:
@@ -154,17 +165,27 @@ class Uploader:
                 return
             gen = e.gen
             data = self.cache.read(e, 0, e.size) if e.size else b""
+            key = new_block_key()
+            prepared = None
             if not data:
                 digest = None
             elif len(data) >= _THREAD_HASH:
-                digest = await run_sync(_zero_or_hash, data, self.store.keys.dedup_hash)
+                # One trip to a worker thread hashes and seals, unless recent blocks often
+                # had duplicates: then sealing before the lookup would mostly be wasted.
+                digest, prepared = await run_sync(_prepare, self.store, key, data,
+                                                  self._dup_rate < 0.1)
             else:
                 digest = _zero_or_hash(data, self.store.keys.dedup_hash)
-            if digest is None or self.blockmap.find_duplicate(digest) is not None:
+            duplicate = digest is None or self.blockmap.find_duplicate(digest) is not None
+            if digest is not None:
+                self._dup_rate = 0.95 * self._dup_rate + (0.05 if duplicate else 0.0)
+            if duplicate:
                 self._done.append((e, gen, digest, None))
             else:
-                key = new_block_key()
-                stored = await self.store.put_block(key, data)
+                if prepared is None:
+                    stored = await self.store.put_block(key, data)
+                else:
+                    stored = await self.store.put_prepared(key, prepared)
                 self.uploaded_bytes += stored
                 self._done.append((e, gen, digest, (key, len(data), stored)))
             keep = True

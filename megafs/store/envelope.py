@@ -117,7 +117,7 @@ def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
         raise CorruptObject(f"{what} failed authentication (key commitment)")
     aad = blob[:6] + object_key.encode()
     try:
-        inner = AESGCM(key).decrypt(nonce, blob[HEADER.size:], aad)
+        inner = AESGCM(key).decrypt(nonce, memoryview(blob)[HEADER.size:], aad)  # no copy
     except InvalidTag:
         raise CorruptObject(f"{what} failed authentication (tampered or damaged)") from None
     flags, length = INNER.unpack_from(inner)

@@ -51,15 +51,21 @@ class ObjectStore:
         return envelope.open_(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,
                               blob)
 
-    def _seal_for_put(self, object_key: str, data: bytes) -> tuple[bytes, str | None]:
+    def prepare_block(self, object_key: str, data: bytes) -> tuple[bytes, str | None]:
+        """Seal a block for :meth:`put_prepared` (CPU only: may run in a worker thread)."""
         blob = self.seal_block(object_key, data)
         return blob, self.backend.payload_digest(blob)
 
-    async def put_block(self, object_key: str, data: bytes) -> int:
-        """Seal and store one block; return the stored size."""
-        blob, digest = await _run(self._seal_for_put, object_key, data, size=len(data))
+    async def put_prepared(self, object_key: str, prepared: tuple[bytes, str | None]) -> int:
+        """Store a block sealed by :meth:`prepare_block`; return the stored size."""
+        blob, digest = prepared
         await self.backend.put(object_key, blob, digest=digest)
         return len(blob)
+
+    async def put_block(self, object_key: str, data: bytes) -> int:
+        """Seal and store one block; return the stored size."""
+        prepared = await _run(self.prepare_block, object_key, data, size=len(data))
+        return await self.put_prepared(object_key, prepared)
 
     async def get_block(self, object_key: str) -> bytes:
         try:
