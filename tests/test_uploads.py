@@ -1,5 +1,6 @@
 """When dirty blocks are uploaded: a full block as soon as a sequential writer has moved
-past it, any other block only after the write-back delay, everything at umount."""
+past it (unless it was uploaded a moment ago), any other block only after the write-back
+delay, everything at umount."""
 
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ def test_full_blocks_upload_before_the_delay_partial_ones_after(megafs):
     assert dirty_bytes(megafs) == 1000, "the 4 full blocks were not uploaded within 30 s"
     time.sleep(1)
     assert dirty_bytes(megafs) == 1000, "the partial last block did not wait for the delay"
-    # Rewriting a block that was uploaded makes it dirty again; with no next block
-    # written after it, it waits for the delay too.
+    # Blocks 1 and 2 rewritten in order: block 1 is full and the writer moved on, but it
+    # was uploaded a moment ago (a file being rewritten), so both wait for the delay.
     with open(megafs.mnt / "f", "r+b") as f:
         f.seek(BLOCK)
-        f.write(b"x" * BLOCK)
-    data = data[:BLOCK] + b"x" * BLOCK + data[2 * BLOCK:]
+        f.write(b"x" * 2 * BLOCK)
+    data = data[:BLOCK] + b"x" * 2 * BLOCK + data[3 * BLOCK:]
     time.sleep(1)
-    assert dirty_bytes(megafs) == BLOCK + 1000
+    assert dirty_bytes(megafs) == 2 * BLOCK + 1000
     megafs.umount()
     megafs.mount(fresh_cache=True)
     assert (megafs.mnt / "f").read_bytes() == data

@@ -18,7 +18,8 @@ A block is due
   shares), writers waiting for room in the cache, or dirty data past half its
   budget;
 * when it is full and the writer has moved on to the next block of the file (a
-  sequential write: the block is complete);
+  sequential write: the block is complete), unless it is among the last
+  :data:`_RECENT` blocks uploaded (then it is being rewritten);
 * otherwise once it was left alone for ``delay`` seconds (the write-back delay: a
   block that is being rewritten is not uploaded again and again).
 """
@@ -26,7 +27,7 @@ A block is due
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 
 import apsw
 import trio
@@ -46,6 +47,7 @@ POLL = 0.1  # seconds between looks for blocks that became due
 IDLE_POLL = 0.25  # ... while no block is dirty
 _QUEUE = 64  # due blocks taken from the cache per look
 _THREAD_HASH = 128 * 1024  # hash larger blocks in a worker thread
+_RECENT = 4096  # blocks remembered as uploaded: written again, they wait for the delay
 
 
 def _zero_or_hash(data: bytes, dedup_hash) -> bytes | None:
@@ -84,6 +86,7 @@ class Uploader:
         self._queue: deque[Entry] = deque()  # due blocks, oldest first
         self._wake = trio.Event()  # set (and replaced) whenever an upload finishes
         self._dup_rate = 0.0  # moving average: how many recent blocks had a duplicate
+        self._recent: OrderedDict[tuple[int, int], Entry] = OrderedDict()  # uploaded last
 
     # -- scheduling -------------------------------------------------------------
     def _signal(self) -> None:
@@ -97,8 +100,8 @@ class Uploader:
     def _due(self, e: Entry, urgent: bool, cutoff: float) -> bool:
         if urgent or e.last_write <= cutoff:
             return True
-        if e.size < self.cache.bs:
-            return False
+        if e.size < self.cache.bs or self._recent.get((e.ino, e.blk)) is e:
+            return False  # partial, or rewritten since a recent upload: wait for the delay
         nxt = self.cache.entries.get((e.ino, e.blk + 1))
         return nxt is not None and nxt.last_write >= e.last_write
 
@@ -228,6 +231,12 @@ class Uploader:
         finally:  # on failure the blocks stay dirty and are uploaded again
             for e, *_ in batch:
                 e.uploading = False
+        recent = self._recent
+        for e, *_ in batch:
+            recent[(e.ino, e.blk)] = e  # the entry itself: a new file may reuse the inode
+            recent.move_to_end((e.ino, e.blk))
+        while len(recent) > _RECENT:
+            recent.popitem(last=False)
         for e in done:
             if not e.removed and e.dirty:
                 self.cache.mark_clean(e)
