@@ -27,6 +27,7 @@ A block is due
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict, deque
 
 import apsw
@@ -75,6 +76,8 @@ class Uploader:
         self.store = store
         self.delay = delay  # upload blocks left alone this long (seconds)
         self.workers = max(1, store.backend.parallelism)
+        # Hashing and sealing use a core each: more at once only adds context switches.
+        self._cpu = trio.CapacityLimiter(len(os.sched_getaffinity(0)) or 1)
         self.flushing = 0
         self.last_error: str | None = None
         self.uploaded_bytes = 0
@@ -175,8 +178,9 @@ class Uploader:
             elif len(data) >= _THREAD_HASH:
                 # One trip to a worker thread hashes and seals, unless recent blocks often
                 # had duplicates: then sealing before the lookup would mostly be wasted.
-                digest, prepared = await run_sync(_prepare, self.store, key, data,
-                                                  self._dup_rate < 0.1)
+                async with self._cpu:
+                    digest, prepared = await run_sync(_prepare, self.store, key, data,
+                                                      self._dup_rate < 0.1)
             else:
                 digest = _zero_or_hash(data, self.store.keys.dedup_hash)
             duplicate = digest is None or self.blockmap.find_duplicate(digest) is not None
