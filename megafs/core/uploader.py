@@ -44,8 +44,7 @@ log = logging.getLogger(__name__)
 INFLIGHT_BYTES = 64 * 1024 * 1024  # block data being uploaded at once (at least one block)
 COMMIT_INTERVAL = 0.25  # seconds a finished upload may wait for others to commit with
 COMMIT_BLOCKS = 256  # ... or until this many have finished
-POLL = 0.1  # seconds between looks for blocks that became due
-IDLE_POLL = 0.25  # ... while no block is dirty
+POLL = 0.1  # seconds between looks for blocks that became due (cheap while none is dirty)
 _QUEUE = 64  # due blocks taken from the cache per look
 _THREAD_HASH = 128 * 1024  # hash larger blocks in a worker thread
 _RECENT = 4096  # blocks remembered as uploaded: written again, they wait for the delay
@@ -140,7 +139,7 @@ class Uploader:
                 e = self._next()
                 if e is None:
                     self.cache.wanted = trio.Event()
-                    with trio.move_on_after(POLL if self.cache.dirty else IDLE_POLL):
+                    with trio.move_on_after(POLL):
                         await self.cache.wanted.wait()
                     continue
                 if self._inflight >= self.workers or (
