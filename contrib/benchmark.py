@@ -301,6 +301,46 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class CpuWatch:
+    """CPU seconds (user + system) a process uses from now until it exits or ``stop()``:
+    /proc/PID/stat is polled every 20 ms, as a process that has exited cannot be asked."""
+
+    def __init__(self, pid: int, label: str = "daemon"):
+        import threading
+
+        self.pid = pid
+        self.label = label
+        self.sys = 0.0
+        self.start = self.last = self._read()
+        self.sys0 = self.sys
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> float | None:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            return None
+        self.sys = int(fields[12]) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            now = self._read()
+            if now is None:
+                return
+            self.last = now
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        total = (self.last or 0.0) - (self.start or 0.0)
+        log(f"{self.label} CPU {total:.2f} s ({self.sys - self.sys0:.2f} s of it in the kernel)")
+        return total
+
+
 def find_tool(name: str, bin_dir: str | None) -> str:
     for d in filter(None, (bin_dir, os.path.dirname(sys.executable))):
         p = os.path.join(d, name)
@@ -558,14 +598,16 @@ def _raw(server, prefix: str, op: str, objects: list[bytes]) -> tuple[float, lis
 
     async def go():
         t0 = time.perf_counter()
+        c0 = time.process_time()
         await _parallel(range(len(objects)), put if op == "put" else get)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     backend = server.backend(prefix, parallelism=RAW_WORKERS)
     try:
-        dt = trio.run(go)
+        dt, cpu = trio.run(go)
     finally:
         trio.run(backend.aclose)
+    log(f"raw {op.upper()}s: client CPU {cpu:.2f} s")
     return dt, (got if op == "get" else None)
 
 
@@ -590,7 +632,7 @@ def split_objects(data: bytearray, block: int) -> list[bytes]:
 
 
 def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
-           args: argparse.Namespace) -> dict:
+           args: argparse.Namespace, profiler: Profiler) -> dict:
     """One run of the s3-* workloads: raw requests and megafs on the same server."""
     server = Seaweed.get()
     scratch = tempfile.mkdtemp(prefix=f"megafs-s3-run{run}-", dir=base)
@@ -601,21 +643,30 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
     ok = False
 
     def raw_put():
+        weed = CpuWatch(server.proc.pid, "SeaweedFS")
         r["raw_put_s"], _ = _raw(server, raw_prefix, "put", objects)
+        weed.stop()
         log(f"run {run} raw S3        PUT    {size / r['raw_put_s'] / 1e6:10.1f} MB/s"
             f"  ({len(objects)} objects, {r['raw_put_s']:.2f} s)")
 
     def megafs_copy():
         root = target.start()  # mkfs + mount: untimed
         path = os.path.join(root, "big")
+        profiler.start(target, "s3-copy", run)
+        cpu = CpuWatch(target.pid)
+        weed = CpuWatch(server.proc.pid, "SeaweedFS")
         t0 = time.perf_counter()
         _write_file(path, inputs.data, fsync=False)
         t1 = time.perf_counter()
         target.stop()  # umount.megafs: returns once everything is in the store
         t2 = time.perf_counter()
+        r["copy_cpu_s"] = cpu.stop()
+        weed.stop()
+        profiler.stop()
         r.update(copy_s=t2 - t0, write_s=t1 - t0, umount_s=t2 - t1)
         log(f"run {run} {target.name:<13} copy   {size / r['copy_s'] / 1e6:10.1f} MB/s"
-            f"  ({r['copy_s']:.2f} s: write {r['write_s']:.2f} s + umount {r['umount_s']:.2f} s)")
+            f"  ({r['copy_s']:.2f} s: write {r['write_s']:.2f} s + umount {r['umount_s']:.2f} s;"
+            f" daemon CPU {r['copy_cpu_s']:.2f} s)")
 
     try:
         # Alternate who goes first, so that neither always meets a fresher server.
@@ -630,10 +681,15 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
             log(f"run {run} raw S3        GET    {size / dt / 1e6:10.1f} MB/s")
             root = target.mount(os.path.join(scratch, "cold-cache"))
             drop_page_cache()
+            profiler.start(target, "s3-coldread", run)
+            cpu = CpuWatch(target.pid)
             r["coldread_s"] = _read_file(os.path.join(root, "big"), inputs.data, args.verify)
+            r["coldread_cpu_s"] = cpu.stop()
+            profiler.stop()
             target.run_tool(target.tool("umount.megafs"), target.mnt)
             target.pid = None
-            log(f"run {run} {target.name:<13} cold read {size / r['coldread_s'] / 1e6:7.1f} MB/s")
+            log(f"run {run} {target.name:<13} cold read {size / r['coldread_s'] / 1e6:7.1f} MB/s"
+                f"  (daemon CPU {r['coldread_cpu_s']:.2f} s)")
         ok = True
     finally:
         if not ok:
@@ -921,7 +977,7 @@ def main(argv=None) -> int:
                     runs[tname].append(run_target(TARGETS[tname], args.dir, run, inputs, args,
                                                   profiler))
             if args.s3_workloads:
-                s3_runs.append(run_s3(args.dir, run, inputs, objects, args))
+                s3_runs.append(run_s3(args.dir, run, inputs, objects, args, profiler))
     except KeyboardInterrupt:
         log("interrupted")
         return 130

@@ -38,11 +38,19 @@ class Backend(abc.ABC):
         """Return the object's bytes, or raise :class:`NoSuchObject`."""
 
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    async def put(self, key: str, data: bytes, *, if_absent: bool = False,
+                  digest: str | None = None) -> None:
         """Store *data* under *key* atomically (readers see old or new, never a mix).
 
         With ``if_absent=True`` raise :class:`ObjectExists` when *key* exists.
+        *digest*, if given, is :meth:`payload_digest` of *data*.
         """
+
+    def payload_digest(self, data: bytes) -> str | None:
+        """What :meth:`put` would compute from *data* anyway (S3: its SHA-256), so that a
+        caller can compute it in a worker thread together with other work on the same
+        bytes. Thread-safe. None: nothing to compute (the default)."""
+        return None
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
@@ -77,8 +85,11 @@ class BackendWrapper(Backend):
     async def get(self, key):
         return await self.inner.get(key)
 
-    async def put(self, key, data, *, if_absent=False):
-        await self.inner.put(key, data, if_absent=if_absent)
+    async def put(self, key, data, *, if_absent=False, digest=None):
+        await self.inner.put(key, data, if_absent=if_absent, digest=digest)
+
+    def payload_digest(self, data):
+        return self.inner.payload_digest(data)
 
     async def delete(self, key):
         await self.inner.delete(key)

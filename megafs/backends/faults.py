@@ -40,9 +40,9 @@ class FaultyBackend(BackendWrapper):
         await self._before("get")
         return await self.inner.get(key)
 
-    async def put(self, key, data, *, if_absent=False):
+    async def put(self, key, data, *, if_absent=False, digest=None):
         await self._before("put")
-        await self.inner.put(key, data, if_absent=if_absent)
+        await self.inner.put(key, data, if_absent=if_absent, digest=digest)
 
     async def delete(self, key):
         await self._before("delete")

@@ -76,7 +76,8 @@ class LocalBackend(Backend):
             if tmp is not None:
                 os.unlink(tmp)
 
-    async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    async def put(self, key: str, data: bytes, *, if_absent: bool = False,
+                  digest: str | None = None) -> None:
         if len(data) <= _SMALL:
             self._put_sync(key, data, if_absent)
         else:

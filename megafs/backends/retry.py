@@ -65,11 +65,12 @@ class RetryBackend(BackendWrapper):
     async def get(self, key):
         return await self._retry(f"GET {key}", self.inner.get, key, bounded=True)
 
-    async def put(self, key, data, *, if_absent=False):
+    async def put(self, key, data, *, if_absent=False, digest=None):
         # A conditional put whose first attempt landed but whose answer was lost
         # comes back as ObjectExists on the retry; the S3 backend recognises its
         # own bytes and reports success, and the lock compares its token.
-        await self._retry(f"PUT {key}", self.inner.put, key, data, if_absent=if_absent)
+        await self._retry(f"PUT {key}", self.inner.put, key, data, if_absent=if_absent,
+                          digest=digest)
 
     async def delete(self, key):
         await self._retry(f"DELETE {key}", self.inner.delete, key)

@@ -49,6 +49,7 @@ from megafs.backends.base import Backend, NoSuchObject, ObjectExists, TransientE
 from megafs.backends.credentials import Credentials, find_credentials
 from megafs.backends.sigv4 import _quote, canonical_query, sign_headers
 from megafs.errors import BackendUnavailable, BadCredentials, StoreNotFound, UsageError
+from megafs.threads import run_sync
 
 __all__ = ["S3Backend", "S3Location", "parse_location", "sign_headers"]
 
@@ -242,7 +243,7 @@ class S3Backend(Backend):
         if not data:
             return _EMPTY_SHA256
         if len(data) > _HASH_IN_THREAD:
-            return await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+            return await run_sync(lambda: hashlib.sha256(data).hexdigest())
         return hashlib.sha256(data).hexdigest()
 
     async def _send(self, method: str, path: str, what: str, *, query=None,
@@ -331,9 +332,14 @@ class S3Backend(Backend):
             raise NoSuchObject(key)
         raise self._error(status, body, f"GET {key}")
 
-    async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def payload_digest(self, data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
+
+    async def put(self, key: str, data: bytes, *, if_absent: bool = False,
+                  digest: str | None = None) -> None:
         data = bytes(data)
-        digest = await self._sha256(data)
+        if digest is None:
+            digest = await self._sha256(data)
         headers = {"content-length": str(len(data)), "content-type": "application/octet-stream"}
         if if_absent:
             headers["if-none-match"] = "*"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import urllib.parse
@@ -23,6 +24,7 @@ def canonical_query(params: Mapping[str, str] | None) -> str:
     return "&".join(f"{k}={v}" for k, v in pairs)
 
 
+@functools.lru_cache(maxsize=8)  # one key per day: not four HMACs per request
 def _signing_key(secret: str, date: str, region: str) -> bytes:
     key = f"AWS4{secret}".encode()
     for part in (date, region, "s3", "aws4_request"):

@@ -18,6 +18,8 @@ from megafs.errors import ExitCode, MegafsError, UsageError
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 #: ``--debug`` without a value: debug messages of every module.
 DEBUG_ALL = "all"
+#: Libraries that log every request: only their warnings, unless named in --debug.
+QUIET_LOGGERS = ("httpx", "httpcore")
 SYSLOG_SOCKET = "/dev/log"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -181,6 +183,8 @@ def setup_logging(debug=None, logfile: str | None = None, *, level: int | None =
         level = logging.INFO if (logfile or buffer) else logging.WARNING
     modules = debug_modules(debug)
     root.setLevel(logging.DEBUG if modules == [] else level)
+    for name in QUIET_LOGGERS:  # one INFO line per HTTP request (DEBUG: per event)
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in modules or ():
         logging.getLogger(name).setLevel(logging.DEBUG)
 

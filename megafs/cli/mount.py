@@ -22,6 +22,7 @@ from megafs.cli.common import (
 )
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import Daemon, MountConfig, check_mountpoint
+from megafs.osutil import tune_malloc
 
 #: mount(8) options that mean nothing to a FUSE filesystem daemon.
 _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
@@ -38,8 +39,8 @@ once the mount is usable, leaving a daemon that serves it; the daemon's exit sta
 is reported instead when it fails to start.
 
 Data written to the mount lands in the local cache first and is encrypted and \
-uploaded in the background, after `--upload-delay`; metadata follows every \
-`--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
+uploaded in the background, after `--upload-delay` (a full block as soon as a \
+sequential writer has moved past it); metadata follows every `--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
 everything is in the store. Only one mount of a store may run at a time: the store \
 holds a lock object while mounted.
 
@@ -90,7 +91,8 @@ def build_parser():
     for flag in ("-n", "-s", "-v"):  # passed by mount(8); meaningless here
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--upload-delay", type=float, default=5.0, metavar="SECONDS",
-                   help="upload a block once it has not been written for this long (default 5)")
+                   help="upload a block once it has not been written for this long (default 5);"
+                        " a full block goes as soon as the writer has moved on to the next one")
     p.add_argument("--metadata-interval", type=float, default=2.0, metavar="SECONDS",
                    help="upload metadata changes this often (default 2); with the upload"
                         " delay this bounds how far the store lags behind the mount")
@@ -138,6 +140,8 @@ def _config(args) -> MountConfig:
 
 
 def _serve(cfg: MountConfig, ready, opened=None) -> None:
+    tune_malloc()
+
     async def go():
         daemon = Daemon(cfg)
         await daemon.open()

@@ -1,15 +1,34 @@
-"""Background upload of dirty blocks, in batches with one write barrier each.
+"""Background upload of dirty blocks: a pipeline of bounded concurrency.
 
-A batch: pick dirty blocks, hash + seal + put them concurrently (bounded by
-the backend's parallelism and a byte budget), call ``backend.sync()`` once,
-then in one transaction point the block map at the new objects and mark the
-cache files clean. So the block map never names an object that is not durably
-stored, and a block rewritten during its upload stays dirty (generation check).
+A scheduler starts the upload of every block that is due (see below), keeping at
+most ``backend.parallelism`` uploads and :data:`INFLIGHT_BYTES` of block data in
+flight; an upload starts as soon as another one ends, so one slow PUT never
+holds up the others. An upload hashes the block and, unless an identical object
+exists, seals and stores it. Finished uploads are committed in groups (at most
+:data:`COMMIT_INTERVAL` seconds or :data:`COMMIT_BLOCKS` blocks apart): call
+``backend.sync()`` once, then in one transaction point the block map at the new
+objects, commit it to disk, and only then mark the cache files clean. So the
+block map never names an object that is not durably stored, a cache file never
+loses its dirty name before the block map naming its object is on disk, and a
+block rewritten during its upload stays dirty (generation check).
+
+A block is due
+
+* when someone waits for uploads: a flush (unmount, ``megafs ctrl flush``,
+  shares), writers waiting for room in the cache, or dirty data past half its
+  budget;
+* when it is full and the writer has moved on to the next block of the file (a
+  sequential write: the block is complete), unless it is among the last
+  :data:`_RECENT` blocks uploaded (then it is being rewritten);
+* otherwise once it was left alone for ``delay`` seconds (the write-back delay: a
+  block that is being rewritten is not uploaded again and again).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import OrderedDict, deque
 
 import apsw
 import trio
@@ -19,9 +38,33 @@ from megafs.core.cache import BlockCache, Entry
 from megafs.core.schema import commit_batch
 from megafs.errors import MegafsError
 from megafs.store.objects import ObjectStore, new_block_key
+from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
-BATCH_BYTES = 64 * 1024 * 1024
+INFLIGHT_BYTES = 64 * 1024 * 1024  # block data being uploaded at once (at least one block)
+COMMIT_INTERVAL = 0.25  # seconds a finished upload may wait for others to commit with
+COMMIT_BLOCKS = 256  # ... or until this many have finished
+POLL = 0.1  # seconds between looks for blocks that became due (cheap while none is dirty)
+_QUEUE = 64  # due blocks taken from the cache per look
+_THREAD_HASH = 128 * 1024  # hash larger blocks in a worker thread
+_RECENT = 4096  # blocks remembered as uploaded: written again, they wait for the delay
+
+
+def _zero_or_hash(data: bytes, dedup_hash) -> bytes | None:
+    """None if *data* is all zero bytes (a hole), else its deduplication hash."""
+    if not data[0] and not data[-1] and data.count(0) == len(data):
+        return None
+    return dedup_hash(data)
+
+
+def _prepare(store: ObjectStore, key: str, data: bytes, seal: bool) -> tuple[bytes | None,
+                                                                             tuple | None]:
+    """(In a worker thread.) The deduplication hash of *data* (None: all zeros) and, if
+    *seal*, the object to store under *key* (:meth:`ObjectStore.prepare_block`)."""
+    digest = _zero_or_hash(data, store.keys.dedup_hash)
+    if digest is None or not seal:
+        return digest, None
+    return digest, store.prepare_block(key, data)
 
 
 class Uploader:
@@ -31,96 +74,176 @@ class Uploader:
         self.blockmap = blockmap
         self.store = store
         self.delay = delay  # upload blocks left alone this long (seconds)
-        self.limit = trio.CapacityLimiter(store.backend.parallelism)
+        self.workers = max(1, store.backend.parallelism)
+        # Hashing and sealing use a core each: more at once only adds context switches.
+        self._cpu = trio.CapacityLimiter(len(os.sched_getaffinity(0)) or 1)
         self.flushing = 0
         self.last_error: str | None = None
         self.uploaded_bytes = 0
+        self.failures = 0  # consecutive failed uploads or commits
+        self._resume_at = 0.0  # after a failure: start no upload before this time
+        self._inflight = 0  # uploads started and not finished
+        self._inflight_bytes = 0
+        self._done: list[tuple[Entry, int, bytes | None, tuple | None]] = []  # to commit
+        self._queue: deque[Entry] = deque()  # due blocks, oldest first
+        self._wake = trio.Event()  # set (and replaced) whenever an upload finishes
+        self._dup_rate = 0.0  # moving average: how many recent blocks had a duplicate
+        self._recent: OrderedDict[tuple[int, int], Entry] = OrderedDict()  # uploaded last
 
-    def _pick(self) -> list[Entry]:
-        cache = self.cache
-        urgent = self.flushing or cache.wanted.is_set() or cache.dirty_bytes > cache.max_dirty // 2
-        cutoff = trio.current_time() - self.delay
-        batch, size = [], 0
-        for e in cache.dirty.values():
-            if e.uploading or (not urgent and e.last_write > cutoff):
-                continue
-            batch.append(e)
-            size += e.size
-            if size >= BATCH_BYTES:
-                break
-        return batch
+    # -- scheduling -------------------------------------------------------------
+    def _signal(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    @staticmethod
+    def _startable(e: Entry) -> bool:
+        return e.dirty and not (e.uploading or e.removed or e.writing)
+
+    def _due(self, e: Entry, urgent: bool, cutoff: float) -> bool:
+        if urgent or e.last_write <= cutoff:
+            return True
+        if e.size < self.cache.bs or self._recent.get((e.ino, e.blk)) is e:
+            return False  # partial, or rewritten since a recent upload: wait for the delay
+        nxt = self.cache.entries.get((e.ino, e.blk + 1))
+        return nxt is not None and nxt.last_write >= e.last_write
+
+    def _next(self) -> Entry | None:
+        """The next block to upload, if one is due."""
+        queue = self._queue
+        while True:
+            while queue:
+                e = queue.popleft()
+                if self._startable(e):
+                    return e
+            cache = self.cache
+            urgent = bool(self.flushing or cache.wanted.is_set()
+                          or cache.dirty_bytes > cache.max_dirty // 2)
+            cutoff = trio.current_time() - self.delay
+            for e in cache.dirty.values():
+                if self._startable(e) and self._due(e, urgent, cutoff):
+                    queue.append(e)
+                    if len(queue) >= _QUEUE:
+                        break
+            if not queue:
+                return None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        failures = 0
-        while True:
-            batch = self._pick()
-            if not batch:
-                self.cache.wanted = trio.Event()
-                with trio.move_on_after(max(0.05, min(self.delay, 0.5))):
-                    await self.cache.wanted.wait()
-                continue
-            try:
-                await self._upload(batch)
-                failures = 0
-                self.last_error = None
-            except (MegafsError, OSError, apsw.Error) as e:  # storage down, cache disk full
-                failures += 1
-                self.last_error = str(e)
-                log.error("upload failed (attempt %d): %s", failures, e)
-                await trio.sleep(min(30.0, 0.5 * 2**failures))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._committer)
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                if now < self._resume_at:  # uploads failed: back off
+                    await trio.sleep(self._resume_at - now)
+                    continue
+                e = self._next()
+                if e is None:
+                    self.cache.wanted = trio.Event()
+                    with trio.move_on_after(POLL):
+                        await self.cache.wanted.wait()
+                    continue
+                if self._inflight >= self.workers or (
+                        self._inflight and self._inflight_bytes + e.size > INFLIGHT_BYTES):
+                    self._queue.appendleft(e)  # still first in line
+                    await self._wake.wait()
+                    continue
+                e.uploading = True
+                self._inflight += 1
+                self._inflight_bytes += e.size
+                nursery.start_soon(self._one, e, e.size)
 
-    async def _upload(self, batch: list[Entry]) -> None:
-        results: list[tuple[Entry, int, bytes | None, tuple | None]] = []
-        errors: list[Exception] = []
-        for e in batch:
-            e.uploading = True
-        try:
-            async with trio.open_nursery() as nursery:
-                for e in batch:
-                    await self.limit.acquire_on_behalf_of(e)
-                    nursery.start_soon(self._one, e, results, errors)
-            await self.store.backend.sync()
-        finally:
-            for e in batch:
-                e.uploading = False
-        with self.blockmap.db:
-            done = [e for e, gen, digest, new in results if self._apply(e, gen, digest, new)]
-        # The block map must be on disk before a cache file loses its dirty name:
-        # otherwise a crash leaves a "clean" file that no metadata points to.
-        commit_batch(self.blockmap.db)
-        for e in done:
-            if not e.removed and e.dirty:
-                self.cache.mark_clean(e)
-        self.cache.evict()
-        if errors:  # what did get stored is recorded above; the rest is retried later
-            raise errors[0]
+    def _failed(self, err: Exception) -> None:
+        """Count a failure (once per backoff period) and pause new uploads."""
+        now = trio.current_time()
+        self.last_error = str(err)
+        if now >= self._resume_at:
+            self.failures += 1
+            log.error("upload failed (attempt %d): %s", self.failures, err)
+            self._resume_at = now + min(30.0, 0.5 * 2**self.failures)
 
-    async def _one(self, e: Entry, results: list, errors: list) -> None:
+    # -- one upload -------------------------------------------------------------
+    async def _one(self, e: Entry, size: int) -> None:
         """Hash and (unless an identical object exists) seal and store one block."""
+        keep = False  # True: handed to the committer, which clears e.uploading
         try:
             if e.removed:
                 return
             gen = e.gen
             data = self.cache.read(e, 0, e.size) if e.size else b""
-            if not data or data.count(0) == len(data):
-                results.append((e, gen, None, None))
-                return
-            if len(data) >= 128 * 1024:
-                digest = await trio.to_thread.run_sync(self.store.keys.dedup_hash, data)
-            else:
-                digest = self.store.keys.dedup_hash(data)
-            if self.blockmap.find_duplicate(digest) is not None:
-                results.append((e, gen, digest, None))
-                return
             key = new_block_key()
-            stored = await self.store.put_block(key, data)
-            self.uploaded_bytes += stored
-            results.append((e, gen, digest, (key, len(data), stored)))
-        except (MegafsError, OSError) as err:
-            errors.append(err)
+            prepared = None
+            if not data:
+                digest = None
+            elif len(data) >= _THREAD_HASH:
+                # One trip to a worker thread hashes and seals, unless recent blocks often
+                # had duplicates: then sealing before the lookup would mostly be wasted.
+                async with self._cpu:
+                    digest, prepared = await run_sync(_prepare, self.store, key, data,
+                                                      self._dup_rate < 0.1)
+            else:
+                digest = _zero_or_hash(data, self.store.keys.dedup_hash)
+            duplicate = digest is None or self.blockmap.find_duplicate(digest) is not None
+            if digest is not None:
+                self._dup_rate = 0.95 * self._dup_rate + (0.05 if duplicate else 0.0)
+            if duplicate:
+                self._done.append((e, gen, digest, None))
+            else:
+                if prepared is None:
+                    stored = await self.store.put_block(key, data)
+                else:
+                    stored = await self.store.put_prepared(key, prepared)
+                self.uploaded_bytes += stored
+                self._done.append((e, gen, digest, (key, len(data), stored)))
+            keep = True
+            if self.failures or self.last_error:
+                self.failures = 0
+                self.last_error = None
+        except (MegafsError, OSError, apsw.Error) as err:  # storage down, cache disk full
+            self._failed(err)
         finally:
-            self.limit.release_on_behalf_of(e)
+            if not keep:
+                e.uploading = False
+            self._inflight -= 1
+            self._inflight_bytes -= size
+            self._signal()
+
+    # -- committing finished uploads --------------------------------------------
+    async def _committer(self) -> None:
+        while True:
+            while not self._done:
+                await self._wake.wait()
+            deadline = trio.current_time() + COMMIT_INTERVAL
+            with trio.move_on_at(deadline):
+                while self._inflight and len(self._done) < COMMIT_BLOCKS:
+                    await self._wake.wait()
+            try:
+                await self._commit()
+            except (MegafsError, OSError, apsw.Error) as err:
+                self._failed(err)
+                await trio.sleep(max(0.0, self._resume_at - trio.current_time()))
+
+    async def _commit(self) -> None:
+        batch, self._done = self._done, []
+        try:
+            await self.store.backend.sync()
+            with self.blockmap.db:
+                done = [e for e, gen, digest, new in batch if self._apply(e, gen, digest, new)]
+            # The block map must be on disk before a cache file loses its dirty name:
+            # otherwise a crash leaves a "clean" file that no metadata points to.
+            commit_batch(self.blockmap.db)
+        finally:  # on failure the blocks stay dirty and are uploaded again
+            for e, *_ in batch:
+                e.uploading = False
+        recent = self._recent
+        for e, *_ in batch:
+            recent[(e.ino, e.blk)] = e  # the entry itself: a new file may reuse the inode
+            recent.move_to_end((e.ino, e.blk))
+        while len(recent) > _RECENT:
+            recent.popitem(last=False)
+        for e in done:
+            if not e.removed and e.dirty:
+                self.cache.mark_clean(e)
+        self.cache.evict()
 
     def _apply(self, e: Entry, gen: int, digest: bytes | None, new: tuple | None) -> bool:
         """Point the block at its object; True if the cache copy may now be marked clean."""
@@ -153,4 +276,3 @@ class Uploader:
                     await self.cache.changed.wait()
         finally:
             self.flushing -= 1
-

@@ -48,6 +48,8 @@ INNER = struct.Struct("<BQ")
 FLAG_ZSTD = 1
 OVERHEAD = HEADER.size + INNER.size + 16
 _COMMIT_LABEL = b"megafs commit v1"
+_SAMPLE_FROM = 256 * 1024  # payloads this large are tried on a sample before zstd
+_SAMPLE_PIECES, _SAMPLE_PIECE = 8, 4096
 
 # zstandard contexts are not thread-safe and sealing runs in worker threads:
 # one compressor and decompressor per thread.
@@ -72,11 +74,22 @@ def padme(length: int) -> int:
     return (length + mask) & ~mask
 
 
+def _compressible(payload: bytes) -> bool:
+    """Whether zstd is worth trying on a large payload: a sample of 8 pieces of 4 KiB
+    spread over it shrinks by 3 %. Costs ~3 % of compressing it all, which for
+    incompressible data (media, archives, encrypted files) is otherwise wasted."""
+    step = len(payload) // _SAMPLE_PIECES
+    view = memoryview(payload)
+    sample = b"".join(view[i * step:i * step + _SAMPLE_PIECE] for i in range(_SAMPLE_PIECES))
+    return len(_zstd()[0].compress(sample)) < len(sample) * 0.97
+
+
 def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
          compress: bool = True) -> bytes:
     """Return the envelope of *payload* for storage under *object_key*."""
     flags = 0
-    if compress and len(payload) >= 64:
+    if compress and len(payload) >= 64 and (len(payload) < _SAMPLE_FROM
+                                            or _compressible(payload)):
         packed = _zstd()[0].compress(payload)
         if len(packed) < len(payload) * 0.97:
             payload, flags = packed, FLAG_ZSTD
@@ -104,7 +117,7 @@ def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
         raise CorruptObject(f"{what} failed authentication (key commitment)")
     aad = blob[:6] + object_key.encode()
     try:
-        inner = AESGCM(key).decrypt(nonce, blob[HEADER.size:], aad)
+        inner = AESGCM(key).decrypt(nonce, memoryview(blob)[HEADER.size:], aad)  # no copy
     except InvalidTag:
         raise CorruptObject(f"{what} failed authentication (tampered or damaged)") from None
     flags, length = INNER.unpack_from(inner)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import os
 
-import trio
-
 from megafs.backends import Backend, NoSuchObject
 from megafs.crypto.keys import KeyRing
 from megafs.errors import CorruptObject
 from megafs.store import envelope
+from megafs.threads import run_sync
 
 HEAD_KEY = "head"
 _INLINE = 128 * 1024  # objects below this are sealed/opened inline (thread hop ~84 us)
@@ -35,7 +34,7 @@ def new_metadata_key() -> str:
 async def _run(fn, *args, size: int):
     if size < _INLINE:
         return fn(*args)
-    return await trio.to_thread.run_sync(fn, *args)
+    return await run_sync(fn, *args)
 
 
 class ObjectStore:
@@ -52,11 +51,21 @@ class ObjectStore:
         return envelope.open_(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,
                               blob)
 
+    def prepare_block(self, object_key: str, data: bytes) -> tuple[bytes, str | None]:
+        """Seal a block for :meth:`put_prepared` (CPU only: may run in a worker thread)."""
+        blob = self.seal_block(object_key, data)
+        return blob, self.backend.payload_digest(blob)
+
+    async def put_prepared(self, object_key: str, prepared: tuple[bytes, str | None]) -> int:
+        """Store a block sealed by :meth:`prepare_block`; return the stored size."""
+        blob, digest = prepared
+        await self.backend.put(object_key, blob, digest=digest)
+        return len(blob)
+
     async def put_block(self, object_key: str, data: bytes) -> int:
         """Seal and store one block; return the stored size."""
-        blob = await _run(self.seal_block, object_key, data, size=len(data))
-        await self.backend.put(object_key, blob)
-        return len(blob)
+        prepared = await _run(self.prepare_block, object_key, data, size=len(data))
+        return await self.put_prepared(object_key, prepared)
 
     async def get_block(self, object_key: str) -> bytes:
         try:
