@@ -36,6 +36,7 @@ import trio
 from megafs.core.blockmap import BlockMap
 from megafs.errors import CacheError, MegafsError
 from megafs.store.objects import ObjectStore
+from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
 MAX_FDS = 512
@@ -406,7 +407,7 @@ class BlockCache:
         fd = os.dup(self._fd(e))
         e.writing += 1
         try:
-            await trio.to_thread.run_sync(_pwrite, fd, data, offset)
+            await run_sync(_pwrite, fd, data, offset)
         finally:
             e.writing -= 1
             os.close(fd)
@@ -429,6 +430,8 @@ class BlockCache:
     async def wait_for_room(self, timeout: float) -> None:
         """Block writers while too much data waits for upload; after *timeout* seconds
         without room (the storage is down), fail with ENOSPC."""
+        if self.dirty_bytes < self.max_dirty:  # the common case: no cancel scope to set up
+            return
         with trio.move_on_after(timeout):
             while self.dirty_bytes >= self.max_dirty:
                 self.wanted.set()
