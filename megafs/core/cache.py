@@ -91,6 +91,9 @@ class BlockCache:
         self.fds: OrderedDict[tuple[int, int], Entry] = OrderedDict()
         self.total = 0
         self.dirty_bytes = 0
+        # Bytes marked clean (uploaded) since the owner last re-read the stored total:
+        # counted until then, so usage never dips between the two (quota checks).
+        self.cleaned_bytes = 0
         self.mem_bytes = 0
         self.mem_limit = min(64 << 20, max_bytes // 8)
         self.changed = trio.Event()  # set whenever dirty data is uploaded or removed
@@ -467,6 +470,7 @@ class BlockCache:
         e.dirty = False
         del self.dirty[(e.ino, e.blk)]
         self.dirty_bytes -= e.size
+        self.cleaned_bytes += e.size
         if not e.stored:
             self._count_unstored(e.ino, -1)
         self._notify()

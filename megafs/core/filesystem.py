@@ -241,6 +241,7 @@ class Filesystem:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def refresh_usage(self) -> None:
+        self.cache.cleaned_bytes = 0  # the uploads they stand for are in the block map now
         self.stored = self.blockmap.stored_bytes()
 
     def _reserve_quota(self, n: int) -> None:
@@ -248,9 +249,10 @@ class Filesystem:
         waiting for upload and writes in progress, before compression)."""
         if self.quota is None:
             return
-        if self.stored + self.cache.dirty_bytes + self.inflight + n > self.quota:
+        cache = self.cache
+        if self.stored + cache.dirty_bytes + cache.cleaned_bytes + self.inflight + n > self.quota:
             self.refresh_usage()
-            if self.stored + self.cache.dirty_bytes + self.inflight + n > self.quota:
+            if self.stored + cache.dirty_bytes + self.inflight + n > self.quota:
                 raise FsError(errno.ENOSPC)
 
     async def write(self, ino: int, offset: int, data: bytes) -> int:
