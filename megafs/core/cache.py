@@ -11,7 +11,10 @@ the last block), so growing a file never exposes stale data.
 
 ``Entry.stored`` says whether the block map has a row for the block; ``unstored``
 counts, per inode, the dirty blocks without one (new data not uploaded yet), which
-``st_blocks`` adds to the inode's ``nblocks``.
+``st_blocks`` adds to the inode's ``nblocks``. This bookkeeping (the entry index,
+the byte counts, file names and descriptors, eviction and the free-space guard)
+lives in the base class :class:`megafs.core.cacheindex.CacheIndex`; this module
+adds the block contents: fetching, readahead, reads, writes and truncation.
 
 A block created by a small write starts in memory (``Entry.buf``) instead of a
 file: most small files are written, closed and uploaded without a cache file
@@ -29,25 +32,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections import OrderedDict
 
 import trio
 
 from megafs.core.blockmap import BlockMap
+from megafs.core.cacheindex import CacheIndex, Entry, _cache_error
 from megafs.errors import CacheError, MegafsError
 from megafs.store.objects import ObjectStore
 from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
-MAX_FDS = 512
 SPILL_SIZE = 128 * 1024
 THREAD_WRITE = 256 * 1024
-
-
-def _cache_error(path: str, err: OSError) -> CacheError:
-    e = CacheError(f"cache directory {path}: {err.strerror}")
-    e.errno = err.errno
-    return e
 
 
 def _pwrite(fd: int, data, offset: int) -> None:
@@ -57,153 +53,19 @@ def _pwrite(fd: int, data, offset: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-class Entry:
-    __slots__ = ("ino", "blk", "fd", "buf", "dirty", "gen", "size", "last_write", "uploading",
-                 "removed", "writing", "stored")
-
-    def __init__(self, ino: int, blk: int, size: int, dirty: bool, stored: bool):
-        self.ino, self.blk, self.size, self.dirty = ino, blk, size, dirty
-        self.stored = stored  # the block map has a row for this block
-        self.fd = None
-        self.buf: bytearray | None = None
-        self.gen = 0
-        self.last_write = 0.0
-        self.uploading = False
-        self.removed = False
-        self.writing = 0  # writes in worker threads: neither evictable nor clean-able
-
-
-class BlockCache:
+class BlockCache(CacheIndex):
     def __init__(self, path: str, store: ObjectStore, blockmap: BlockMap, block_size: int,
                  max_bytes: int):
-        self.dir = os.path.join(path, "blocks")
-        os.makedirs(self.dir, exist_ok=True)
+        super().__init__(path, block_size, max_bytes)
         self.store = store
         self.blockmap = blockmap
-        self.bs = block_size
-        self.max_bytes = max_bytes
         self.max_dirty = max(max_bytes * 3 // 4, 2 * block_size)
-        self.entries: OrderedDict[tuple[int, int], Entry] = OrderedDict()
-        self.by_ino: dict[int, set[int]] = {}
-        self.dirty: dict[tuple[int, int], Entry] = {}
-        self.unstored: dict[int, int] = {}  # inode -> dirty blocks not in the block map
         self.loading: dict[tuple[int, int], trio.Event] = {}
-        self.fds: OrderedDict[tuple[int, int], Entry] = OrderedDict()
-        self.total = 0
-        self.dirty_bytes = 0
-        # Bytes marked clean (uploaded) since the owner last re-read the stored total:
-        # counted until then, so usage never dips between the two (quota checks).
-        self.cleaned_bytes = 0
-        self.mem_bytes = 0
-        self.mem_limit = min(64 << 20, max_bytes // 8)
-        self.changed = trio.Event()  # set whenever dirty data is uploaded or removed
         self.wanted = trio.Event()  # set when someone waits for uploads
-        st = os.statvfs(self.dir)  # keep this much free on the cache disk (ensure_space):
-        self.min_free = min(64 << 20, st.f_blocks * st.f_frsize // 10)
-        self._free = 0
-        self._checked = -1.0
         self.nursery: trio.Nursery | None = None  # set by the daemon: enables readahead
         self.window = max(2, store.backend.parallelism)  # blocks fetched ahead of a reader
 
-    # -- bookkeeping ----------------------------------------------------------
-    def _path(self, e: Entry) -> str:
-        return f"{self.dir}/{e.ino}-{e.blk}{'.d' if e.dirty else ''}"
-
-    def _fd(self, e: Entry) -> int:
-        if e.fd is None:
-            self._remember_fd(e, os.open(self._path(e), os.O_RDWR))
-        return e.fd
-
-    def _remember_fd(self, e: Entry, fd: int) -> None:
-        e.fd = fd
-        self.fds[(e.ino, e.blk)] = e
-        if len(self.fds) > MAX_FDS:
-            _, old = self.fds.popitem(last=False)
-            os.close(old.fd)
-            old.fd = None
-
-    def _add(self, e: Entry) -> Entry:
-        key = (e.ino, e.blk)
-        self.entries[key] = e
-        self.by_ino.setdefault(e.ino, set()).add(e.blk)
-        self.total += e.size
-        if e.dirty:
-            self.dirty[key] = e
-            self.dirty_bytes += e.size
-            if not e.stored:
-                self._count_unstored(e.ino, 1)
-        return e
-
-    def _count_unstored(self, ino: int, n: int) -> None:
-        left = self.unstored.get(ino, 0) + n
-        if left:
-            self.unstored[ino] = left
-        else:
-            del self.unstored[ino]
-
-    def set_stored(self, e: Entry, stored: bool) -> None:
-        """Record that the block map now has (or no longer has) a row for *e*'s block."""
-        if e.stored != stored:
-            e.stored = stored
-            if e.dirty and not e.removed:
-                self._count_unstored(e.ino, -1 if stored else 1)
-
-    def _resize(self, e: Entry, size: int) -> None:
-        delta = size - e.size
-        e.size = size
-        self.total += delta
-        if e.buf is not None:
-            self.mem_bytes += delta
-        if e.dirty:
-            self.dirty_bytes += delta
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def _drop(self, e: Entry) -> None:
-        key = (e.ino, e.blk)
-        del self.entries[key]
-        blks = self.by_ino[e.ino]
-        blks.discard(e.blk)
-        if not blks:
-            del self.by_ino[e.ino]
-        if e.fd is not None:
-            os.close(e.fd)
-            del self.fds[key]
-            e.fd = None
-        if e.buf is not None:
-            self.mem_bytes -= e.size
-            e.buf = None
-        else:
-            try:
-                os.unlink(self._path(e))
-            except FileNotFoundError:
-                pass
-        self.total -= e.size
-        if e.dirty:
-            del self.dirty[key]
-            self.dirty_bytes -= e.size
-            if not e.stored:
-                self._count_unstored(e.ino, -1)
-            self._notify()
-        e.removed = True
-
-    def evict(self, target: int | None = None) -> None:
-        """Drop least recently used clean blocks until the cache is within *target* bytes
-        and the memory blocks within their budget."""
-        target = self.max_bytes if target is None else target
-        if self.total <= target and self.mem_bytes <= self.mem_limit:
-            return
-        for e in list(self.entries.values()):
-            over_total = self.total > target
-            if not over_total and self.mem_bytes <= self.mem_limit:
-                break
-            if e.dirty or e.uploading or e.writing:
-                continue
-            if over_total or e.buf is not None:
-                self._drop(e)
-
+    # -- recovery -------------------------------------------------------------
     def recover(self, inode_sizes) -> int:
         """Index the files left by an earlier run; return the number of dirty blocks found.
 
@@ -351,27 +213,6 @@ class BlockCache:
             data += bytes(size - len(data))
         return data
 
-    def ensure_space(self, need: int) -> None:
-        """Keep free space on the cache directory's disk for the metadata database and
-        logs: evict clean blocks if needed, else raise CacheError(ENOSPC) *before* the
-        disk is full. statvfs runs at most every 50 ms while the running estimate of
-        free space stays above the reserve."""
-        self._free -= need
-        now = trio.current_time()
-        if self._free > self.min_free and now - self._checked < 0.05:
-            return
-        for attempt in range(2):
-            st = os.statvfs(self.dir)
-            self._checked = now
-            self._free = st.f_bavail * st.f_frsize - need
-            if self._free > self.min_free:
-                return
-            if attempt == 0:
-                self.evict(max(0, self.total - (self.min_free - self._free)))
-        err = CacheError(f"cache directory {self.dir}: disk full")
-        err.errno = errno.ENOSPC
-        raise err
-
     def write(self, e: Entry, offset: int, data) -> None:
         end = offset + len(data)
         if e.buf is not None and (end > SPILL_SIZE or self.mem_bytes > self.mem_limit):
@@ -444,11 +285,6 @@ class BlockCache:
         err.errno = errno.ENOSPC
         raise err
 
-    def drop_inode(self, ino: int, first_blk: int = 0) -> None:
-        for blk in sorted(self.by_ino.get(ino, ())):
-            if blk >= first_blk:
-                self._drop(self.entries[(ino, blk)])
-
     def dirty_fds(self, ino: int | None) -> list[int]:
         """New descriptors (the caller closes them) of the dirty blocks of *ino* (None: all)."""
         if ino is None:
@@ -462,21 +298,3 @@ class BlockCache:
                     self._spill(e)
                 fds.append(os.dup(self._fd(e)))
         return fds
-
-    # -- used by the uploader -------------------------------------------------
-    def mark_clean(self, e: Entry) -> None:
-        if e.buf is None:
-            os.rename(self._path(e), f"{self.dir}/{e.ino}-{e.blk}")
-        e.dirty = False
-        del self.dirty[(e.ino, e.blk)]
-        self.dirty_bytes -= e.size
-        self.cleaned_bytes += e.size
-        if not e.stored:
-            self._count_unstored(e.ino, -1)
-        self._notify()
-
-    def close(self) -> None:
-        for e in self.fds.values():
-            os.close(e.fd)
-            e.fd = None
-        self.fds.clear()
