@@ -33,6 +33,11 @@ class Backend(abc.ABC):
     #: How many requests are worth running in parallel against this backend.
     parallelism: int = 4
 
+    #: Objects travel over a network: worth uploading a complete block as soon as it
+    #: is complete, overlapping the transfer with the writer. A local directory shares
+    #: the disk with the cache, so starting early only slows the writer down.
+    remote: bool = False
+
     @abc.abstractmethod
     async def get(self, key: str) -> bytes:
         """Return the object's bytes, or raise :class:`NoSuchObject`."""
@@ -81,6 +86,7 @@ class BackendWrapper(Backend):
         self.inner = inner
         self.description = inner.description
         self.parallelism = inner.parallelism
+        self.remote = inner.remote
 
     async def get(self, key):
         return await self.inner.get(key)

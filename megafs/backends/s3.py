@@ -190,6 +190,7 @@ class S3Backend(Backend):
     """Objects under ``PREFIX/`` in one bucket of an S3-compatible server."""
 
     parallelism = 16
+    remote = True
 
     def __init__(self, location: S3Location, credentials: Credentials, *,
                  region: str | None = None, parallelism: int = 16,

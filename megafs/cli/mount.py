@@ -39,7 +39,7 @@ once the mount is usable, leaving a daemon that serves it; the daemon's exit sta
 is reported instead when it fails to start.
 
 Data written to the mount lands in the local cache first and is encrypted and \
-uploaded in the background, after `--upload-delay` (a full block as soon as a \
+uploaded in the background, after `--upload-delay` (on S3, a full block as soon as a \
 sequential writer has moved past it); metadata follows every `--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
 everything is in the store. Only one mount of a store may run at a time: the store \
 holds a lock object while mounted.
@@ -92,7 +92,8 @@ def build_parser():
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--upload-delay", type=float, default=5.0, metavar="SECONDS",
                    help="upload a block once it has not been written for this long (default 5);"
-                        " a full block goes as soon as the writer has moved on to the next one")
+                        " on S3 a full block goes as soon as the writer has moved on to the next"
+                        " one")
     p.add_argument("--metadata-interval", type=float, default=2.0, metavar="SECONDS",
                    help="upload metadata changes this often (default 2); with the upload"
                         " delay this bounds how far the store lags behind the mount")

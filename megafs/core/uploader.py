@@ -17,9 +17,10 @@ A block is due
 * when someone waits for uploads: a flush (unmount, ``megafs ctrl flush``,
   shares), writers waiting for room in the cache, or dirty data past half its
   budget;
-* when it is full and the writer has moved on to the next block of the file (a
-  sequential write: the block is complete), unless it is among the last
-  :data:`_RECENT` blocks uploaded (then it is being rewritten);
+* on a remote backend (``Backend.remote``: S3), when it is full and the writer
+  has moved on to the next block of the file (a sequential write: the block is
+  complete), unless it is among the last :data:`_RECENT` blocks uploaded (then it
+  is being rewritten);
 * otherwise once it was left alone for ``delay`` seconds (the write-back delay: a
   block that is being rewritten is not uploaded again and again).
 """
@@ -75,6 +76,7 @@ class Uploader:
         self.store = store
         self.delay = delay  # upload blocks left alone this long (seconds)
         self.workers = max(1, store.backend.parallelism)
+        self.eager = store.backend.remote  # upload complete blocks before the delay
         # Hashing and sealing use a core each: more at once only adds context switches.
         self._cpu = trio.CapacityLimiter(len(os.sched_getaffinity(0)) or 1)
         self.flushing = 0
@@ -102,7 +104,7 @@ class Uploader:
     def _due(self, e: Entry, urgent: bool, cutoff: float) -> bool:
         if urgent or e.last_write <= cutoff:
             return True
-        if e.size < self.cache.bs or self._recent.get((e.ino, e.blk)) is e:
+        if not self.eager or e.size < self.cache.bs or self._recent.get((e.ino, e.blk)) is e:
             return False  # partial, or rewritten since a recent upload: wait for the delay
         nxt = self.cache.entries.get((e.ino, e.blk + 1))
         return nxt is not None and nxt.last_write >= e.last_write
