@@ -436,25 +436,8 @@ def wl_read(ctx: Ctx) -> float:
         _write_file(path, ctx.inputs.data)
         ctx.target.settle()
     drop_page_cache()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    total = 0
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while n := os.readv(fd, [view]):
-            total += n
-    finally:
-        os.close(fd)
-    dt = time.perf_counter() - t0
-    if total != ctx.inputs.size:
-        raise RuntimeError(f"read {total} bytes, expected {ctx.inputs.size}")
-    if ctx.args.verify:
-        with open(path, "rb") as f:
-            for off in range(0, ctx.inputs.size, 64 * MiB):
-                if f.read(64 * MiB) != ctx.inputs.data[off:off + 64 * MiB]:
-                    raise RuntimeError(f"read back wrong data near offset {off}")
-    return total / dt / 1e6
+    dt = _read_file(path, ctx.inputs.data, ctx.args.verify)
+    return ctx.inputs.size / dt / 1e6
 
 
 def wl_create(ctx: Ctx) -> float:
