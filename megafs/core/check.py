@@ -62,6 +62,7 @@ class Checker:
         self.db = await snapshot.load(self.store, head)
         snapshot.confirm(self.db, head)
         self.ns = Namespace(self.db)
+        self.blockmap = BlockMap(self.db)  # unmaps blocks keeping nblocks and refcounts
         stored = {k async for k in self.backend.list("")}
         await self._check_objects(stored)
         self._check_refcounts()
@@ -70,7 +71,7 @@ class Checker:
         self._check_link_counts()
         garbage = await self._check_unreferenced(stored, head)
         if self.repair and (self.changed or garbage):
-            snap = snapshot.Snapshotter(self.db, self.store, BlockMap(self.db))
+            snap = snapshot.Snapshotter(self.db, self.store, self.blockmap)
             await snap.upload(full=True)
             self.report.repaired = True
         return self.report
@@ -129,10 +130,9 @@ class Checker:
                 self.problem(f"{self.ns.path_of(ino)}: bytes {blockno * bs}-{(blockno + 1) * bs}"
                              f" unreadable: {reason}", fixed="they now read as zeros")
             if self.repair:
-                self.db.execute("DELETE FROM blocks WHERE object=?", (obj,))
+                for ino, blockno in users:
+                    self.blockmap.set_block(ino, blockno, None)
                 self.db.execute("DELETE FROM objects WHERE id=?", (obj,))
-                for ino, _ in users:
-                    self.db.execute("UPDATE inodes SET nblocks=nblocks-1 WHERE id=?", (ino,))
                 self.changed = True
 
     def _check_refcounts(self) -> None:
@@ -152,8 +152,7 @@ class Checker:
             self.problem(f"{self.ns.path_of(ino)}: block {blockno} names no object",
                          fixed="made a hole")
             if self.repair:
-                self.db.execute("DELETE FROM blocks WHERE inode=? AND blockno=?", (ino, blockno))
-                self.db.execute("UPDATE inodes SET nblocks=nblocks-1 WHERE id=?", (ino,))
+                self.blockmap.set_block(ino, blockno, None)
                 self.changed = True
 
     def _check_block_counts(self) -> None:
@@ -184,7 +183,7 @@ class Checker:
             if nlink == 0 or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 self.problem(f"inode {ino} has no name and no links", fixed="deleted")
                 if self.repair:
-                    BlockMap(self.db).drop_from(ino, 0)
+                    self.blockmap.drop_from(ino, 0)
                     self.ns.purge(ino)
                     self.changed = True
                 continue
