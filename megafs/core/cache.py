@@ -35,6 +35,7 @@ import os
 
 import trio
 
+from megafs.core import directio
 from megafs.core.blockmap import BlockMap
 from megafs.core.cacheindex import CacheIndex, Entry, _cache_error
 from megafs.errors import CacheError, MegafsError
@@ -53,6 +54,17 @@ def _pwrite(fd: int, data, offset: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+def read_whole(fd: int, size: int, direct: bool) -> bytes:
+    """(Blocking.) The first *size* bytes of the file open as *fd*, zero-padded; closes *fd*."""
+    try:
+        data = directio.pread(fd, size, 0) if direct else os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    if len(data) < size:
+        data += bytes(size - len(data))
+    return data
+
+
 class BlockCache(CacheIndex):
     def __init__(self, path: str, store: ObjectStore, blockmap: BlockMap, block_size: int,
                  max_bytes: int):
@@ -64,6 +76,8 @@ class BlockCache(CacheIndex):
         self.wanted = trio.Event()  # set when someone waits for uploads
         self.nursery: trio.Nursery | None = None  # set by the daemon: enables readahead
         self.window = max(2, store.backend.parallelism)  # blocks fetched ahead of a reader
+        # Large writes and upload reads of block files bypass the page cache (directio).
+        self.direct = store.backend.remote and directio.supported(self.dir)
 
     # -- recovery -------------------------------------------------------------
     def recover(self, inode_sizes) -> int:
@@ -213,6 +227,14 @@ class BlockCache(CacheIndex):
             data += bytes(size - len(data))
         return data
 
+    def source(self, e: Entry) -> bytes | int:
+        """What an upload reads the whole block from: its bytes (memory blocks, small
+        ones), or a new descriptor of its file for :func:`read_whole` in a worker
+        thread (whoever calls that closes it)."""
+        if e.buf is not None or e.size < THREAD_WRITE:
+            return self.read(e, 0, e.size) if e.size else b""
+        return os.dup(self._fd(e))
+
     def write(self, e: Entry, offset: int, data) -> None:
         end = offset + len(data)
         if e.buf is not None and (end > SPILL_SIZE or self.mem_bytes > self.mem_limit):
@@ -251,7 +273,7 @@ class BlockCache(CacheIndex):
         fd = os.dup(self._fd(e))
         e.writing += 1
         try:
-            await run_sync(_pwrite, fd, data, offset)
+            await run_sync(directio.pwrite if self.direct else _pwrite, fd, data, offset)
         finally:
             e.writing -= 1
             os.close(fd)

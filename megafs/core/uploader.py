@@ -35,7 +35,7 @@ import apsw
 import trio
 
 from megafs.core.blockmap import BlockMap
-from megafs.core.cache import BlockCache, Entry
+from megafs.core.cache import BlockCache, Entry, read_whole
 from megafs.core.schema import commit_batch
 from megafs.errors import MegafsError
 from megafs.store.objects import ObjectStore, new_block_key
@@ -58,14 +58,16 @@ def _zero_or_hash(data: bytes, dedup_hash) -> bytes | None:
     return dedup_hash(data)
 
 
-def _prepare(store: ObjectStore, key: str, data: bytes, seal: bool) -> tuple[bytes | None,
-                                                                             tuple | None]:
-    """(In a worker thread.) The deduplication hash of *data* (None: all zeros) and, if
+def _prepare(store: ObjectStore, key: str, src: bytes | int, size: int, direct: bool,
+             seal: bool) -> tuple[bytes, bytes | None, tuple | None]:
+    """(In a worker thread.) The block's bytes (read from *src*, see
+    :meth:`BlockCache.source`), their deduplication hash (None: all zeros) and, if
     *seal*, the object to store under *key* (:meth:`ObjectStore.prepare_block`)."""
+    data = src if isinstance(src, bytes) else read_whole(src, size, direct)
     digest = _zero_or_hash(data, store.keys.dedup_hash)
     if digest is None or not seal:
-        return digest, None
-    return digest, store.prepare_block(key, data)
+        return data, digest, None
+    return data, digest, store.prepare_block(key, data)
 
 
 class Uploader:
@@ -170,20 +172,21 @@ class Uploader:
         try:
             if e.removed:
                 return
-            gen = e.gen
-            data = self.cache.read(e, 0, e.size) if e.size else b""
+            gen, n = e.gen, e.size
             key = new_block_key()
             prepared = None
-            if not data:
-                digest = None
-            elif len(data) >= _THREAD_HASH:
-                # One trip to a worker thread hashes and seals, unless recent blocks often
-                # had duplicates: then sealing before the lookup would mostly be wasted.
+            if n >= _THREAD_HASH:
+                # One trip to a worker thread reads, hashes and seals, unless recent blocks
+                # often had duplicates: then sealing before the lookup would mostly be wasted.
                 async with self._cpu:
-                    digest, prepared = await run_sync(_prepare, self.store, key, data,
-                                                      self._dup_rate < 0.1)
+                    src = self.cache.source(e)  # no checkpoint between this and the thread
+                    data, digest, prepared = await run_sync(
+                        _prepare, self.store, key, src, n, self.cache.direct,
+                        self._dup_rate < 0.1)
             else:
-                digest = _zero_or_hash(data, self.store.keys.dedup_hash)
+                src = self.cache.source(e)
+                data = src if isinstance(src, bytes) else read_whole(src, n, self.cache.direct)
+                digest = _zero_or_hash(data, self.store.keys.dedup_hash) if n else None
             duplicate = digest is None or self.blockmap.find_duplicate(digest) is not None
             if digest is not None:
                 self._dup_rate = 0.95 * self._dup_rate + (0.05 if duplicate else 0.0)
