@@ -626,6 +626,7 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
     ok = False
 
     def raw_put():
+        os.sync()  # start with no dirty page cache from earlier phases (as before the copy)
         weed = CpuWatch(server.proc.pid, "SeaweedFS")
         r["raw_put_s"], _ = _raw(server, raw_prefix, "put", objects)
         weed.stop()
@@ -635,6 +636,7 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
     def megafs_copy():
         root = target.start()  # mkfs + mount: untimed
         path = os.path.join(root, "big")
+        os.sync()  # start with no dirty page cache from earlier phases (as before raw PUTs)
         profiler.start(target, "s3-copy", run)
         cpu = CpuWatch(target.pid)
         weed = CpuWatch(server.proc.pid, "SeaweedFS")

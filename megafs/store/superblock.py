@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from megafs import FORMAT_VERSION
 from megafs.crypto import kdf
-from megafs.crypto.keys import KeyRing, hkdf
+from megafs.crypto.keys import DEDUP_ALGORITHMS, DEDUP_BLAKE3, DEDUP_HMAC, KeyRing, hkdf
 from megafs.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
 
 OBJECT_KEY = "superblock"
@@ -82,6 +82,7 @@ def create(passphrase: bytes, block_size: int,
         "created": int(time.time()),
         "block_size": block_size,
         "quota": quota,
+        "dedup": DEDUP_BLAKE3,
         "kdf": {**params.to_json(), "salt": salt.hex()},
         "slots": {
             "passphrase": _slot(kek, master, store_id, "passphrase"),
@@ -89,7 +90,7 @@ def create(passphrase: bytes, block_size: int,
                               "recovery"),
         },
     }
-    keys = KeyRing(master, store_id)
+    keys = KeyRing(master, store_id, DEDUP_BLAKE3)
     sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
     return json.dumps(sb, indent=1).encode(), keys, format_recovery_key(recovery)
 
@@ -113,6 +114,10 @@ def parse(blob: bytes) -> dict:
 def unlock(sb: dict, *, passphrase: bytes | None = None,
            recovery_key: bytes | None = None) -> KeyRing:
     """Unwrap the master key and verify the superblock's MAC; blocking (Argon2id)."""
+    dedup = sb.get("dedup", DEDUP_HMAC)
+    if dedup not in DEDUP_ALGORITHMS:
+        raise UnsupportedFormat(f"the store deduplicates with {dedup!r}, which this megafs"
+                                " does not know; a newer megafs made it")
     try:
         store_id = bytes.fromhex(sb["store_id"])
         if recovery_key is not None:
@@ -122,7 +127,7 @@ def unlock(sb: dict, *, passphrase: bytes | None = None,
             params = kdf.KdfParams.from_json(sb["kdf"])
             kek = kdf.derive(passphrase, bytes.fromhex(sb["kdf"]["salt"]), params)
             master = _unwrap(kek, sb["slots"]["passphrase"], store_id, "passphrase")
-        keys = KeyRing(master, store_id)
+        keys = KeyRing(master, store_id, dedup)
         ok = hmac.compare_digest(bytes.fromhex(sb["mac"]),
                                  hmac.digest(keys.sb_mac, _canonical(sb), "sha256"))
     except (KeyError, ValueError, TypeError):
