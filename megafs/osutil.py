@@ -21,6 +21,20 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
+def umount(path: str) -> bool:
+    """Unmount *path* with umount2(2) if we may (root): True if done; False when not
+    permitted, so the caller falls back to ``fusermount3 -u``. Raises OSError otherwise
+    (EBUSY: something still uses the mount). Saves spawning fusermount3 (~0.1 s)."""
+    if os.geteuid() != 0:
+        return False
+    if _libc.umount2(os.fsencode(path), 0) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EPERM:
+        return False
+    raise OSError(err, os.strerror(err), path)
+
+
 def set_fuse_readahead(mountpoint: str, kib: int) -> bool:
     """Raise the kernel's readahead for the FUSE mount on *mountpoint* to *kib* KiB.
 

@@ -152,3 +152,21 @@ def test_small_cache_holds_more_data_than_fits(megafs):
     megafs.mount(fresh_cache=True, args=("--cache-size", "1M"))
     assert (megafs.mnt / "big").read_bytes() == data
     megafs.umount()
+
+
+def test_umount_of_a_busy_mount_says_so_and_leaves_it_working(mounted):
+    megafs = mounted
+    (megafs.mnt / "f").write_bytes(b"still here")
+    busy = subprocess.Popen(["sleep", "60"], cwd=megafs.mnt)
+    try:
+        proc = megafs.umount(check=False)
+        assert proc.returncode == 14, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "busy" in lines[0], proc.stderr
+        assert megafs.is_mounted() and (megafs.mnt / "f").read_bytes() == b"still here"
+    finally:
+        busy.kill()
+        busy.wait()
+    megafs.umount()
+    megafs.mount(fresh_cache=True)
+    assert (megafs.mnt / "f").read_bytes() == b"still here"

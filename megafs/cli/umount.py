@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import threading
 import time
 
 from megafs.cli.common import Progress, parser, run, setup_logging
-from megafs.errors import MegafsError, NotMounted
+from megafs.errors import BadMountpoint, MegafsError, NotMounted
+from megafs.osutil import umount
 
 #: Prose of the man page umount.megafs(8) (see megafs.cli.manpage), next to the options.
 MANUAL = {
@@ -109,10 +111,17 @@ def _main(argv=None) -> int:
     pid = daemon_pid(mnt)
     with Progress("umount.megafs", "uploading data and metadata") as progress:
         _flush(mnt, progress)
-        r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
-        if r.returncode != 0:
-            msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
-            raise MegafsError(msg)
+        try:
+            done = umount(mnt)
+        except OSError as e:
+            cls = BadMountpoint if e.errno == errno.EBUSY else MegafsError
+            raise cls(f"cannot unmount {mnt}: {e.strerror}") from None
+        if not done:
+            r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+            if r.returncode != 0:
+                msg = (r.stderr.strip().splitlines()[-1] if r.stderr.strip()
+                       else "fusermount3 failed")
+                raise MegafsError(msg)
         # The daemon uploads whatever changed since the flush, then exits.
         progress.update("unmounted; waiting for the daemon to finish uploading")
         while os.path.exists(f"/proc/{pid}"):
