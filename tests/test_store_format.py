@@ -148,6 +148,12 @@ def test_dedup_hash_is_keyed_blake3_for_new_stores_hmac_for_older_ones():
     new = _resealed(blob, keys, lambda sb: sb.update(dedup="sha3-keyed"))
     with pytest.raises(UnsupportedFormat, match="deduplicates with 'sha3-keyed'"):
         superblock.unlock(superblock.parse(new), passphrase=b"pass")
+    # The provider changing the field (no valid MAC) is tampering, whatever the value.
+    for value in ("sha3-keyed", "hmac-sha256"):
+        sb = json.loads(blob)
+        sb["dedup"] = value
+        with pytest.raises(CorruptObject, match="tampered"):
+            superblock.unlock(superblock.parse(json.dumps(sb).encode()), passphrase=b"pass")
 
 
 def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():

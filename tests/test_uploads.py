@@ -48,3 +48,44 @@ def test_full_blocks_upload_before_the_delay_partial_ones_after(megafs):
     megafs.mount(fresh_cache=True)
     assert (megafs.mnt / "f").read_bytes() == data
     megafs.umount()
+
+
+async def test_block_dropped_while_its_upload_waits_for_a_core(tmp_path):
+    """A block truncated away while its upload waits for a free core is skipped: no
+    storage error, no back-off, nothing to commit (in-process, no mount)."""
+    import trio
+    import trio.testing
+
+    from megafs.backends.local import LocalBackend
+    from megafs.core import schema
+    from megafs.core.filesystem import Filesystem
+    from megafs.crypto.keys import KeyRing
+    from megafs.store.objects import ObjectStore
+
+    store = ObjectStore(LocalBackend(str(tmp_path / "store")), KeyRing(os.urandom(32), b"s" * 16))
+    conn = schema.connect(str(tmp_path / "meta.db"))
+    schema.create(conn, root_uid=0, root_gid=0, now_ns=1)
+    conn.execute("INSERT INTO inodes (id, mode, uid, gid, size, nlink, atime_ns, mtime_ns,"
+                 " ctime_ns) VALUES (2, 33188, 0, 0, 0, 1, 1, 1, 1)")
+    fs = Filesystem(conn, store, str(tmp_path / "cache"), block_size=1 << 20,
+                    cache_size=64 << 20)
+    try:
+        await fs.write(2, 0, os.urandom(1 << 20))
+        e = fs.cache.entries[(2, 0)]
+        up = fs.uploader
+        holders = [object() for _ in range(int(up._cpu.total_tokens))]
+        for h in holders:  # every core busy
+            up._cpu.acquire_on_behalf_of_nowait(h)
+        e.uploading = True
+        up._inflight += 1
+        up._inflight_bytes += e.size
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(up._one, e, e.size)
+            await trio.testing.wait_all_tasks_blocked()
+            fs.cache.drop_inode(2)  # truncated to 0 while the upload waits
+            for h in holders:
+                up._cpu.release_on_behalf_of(h)
+        assert (up.failures, up.last_error, up._done) == (0, None, [])
+        assert up.uploaded_bytes == 0
+    finally:
+        fs.close()

@@ -121,7 +121,7 @@ def _main(argv=None) -> int:
             if r.returncode != 0:
                 msg = (r.stderr.strip().splitlines()[-1] if r.stderr.strip()
                        else "fusermount3 failed")
-                raise MegafsError(msg)
+                raise (BadMountpoint if "busy" in msg else MegafsError)(msg)
         # The daemon uploads whatever changed since the flush, then exits.
         progress.update("unmounted; waiting for the daemon to finish uploading")
         while os.path.exists(f"/proc/{pid}"):

@@ -20,6 +20,7 @@ page cache as before. All functions here block: call them in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -40,24 +41,25 @@ def _buffer(size: int) -> mmap.mmap:
 
 
 def supported(directory: str) -> bool:
-    """Whether files in *directory* can be opened with ``O_DIRECT``."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
+    """Whether files in *directory* can be written and read with ``O_DIRECT`` the way
+    :func:`pwrite` and :func:`pread` do it (reopened through ``/proc/self/fd``)."""
+    if not getattr(os, "O_DIRECT", 0):
         return False
     path = os.path.join(directory, ".directio-probe")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | flag, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError:
         return False
     try:
-        buf = _buffer(ALIGN)
-        os.pwrite(fd, memoryview(buf)[:ALIGN], 0)
-        return True
+        probe = bytes(range(256)) * (ALIGN // 256)
+        pwrite(fd, probe, 0)
+        return pread(fd, ALIGN, 0) == probe
     except OSError:
         return False
     finally:
         os.close(fd)
-        os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _reopen(fd: int, mode: int) -> int:

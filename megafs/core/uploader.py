@@ -172,18 +172,26 @@ class Uploader:
         try:
             if e.removed:
                 return
-            gen, n = e.gen, e.size
             key = new_block_key()
             prepared = None
-            if n >= _THREAD_HASH:
+            if e.size >= _THREAD_HASH:
                 # One trip to a worker thread reads, hashes and seals, unless recent blocks
                 # often had duplicates: then sealing before the lookup would mostly be wasted.
                 async with self._cpu:
-                    src = self.cache.source(e)  # no checkpoint between this and the thread
-                    data, digest, prepared = await run_sync(
-                        _prepare, self.store, key, src, n, self.cache.direct,
-                        self._dup_rate < 0.1)
+                    if e.removed:  # truncated or deleted while waiting for a core
+                        return
+                    gen, n = e.gen, e.size
+                    src = self.cache.source(e)
+                    try:
+                        data, digest, prepared = await run_sync(
+                            _prepare, self.store, key, src, n, self.cache.direct,
+                            self._dup_rate < 0.1)
+                    except trio.Cancelled:  # before the thread took the descriptor
+                        if isinstance(src, int):
+                            os.close(src)
+                        raise
             else:
+                gen, n = e.gen, e.size
                 src = self.cache.source(e)
                 data = src if isinstance(src, bytes) else read_whole(src, n, self.cache.direct)
                 digest = _zero_or_hash(data, self.store.keys.dedup_hash) if n else None

@@ -115,9 +115,7 @@ def unlock(sb: dict, *, passphrase: bytes | None = None,
            recovery_key: bytes | None = None) -> KeyRing:
     """Unwrap the master key and verify the superblock's MAC; blocking (Argon2id)."""
     dedup = sb.get("dedup", DEDUP_HMAC)
-    if dedup not in DEDUP_ALGORITHMS:
-        raise UnsupportedFormat(f"the store deduplicates with {dedup!r}, which this megafs"
-                                " does not know; a newer megafs made it")
+    known = dedup in DEDUP_ALGORITHMS
     try:
         store_id = bytes.fromhex(sb["store_id"])
         if recovery_key is not None:
@@ -127,13 +125,16 @@ def unlock(sb: dict, *, passphrase: bytes | None = None,
             params = kdf.KdfParams.from_json(sb["kdf"])
             kek = kdf.derive(passphrase, bytes.fromhex(sb["kdf"]["salt"]), params)
             master = _unwrap(kek, sb["slots"]["passphrase"], store_id, "passphrase")
-        keys = KeyRing(master, store_id, dedup)
+        keys = KeyRing(master, store_id, dedup if known else DEDUP_HMAC)
         ok = hmac.compare_digest(bytes.fromhex(sb["mac"]),
                                  hmac.digest(keys.sb_mac, _canonical(sb), "sha256"))
     except (KeyError, ValueError, TypeError):
         raise CorruptObject("the superblock is damaged (missing or malformed fields)") from None
     if not ok:
         raise CorruptObject("the superblock failed authentication (tampered)")
+    if not known:  # checked after the MAC: a provider's edit is tampering, not a new version
+        raise UnsupportedFormat(f"the store deduplicates with {dedup!r}, which this megafs"
+                                " does not know; a newer megafs made it")
     return keys
 
 
