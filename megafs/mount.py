@@ -8,6 +8,7 @@ the mount is usable.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -269,6 +270,8 @@ class Daemon:
         while True:
             await trio.sleep(1)
             try:
+                with contextlib.suppress(CacheError):  # room for the log (Uploader._commit)
+                    self.fs.cache.ensure_space(0)
                 self.fs.commit()
                 self.fs.refresh_usage()
             except apsw.Error as e:  # e.g. the cache disk is full: retried next second

@@ -27,6 +27,7 @@ A block is due
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import OrderedDict, deque
@@ -37,7 +38,7 @@ import trio
 from megafs.core.blockmap import BlockMap
 from megafs.core.cache import BlockCache, Entry, read_whole
 from megafs.core.schema import commit_batch
-from megafs.errors import MegafsError
+from megafs.errors import CacheError, MegafsError
 from megafs.store.objects import ObjectStore, new_block_key
 from megafs.threads import run_sync
 
@@ -238,6 +239,11 @@ class Uploader:
     async def _commit(self) -> None:
         batch, self._done = self._done, []
         try:
+            # The commit grows the metadata's write-ahead log on the cache disk: if clean
+            # blocks fill it (they are in the store), evict some first, or the commit
+            # fails, dirty blocks never become clean, and nothing ever frees the disk.
+            with contextlib.suppress(CacheError):  # no clean block left: try anyway
+                self.cache.ensure_space(0)
             await self.store.backend.sync()
             with self.blockmap.db:
                 done = [e for e, gen, digest, new in batch if self._apply(e, gen, digest, new)]
