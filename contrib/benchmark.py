@@ -585,7 +585,10 @@ def _raw(server, prefix: str, op: str, objects: list[bytes]) -> tuple[float, lis
         await _parallel(range(len(objects)), put if op == "put" else get)
         return time.perf_counter() - t0, time.process_time() - c0
 
-    backend = server.backend(prefix, parallelism=RAW_WORKERS)
+    from megafs.backends.retry import RetryBackend
+
+    # Retried like megafs's own requests: SeaweedFS now and then answers 500 under load.
+    backend = RetryBackend(server.backend(prefix, parallelism=RAW_WORKERS))
     try:
         dt, cpu = trio.run(go)
     finally:
