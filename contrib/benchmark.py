@@ -703,6 +703,9 @@ def summarize_s3(runs: list[dict], args: argparse.Namespace) -> dict:
             "pass": ratio <= 1.3}
         out["info"]["write_s"] = [r["write_s"] for r in runs]
         out["info"]["umount_s"] = [r["umount_s"] for r in runs]
+        # Each run's copy against the raw PUTs of the same run: a stricter view than the
+        # ratio of the medians when the server's speed drifts between runs.
+        out["info"]["paired_ratios"] = [m / r for m, r in zip(meg, raw, strict=True)]
     if "s3-coldread" in args.s3_workloads:
         raw = [size / r["raw_get_s"] / 1e6 for r in runs]
         meg = [size / r["coldread_s"] / 1e6 for r in runs]
@@ -735,6 +738,10 @@ def print_s3_table(summary: dict, args: argparse.Namespace, f) -> None:
         print("megafs-s3 s3-copy seconds per run (write + umount.megafs): " + ", ".join(
             f"{w:.2f} + {u:.2f}" for w, u in zip(info["write_s"], info["umount_s"], strict=True)),
             file=f)
+    if "paired_ratios" in info:
+        pairs = info["paired_ratios"]
+        print("s3-copy per-run ratios (copy / raw PUTs of the same run): " + ", ".join(
+            f"{p:.3f}" for p in pairs) + f"; median {statistics.median(pairs):.3f}", file=f)
     if "s3-copy" in summary["workloads"]:
         w = summary["workloads"]["s3-copy"]
         print("s3-copy MB/s (median): raw PUT {:.1f}, megafs copy+umount {:.1f}".format(
