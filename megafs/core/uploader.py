@@ -191,10 +191,9 @@ class Uploader:
                         if isinstance(src, int):
                             os.close(src)
                         raise
-            else:
+            else:  # small: read and hash right here (a thread trip costs more)
                 gen, n = e.gen, e.size
-                src = self.cache.source(e)
-                data = src if isinstance(src, bytes) else read_whole(src, n, self.cache.direct)
+                data = self.cache.read(e, 0, n) if n else b""
                 digest = _zero_or_hash(data, self.store.keys.dedup_hash) if n else None
             duplicate = digest is None or self.blockmap.find_duplicate(digest) is not None
             if digest is not None:
