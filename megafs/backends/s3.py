@@ -239,13 +239,10 @@ class S3Backend(Backend):
     def _object_path(self, key: str) -> str:
         return f"{self._bucket_path}/{_quote(self._key_prefix + key, safe='/')}"
 
-    @staticmethod
-    async def _sha256(data: bytes) -> str:
-        if not data:
-            return _EMPTY_SHA256
+    async def _sha256(self, data: bytes) -> str:
         if len(data) > _HASH_IN_THREAD:
-            return await run_sync(lambda: hashlib.sha256(data).hexdigest())
-        return hashlib.sha256(data).hexdigest()
+            return await run_sync(self.payload_digest, data)
+        return self.payload_digest(data)
 
     async def _send(self, method: str, path: str, what: str, *, query=None,
                     headers: Mapping[str, str] | None = None, body: bytes = b"",

@@ -249,11 +249,16 @@ class Filesystem:
         waiting for upload and writes in progress, before compression)."""
         if self.quota is None:
             return
-        cache = self.cache
-        if self.stored + cache.dirty_bytes + cache.cleaned_bytes + self.inflight + n > self.quota:
-            self.refresh_usage()
-            if self.stored + cache.dirty_bytes + self.inflight + n > self.quota:
+        if self._used() + n > self.quota:
+            self.refresh_usage()  # re-reads what is stored; cleaned_bytes drops to 0
+            if self._used() + n > self.quota:
                 raise FsError(errno.ENOSPC)
+
+    def _used(self) -> int:
+        """Bytes counted against the quota: stored, uploaded since the last refresh,
+        waiting for upload, and being written."""
+        cache = self.cache
+        return self.stored + cache.cleaned_bytes + cache.dirty_bytes + self.inflight
 
     async def write(self, ino: int, offset: int, data: bytes) -> int:
         end = offset + len(data)
