@@ -13,6 +13,7 @@ import trio
 
 from megafs.backends import NoSuchObject, ObjectExists, TransientError
 from megafs.backends.faults import FaultyBackend
+from megafs.backends.hedge import HedgeBackend
 from megafs.backends.local import LocalBackend
 from megafs.backends.retry import RetryBackend
 from megafs.errors import BackendUnavailable, StoreNotFound
@@ -33,12 +34,22 @@ def _faulty_retry(inner):
                         deadline=30, base_delay=0.001, max_delay=0.01)
 
 
+def _faulty_hedged_retry(inner):
+    # As mounts stack a remote store, with hedges sent early (min_delay) and often
+    # (budget): two copies of a PUT or GET must be as good as one.
+    return RetryBackend(HedgeBackend(FaultyBackend(inner, fail=0.3, seed=11), min_delay=0.001,
+                                     factor=0.5, budget=1.0),
+                        deadline=30, base_delay=0.001, max_delay=0.01)
+
+
 STACKS = {
     "local": lambda request, path: LocalBackend(str(path)),
     "local+faults+retry": lambda request, path: _faulty_retry(LocalBackend(str(path))),
     "s3": lambda request, path: request.getfixturevalue("seaweed").backend(
         f"t-{uuid.uuid4().hex[:12]}"),
     "s3+faults+retry": lambda request, path: _faulty_retry(
+        request.getfixturevalue("seaweed").backend(f"t-{uuid.uuid4().hex[:12]}")),
+    "s3+faults+hedge+retry": lambda request, path: _faulty_hedged_retry(
         request.getfixturevalue("seaweed").backend(f"t-{uuid.uuid4().hex[:12]}")),
 }
 
@@ -146,6 +157,9 @@ async def test_parallel_gets(backend):
         for k in data:
             n.start_soon(fetch, k)
     assert got == data
+    hedge = getattr(backend, "inner", None)
+    if isinstance(hedge, HedgeBackend):  # the copies really ran (and the data is intact)
+        assert hedge.hedged > 0
 
 
 async def test_local_missing_directory_is_a_clear_error(tmp_path):

@@ -33,9 +33,11 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
-    """Build the backend stack for *url*: base backend -> fault injection -> retries.
+    """Build the backend stack for *url*: base backend -> fault injection -> hedging
+    -> retries.
 
-    Fault injection is only inserted when ``MEGAFS_FAULTS`` is set (tests).
+    Fault injection is only inserted when ``MEGAFS_FAULTS`` is set (tests); hedged
+    requests only for remote backends (a local disk's stall would stall a copy too).
     """
     from megafs.backends.retry import RetryBackend
 
@@ -55,4 +57,8 @@ def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
         from megafs.backends.faults import from_spec
 
         backend = from_spec(backend, spec)
+    if backend.remote:
+        from megafs.backends.hedge import HedgeBackend
+
+        backend = HedgeBackend(backend)
     return RetryBackend(backend, deadline=retry_deadline)
