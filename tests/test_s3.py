@@ -234,6 +234,37 @@ async def test_https_uses_aws_ca_bundle(env, seaweed, prefix):
         await backend.aclose()
 
 
+async def test_https_puts_do_not_hash_the_payload(env, seaweed, prefix):
+    # TLS protects the bytes in transit: plain PUTs sign UNSIGNED-PAYLOAD (no SHA-256 of
+    # every uploaded byte); conditional PUTs still sign theirs; plain http signs all.
+    env.setenv("AWS_ACCESS_KEY_ID", seaweed_server.ADMIN.access_key)
+    env.setenv("AWS_SECRET_ACCESS_KEY", seaweed_server.ADMIN.secret_key)
+    env.setenv("AWS_CA_BUNDLE", seaweed.ca_file)
+    sent: list[tuple[str, str]] = []
+
+    async def hook(request):
+        sent.append((request.method, request.headers["x-amz-content-sha256"]))
+
+    big = os.urandom(3 << 20)
+    for url, signed in ((f"s3://127.0.0.1:{seaweed.https_port}/{seaweed.bucket}/{prefix}", False),
+                        (seaweed.url(prefix + "-http"), True)):
+        backend = open_backend(url)
+        s3 = backend.inner.inner  # Retry -> Hedge -> S3
+        s3._client.event_hooks["request"].append(hook)
+        sent.clear()
+        try:
+            assert (s3.payload_digest(big) is not None) == signed
+            await backend.put("b/big", big)
+            await backend.put("lock", b"token", if_absent=True)
+            assert await backend.get("b/big") == big
+            assert await backend.get("lock") == b"token"
+        finally:
+            await backend.aclose()
+        big_sig, lock_sig = (h for m, h in sent if m == "PUT")
+        assert big_sig == (hashlib.sha256(big).hexdigest() if signed else "UNSIGNED-PAYLOAD")
+        assert lock_sig == hashlib.sha256(b"token").hexdigest()
+
+
 # --------------------------------------------------------------------------- error kinds
 
 

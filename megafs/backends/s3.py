@@ -12,8 +12,11 @@ credentials come from :mod:`megafs.backends.credentials`. For ``https`` endpoint
 ``AWS_CA_BUNDLE`` (when set) names the CA certificates to trust; plain-http
 endpoints never look at it.
 
-Every request signs the SHA-256 of its actual body, so the server also checks
-that the bytes arrived intact. Connections come from one bounded pool
+Over plain http every request signs the SHA-256 of its actual body, so the server
+also checks that the bytes arrived intact. Over https, TLS already guarantees that,
+and unconditional PUTs sign ``UNSIGNED-PAYLOAD`` instead, as the AWS SDKs do: that
+saves hashing every uploaded byte (0.6 ms of CPU per MiB). Every object megafs
+stores is also authenticated end to end by its own envelope. Connections come from one bounded pool
 (``2 * parallelism``); a cancelled request closes its connection instead of
 returning it to the pool half-read.
 
@@ -58,6 +61,11 @@ URL_HELP = ("use s3://HOST[:PORT]/BUCKET[/PREFIX], or s3+http://HOST[:PORT]/BUCK
             "for a plain-http endpoint (e.g. s3+http://127.0.0.1:8333/backups/laptop)")
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
 _HASH_IN_THREAD = 1 << 20  # hash bodies larger than this off the event loop
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
@@ -203,6 +211,7 @@ class S3Backend(Backend):
         self.description = location.url
         self._key_prefix = f"{location.prefix}/" if location.prefix else ""
         self._bucket_path = "/" + _quote(location.bucket)
+        self.sign_payload = not location.secure  # https: TLS protects the bytes in transit
         # Conditional puts whose outcome is unknown (a transient failure):
         # key -> sha256 of the bytes we tried to write.
         self._uncertain: dict[str, str] = {}
@@ -241,8 +250,8 @@ class S3Backend(Backend):
 
     async def _sha256(self, data: bytes) -> str:
         if len(data) > _HASH_IN_THREAD:
-            return await run_sync(self.payload_digest, data)
-        return self.payload_digest(data)
+            return await run_sync(_sha256_hex, data)
+        return _sha256_hex(data)
 
     async def _send(self, method: str, path: str, what: str, *, query=None,
                     headers: Mapping[str, str] | None = None, body: bytes = b"",
@@ -330,14 +339,19 @@ class S3Backend(Backend):
             raise NoSuchObject(key)
         raise self._error(status, body, f"GET {key}")
 
-    def payload_digest(self, data: bytes) -> str:
-        return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
+    def payload_digest(self, data: bytes) -> str | None:
+        return _sha256_hex(data) if self.sign_payload else None
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False,
                   digest: str | None = None) -> None:
         data = bytes(data)
         if digest is None:
-            digest = await self._sha256(data)
+            # Conditional puts (small) always sign their payload: the digest also
+            # recognises our own bytes after an uncertain attempt (see _holds).
+            if self.sign_payload or if_absent:
+                digest = await self._sha256(data)
+            else:
+                digest = UNSIGNED_PAYLOAD
         headers = {"content-length": str(len(data)), "content-type": "application/octet-stream"}
         if if_absent:
             headers["if-none-match"] = "*"

@@ -255,7 +255,7 @@ class BlockCache(CacheIndex):
             if offset > len(buf):
                 buf.extend(bytes(offset - len(buf)))
             buf[offset:end] = data
-        else:
+        elif data:  # (an empty write only marks the block dirty: no syscall)
             _pwrite(self._fd(e), data, offset)
         if end > e.size:
             self._resize(e, end)
