@@ -37,8 +37,8 @@ def _faulty_retry(inner):
 def _faulty_hedged_retry(inner):
     # As mounts stack a remote store, with hedges sent early (min_delay) and often
     # (budget): two copies of a PUT or GET must be as good as one.
-    return RetryBackend(HedgeBackend(FaultyBackend(inner, fail=0.3, seed=11), min_delay=0.001,
-                                     factor=0.5, budget=1.0),
+    return RetryBackend(HedgeBackend(FaultyBackend(inner, fail=0.3, seed=11), write_once=("b/",),
+                                     min_delay=0.001, factor=0.5, budget=1.0),
                         deadline=30, base_delay=0.001, max_delay=0.01)
 
 

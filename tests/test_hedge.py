@@ -15,6 +15,7 @@ from megafs.backends import open_backend
 from megafs.backends.base import Backend, NoSuchObject, TransientError
 from megafs.backends.hedge import HedgeBackend
 from megafs.backends.retry import RetryBackend
+from megafs.store.objects import WRITE_ONCE_PREFIXES
 
 FAST = 0.01
 
@@ -70,6 +71,11 @@ def inner():
     return Scripted()
 
 
+def hedge(inner, **kw) -> HedgeBackend:
+    """Data blocks (``b/``) and the warm-up objects (``w/``) are write-once keys."""
+    return HedgeBackend(inner, write_once=("b/", "w/"), **kw)
+
+
 async def warm(b: HedgeBackend, n: int = 8) -> None:
     """Enough fast requests of both kinds for a median (FAST: the delay is min_delay)."""
     for i in range(n):
@@ -78,133 +84,149 @@ async def warm(b: HedgeBackend, n: int = 8) -> None:
 
 
 async def test_a_stalled_put_is_sent_again_and_the_copy_wins(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
-    inner.script["k"].extend([(10.0, None), (FAST, None)])
+    inner.script["b/k"].extend([(10.0, None), (FAST, None)])
     start = trio.current_time()
-    await b.put("k", b"data")
+    await b.put("b/k", b"data")
     assert trio.current_time() - start == pytest.approx(0.2 + FAST)
-    assert inner.objects["k"] == b"data"
-    assert (b.hedged, b.won, inner.calls["k"], inner.cancelled) == (1, 1, 2, 1)
+    assert inner.objects["b/k"] == b"data"
+    assert (b.hedged, b.won, inner.calls["b/k"], inner.cancelled) == (1, 1, 2, 1)
 
 
 async def test_a_stalled_get_is_sent_again(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
-    inner.objects["k"] = b"x"
-    inner.script["k"].extend([(10.0, None), (FAST, None)])
+    inner.objects["b/k"] = b"x"
+    inner.script["b/k"].extend([(10.0, None), (FAST, None)])
     start = trio.current_time()
-    assert await b.get("k") == b"x"
+    assert await b.get("b/k") == b"x"
     assert trio.current_time() - start == pytest.approx(0.2 + FAST)
     assert (b.hedged, b.won) == (1, 1)
 
 
 async def test_the_first_copy_wins_if_it_finishes_first(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
-    inner.script["k"].extend([(0.3, None), (10.0, None)])
+    inner.script["b/k"].extend([(0.3, None), (10.0, None)])
     start = trio.current_time()
-    await b.put("k", b"data")
+    await b.put("b/k", b"data")
     assert trio.current_time() - start == pytest.approx(0.3)
     assert (b.hedged, b.won, inner.cancelled) == (1, 0, 1)
 
 
 async def test_the_delay_follows_the_median_latency(inner, autojump_clock):
-    b = HedgeBackend(inner, factor=3.0, min_delay=0.2)
+    b = hedge(inner, factor=3.0, min_delay=0.2)
     for i in range(8):
         inner.script[f"w/{i}"].append((0.5, None))
         await b.put(f"w/{i}", b"w")
-    inner.script["k"].extend([(1.4, None), (FAST, None)])
-    await b.put("k", b"data")  # 1.4 s < 3 x 0.5 s: nothing sent twice
-    inner.script["l"].extend([(10.0, None), (FAST, None)])
+    inner.script["b/k"].extend([(1.4, None), (FAST, None)])
+    await b.put("b/k", b"data")  # 1.4 s < 3 x 0.5 s: nothing sent twice
+    inner.script["b/l"].extend([(10.0, None), (FAST, None)])
     start = trio.current_time()
-    await b.put("l", b"data")
+    await b.put("b/l", b"data")
     assert trio.current_time() - start == pytest.approx(1.5 + FAST)
     assert b.hedged == 1
 
 
 async def test_no_hedging_before_latencies_are_known(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
-    inner.script["k"].append((2.0, None))
-    await b.put("k", b"data")
-    assert b.hedged == 0 and inner.calls["k"] == 1
+    b = hedge(inner, min_delay=0.2)
+    inner.script["b/k"].append((2.0, None))
+    await b.put("b/k", b"data")
+    assert b.hedged == 0 and inner.calls["b/k"] == 1
 
 
 async def test_a_copy_failing_does_not_fail_the_request(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2, budget=1.0)
+    b = hedge(inner, min_delay=0.2, budget=1.0)
     await warm(b)
     # The first copy fails after the second was sent; the second succeeds later.
-    inner.script["k"].extend([(0.5, TransientError("boom")), (1.0, None)])
+    inner.script["b/k"].extend([(0.5, TransientError("boom")), (1.0, None)])
     start = trio.current_time()
-    await b.put("k", b"data")
+    await b.put("b/k", b"data")
     assert trio.current_time() - start == pytest.approx(1.2)
     # The second copy fails fast; the first one succeeds later.
-    inner.script["l"].extend([(0.8, None), (FAST, TransientError("boom"))])
+    inner.script["b/l"].extend([(0.8, None), (FAST, TransientError("boom"))])
     start = trio.current_time()
-    await b.put("l", b"data")
+    await b.put("b/l", b"data")
     assert trio.current_time() - start == pytest.approx(0.8)
-    assert inner.objects.keys() >= {"k", "l"} and b.hedged == 2
+    assert inner.objects.keys() >= {"b/k", "b/l"} and b.hedged == 2
 
 
 async def test_every_copy_failing_raises_the_first_error(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
-    inner.script["k"].extend([(0.5, TransientError("first")), (0.6, TransientError("second"))])
+    inner.script["b/k"].extend([(0.5, TransientError("first")), (0.6, TransientError("second"))])
     with pytest.raises(TransientError, match="first"):
-        await b.put("k", b"data")
+        await b.put("b/k", b"data")
     assert b.hedged == 1
 
 
 async def test_a_fast_failure_is_not_hedged(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
     with pytest.raises(NoSuchObject):
         await b.get("missing")
-    inner.script["k"].append((FAST, TransientError("boom")))
+    inner.script["b/k"].append((FAST, TransientError("boom")))
     with pytest.raises(TransientError):
-        await b.put("k", b"data")
-    assert b.hedged == 0 and inner.calls["k"] == 1
+        await b.put("b/k", b"data")
+    assert b.hedged == 0 and inner.calls["b/k"] == 1
 
 
 async def test_conditional_puts_are_never_hedged(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
     inner.script["lock"].append((2.0, None))
     await b.put("lock", b"token", if_absent=True)
     assert b.hedged == 0 and inner.calls["lock"] == 1
 
 
+async def test_puts_of_keys_that_are_rewritten_are_never_hedged(inner, autojump_clock):
+    # A late copy of an old head PUT, completed by the server after a newer one,
+    # would bring the old head back.
+    b = hedge(inner, min_delay=0.2)
+    await warm(b)
+    inner.script["head"].append((2.0, None))
+    start = trio.current_time()
+    await b.put("head", b"new")
+    assert trio.current_time() - start == pytest.approx(2.0)
+    assert b.hedged == 0 and inner.calls["head"] == 1
+    inner.objects["head"] = b"x"
+    inner.script["head"].extend([(10.0, None), (FAST, None)])
+    assert await b.get("head") == b"x"  # reads are always safe to repeat
+    assert b.hedged == 1
+
+
 async def test_hedges_are_budgeted(inner, autojump_clock):
     # A store slow across the board gets at most ~5% extra requests, not twice its load.
-    b = HedgeBackend(inner, min_delay=0.2, budget=0.05)
+    b = hedge(inner, min_delay=0.2, budget=0.05)
     await warm(b)  # 16 requests: 1 + 16 x 0.05 = 1.8 tokens
     for i in range(100):
-        inner.script[f"k/{i}"].extend([(1.0, None), (FAST, None)])
+        inner.script[f"b/{i}"].extend([(1.0, None), (FAST, None)])
     async with trio.open_nursery() as nursery:
         for i in range(100):
-            nursery.start_soon(b.put, f"k/{i}", b"data")
+            nursery.start_soon(b.put, f"b/{i}", b"data")
     # 1.8 + 100 x 0.05 = 6.8 tokens: 6 hedges; every object is stored once or twice.
     assert b.hedged == 6
-    assert len([k for k in inner.objects if k.startswith("k/")]) == 100
+    assert len([k for k in inner.objects if k.startswith("b/")]) == 100
 
 
 async def test_cancelling_the_caller_cancels_every_copy(inner, autojump_clock):
-    b = HedgeBackend(inner, min_delay=0.2)
+    b = hedge(inner, min_delay=0.2)
     await warm(b)
-    inner.script["k"].extend([(10.0, None), (10.0, None)])
+    inner.script["b/k"].extend([(10.0, None), (10.0, None)])
     with trio.move_on_after(1.0) as scope:
-        await b.put("k", b"data")
+        await b.put("b/k", b"data")
     assert scope.cancelled_caught
-    assert (b.hedged, inner.cancelled, "k" in inner.objects) == (1, 2, False)
+    assert (b.hedged, inner.cancelled, "b/k" in inner.objects) == (1, 2, False)
 
 
 async def test_retries_stack_above_hedging(inner, autojump_clock):
     # A request whose both copies fail is retried as a whole by RetryBackend.
-    b = RetryBackend(HedgeBackend(inner, min_delay=0.2), base_delay=0.01, max_delay=0.02)
+    b = RetryBackend(hedge(inner, min_delay=0.2), base_delay=0.01, max_delay=0.02)
     await warm(b.inner)
-    inner.script["k"].extend([(0.5, TransientError("a")), (0.5, TransientError("b"))])
-    await b.put("k", b"data")
-    assert inner.objects["k"] == b"data" and inner.calls["k"] == 3
+    inner.script["b/k"].extend([(0.5, TransientError("a")), (0.5, TransientError("b"))])
+    await b.put("b/k", b"data")
+    assert inner.objects["b/k"] == b"data" and inner.calls["b/k"] == 3
 
 
 def test_only_remote_stacks_hedge(tmp_path, monkeypatch):
@@ -215,3 +237,6 @@ def test_only_remote_stacks_hedge(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     s3 = open_backend("s3+http://127.0.0.1:9/bucket/prefix")
     assert isinstance(s3, RetryBackend) and isinstance(s3.inner, HedgeBackend)
+    assert s3.inner.write_once == ()  # PUTs are only hedged for keys the caller names
+    s3 = open_backend("s3+http://127.0.0.1:9/bucket/prefix", write_once=WRITE_ONCE_PREFIXES)
+    assert s3.inner.write_once == ("b/", "m/")

@@ -32,12 +32,15 @@ def parse_url(url: str) -> tuple[str, str]:
                      "s3://HOST[:PORT]/BUCKET[/PREFIX] or s3+http://HOST[:PORT]/BUCKET[/PREFIX]")
 
 
-def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
+def open_backend(url: str, *, retry_deadline: float = 60.0,
+                 write_once: tuple[str, ...] = ()) -> Backend:
     """Build the backend stack for *url*: base backend -> fault injection -> hedging
     -> retries.
 
     Fault injection is only inserted when ``MEGAFS_FAULTS`` is set (tests); hedged
-    requests only for remote backends (a local disk's stall would stall a copy too).
+    requests only for remote backends (a local disk's stall would stall a copy too),
+    and PUTs only of keys under the *write_once* prefixes (see
+    :mod:`megafs.backends.hedge`).
     """
     from megafs.backends.retry import RetryBackend
 
@@ -60,5 +63,5 @@ def open_backend(url: str, *, retry_deadline: float = 60.0) -> Backend:
     if backend.remote:
         from megafs.backends.hedge import HedgeBackend
 
-        backend = HedgeBackend(backend)
+        backend = HedgeBackend(backend, write_once=write_once)
     return RetryBackend(backend, deadline=retry_deadline)

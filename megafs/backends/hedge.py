@@ -6,13 +6,17 @@ server shows why: when a SeaweedFS volume fills up, the few PUTs that arrive at 
 moment stall for about a second while the next requests pass in milliseconds. A
 copy that ends on such a stall waits a second for its last block.
 
-:class:`HedgeBackend` starts a second copy of a GET or unconditional PUT that has
+:class:`HedgeBackend` starts a second copy of a request that has
 not finished after ``factor`` times the median latency of recent requests of its
 kind (at least ``min_delay``), and takes whichever copy succeeds first; the other
 is cancelled. Only requests that may safely run twice are hedged: GETs, and PUTs
-without ``if_absent``, which megafs only sends for keys it never rewrites with
-other bytes (the two copies store the same object). Conditional PUTs, deletes,
-listings and HEADs pass straight through.
+of write-once keys (the ``write_once`` prefixes: data blocks and metadata
+snapshots, whose random names are never reused for other bytes). A cancelled copy
+may still be completed by the server later; for a write-once key it can only store
+the same bytes again (or bring back an object deleted as garbage meanwhile, which
+fsck removes), whereas a late copy of a ``head`` or ``lock`` PUT would overwrite a
+newer one. Conditional PUTs, PUTs of other keys, deletes, listings and HEADs pass
+straight through.
 
 Hedges are budgeted: each request earns ``budget`` of a hedge (5%), so a store
 that is slow across the board gets at most that much extra load, never twice its
@@ -56,9 +60,10 @@ class _Latency:
 
 
 class HedgeBackend(BackendWrapper):
-    def __init__(self, inner, *, factor: float = 3.0, min_delay: float = 0.2,
-                 max_delay: float = 30.0, budget: float = 0.05):
+    def __init__(self, inner, *, write_once: tuple[str, ...] = (), factor: float = 3.0,
+                 min_delay: float = 0.2, max_delay: float = 30.0, budget: float = 0.05):
         super().__init__(inner)
+        self.write_once = write_once  # key prefixes whose PUTs may be sent twice
         self.budget = budget
         self._tokens = 1.0
         self._get = _Latency(factor, min_delay, max_delay)
@@ -119,7 +124,7 @@ class HedgeBackend(BackendWrapper):
         return await self._hedged(self._get, self.inner.get, key)
 
     async def put(self, key, data, *, if_absent=False, digest=None):
-        if if_absent:  # a second copy would find the first one's object: not idempotent
-            await self.inner.put(key, data, if_absent=True, digest=digest)
+        if if_absent or not key.startswith(self.write_once):
+            await self.inner.put(key, data, if_absent=if_absent, digest=digest)
         else:
             await self._hedged(self._put, self.inner.put, key, data, digest=digest)

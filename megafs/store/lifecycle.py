@@ -10,11 +10,11 @@ from megafs.backends import Backend, NoSuchObject, open_backend
 from megafs.core import schema
 from megafs.errors import AlreadyExists, NoFilesystem
 from megafs.store import superblock
-from megafs.store.objects import ObjectStore, new_metadata_key
+from megafs.store.objects import WRITE_ONCE_PREFIXES, ObjectStore, new_metadata_key
 
 
 async def connect(url: str, *, retry_deadline: float = 60.0) -> Backend:
-    backend = open_backend(url, retry_deadline=retry_deadline)
+    backend = open_backend(url, retry_deadline=retry_deadline, write_once=WRITE_ONCE_PREFIXES)
     await backend.check()
     return backend
 

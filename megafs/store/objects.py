@@ -20,6 +20,9 @@ from megafs.store import envelope
 from megafs.threads import run_sync
 
 HEAD_KEY = "head"
+# Keys under these prefixes are random and never reused for other bytes, so two
+# copies of one PUT store the same object (the backend may hedge them).
+WRITE_ONCE_PREFIXES = ("b/", "m/")
 _INLINE = 128 * 1024  # objects below this are sealed/opened inline (thread hop ~84 us)
 
 
