@@ -45,9 +45,10 @@ same server, in the same run, on the same SIZE bytes:
 The raw requests go through megafs's own S3 client (``S3Backend``: signed,
 SHA-256 of every body); objects and stores are deleted after each run. The two
 timed phases of a run alternate in order, and each starts after ``sync`` and a
-pause (``--s3-pause``, 10 s): on this virtual machine, memory freed by the phase
-before is cheap to reuse for a few seconds (before free page reporting hands it to
-the host), which without the pause favoured whichever phase came first. With
+pause (``--s3-pause``, 10 s). Without the pause, whichever phase came first in a
+run was faster, for both sides (docs/performance.md); the likely cause is memory
+the earlier phase freed, which this virtual machine can reuse cheaply only until
+free page reporting returns it to the host. With
 ``--target megafs-s3`` the default workloads are the s3-* ones; the plain-directory
 workloads (write, read, ...) also run on an S3-backed mount when named.
 
