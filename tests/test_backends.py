@@ -157,9 +157,38 @@ async def test_parallel_gets(backend):
         for k in data:
             n.start_soon(fetch, k)
     assert got == data
-    hedge = getattr(backend, "inner", None)
-    if isinstance(hedge, HedgeBackend):  # the copies really ran (and the data is intact)
-        assert hedge.hedged > 0
+
+
+async def test_every_request_sent_twice_on_s3(seaweed):
+    # Hedging with no delay and an unlimited budget: once latencies are known, every
+    # GET and block PUT runs as two concurrent copies, and the data stays intact.
+    hedge = HedgeBackend(seaweed.backend(f"t-{uuid.uuid4().hex[:12]}"), write_once=("b/",),
+                         min_delay=0.0, factor=0.0, budget=1.0)
+    try:
+        for i in range(8):  # sequential: the latency samples hedging waits for
+            await hedge.put(f"b/w{i}", b"w")
+            assert await hedge.get(f"b/w{i}") == b"w"
+        assert hedge.hedged == 0
+        data = {f"b/{i:04x}": os.urandom(100_000) for i in range(32)}
+        got = {}
+
+        async def fetch(k):
+            got[k] = await hedge.get(k)
+
+        keys = list(data)
+        for group in range(0, len(keys), 4):  # 4 at a time: fewer than the saved-up hedges
+            async with trio.open_nursery() as n:
+                for k in keys[group:group + 4]:
+                    n.start_soon(hedge.put, k, data[k])
+        for group in range(0, len(keys), 4):
+            async with trio.open_nursery() as n:
+                for k in keys[group:group + 4]:
+                    n.start_soon(fetch, k)
+        assert got == data
+        assert hedge.hedged == 64
+        assert sorted([k async for k in hedge.list("b/0")]) == sorted(data)
+    finally:
+        await hedge.aclose()
 
 
 async def test_local_missing_directory_is_a_clear_error(tmp_path):
