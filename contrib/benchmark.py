@@ -42,6 +42,11 @@ same server, in the same run, on the same SIZE bytes:
                  dropped page cache); against 8 parallel GETs of those objects
                                                                     (reported only)
 
+Unless ``--share-cpus`` is given, SeaweedFS runs on one half of the CPUs and
+megafs, the process writing into it and the raw client on the other half, as if
+the store were another machine: on a small machine the server otherwise competes
+with the client for the same cores, and every client CPU second slows the server.
+
 The raw requests go through megafs's own S3 client (``S3Backend``: signed,
 SHA-256 of every body); objects and stores are deleted after each run. The two
 timed phases of a run alternate in order, and each starts after ``sync`` and a
@@ -244,11 +249,30 @@ class MegafsLocalTarget(MegafsTarget):
         return super().start()
 
 
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(server CPUs, client CPUs): two halves of the CPUs this process may use; None
+    with fewer than two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return set(cpus[:len(cpus) // 2]), set(cpus[len(cpus) // 2:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of process *pid* to *cpus* (threads started later inherit)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, OSError):
+            pass  # the thread ended meanwhile
+
+
 class Seaweed:
     """The SeaweedFS server of this benchmark run (tests/seaweed.py), started on first use."""
 
     server = None
     module = None
+    cpus: set[int] | None = None  # where the server runs (None: anywhere)
 
     @classmethod
     def get(cls):
@@ -263,6 +287,9 @@ class Seaweed:
             log("starting SeaweedFS (weed mini)")
             cls.server = seaweed.start()
             log(f"SeaweedFS S3 endpoint {cls.server.endpoint}, data in {cls.server.dir}")
+            if cls.cpus is not None:
+                pin(cls.server.proc.pid, cls.cpus)
+                log(f"SeaweedFS runs on CPUs {sorted(cls.cpus)}")
         return cls.server
 
     @classmethod
@@ -626,6 +653,8 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
            args: argparse.Namespace, profiler: Profiler) -> dict:
     """One run of the s3-* workloads: raw requests and megafs on the same server."""
     server = Seaweed.get()
+    if args.client_cpus is not None:  # megafs, its writer and the raw client: the others
+        pin(os.getpid(), args.client_cpus)
     scratch = tempfile.mkdtemp(prefix=f"megafs-s3-run{run}-", dir=base)
     target = MegafsS3Target(scratch, args)
     raw_prefix = f"bench-raw-{uuid.uuid4().hex[:12]}"
@@ -694,6 +723,8 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
                 delete_prefix(server, prefix)
             except Exception as e:  # noqa: BLE001 - cleanup only
                 log(f"warning: cleaning up {prefix}: {e}")
+        if args.client_cpus is not None:
+            pin(os.getpid(), args.all_cpus)
     return r
 
 
@@ -730,6 +761,9 @@ def print_s3_table(summary: dict, args: argparse.Namespace, f) -> None:
     print(f"\nmegafs on S3 (SeaweedFS weed mini on 127.0.0.1): {args.runs} run(s), medians;"
           f" size {args.size / MiB:.0f} MiB; raw baseline: {-(-args.size // block)} objects of"
           f" {block // 1024} KiB, {RAW_WORKERS} parallel requests", file=f)
+    if args.client_cpus is not None:
+        print(f"SeaweedFS on CPUs {sorted(Seaweed.cpus)}; megafs, its writer and the raw client"
+              f" on CPUs {sorted(args.client_cpus)} (--share-cpus: all share all)", file=f)
     hdr = (f"{'workload':<12} {'unit':<5} {'raw S3':>10} {'megafs-s3':>10} {'ratio':>7}"
            f" {'limit':>7}  result")
     print(hdr, file=f)
@@ -906,6 +940,10 @@ def main(argv=None) -> int:
                                      " (default: next to this Python, then $PATH)")
     p.add_argument("--cache-size", type=parse_size, default=None,
                    help="megafs --cache-size (default max(4G, 2*SIZE))")
+    p.add_argument("--share-cpus", action="store_true",
+                   help="run SeaweedFS on the same CPUs as megafs and the raw client (default:"
+                   " the server gets half of the CPUs and the clients the other half, as if"
+                   " the store were another machine)")
     p.add_argument("--s3-pause", type=float, default=10.0, metavar="SECONDS",
                    help="pause after the sync that starts each timed S3 phase (default 10)")
     p.add_argument("--block-size", help="mkfs.megafs --block-size (default: mkfs's)")
@@ -941,6 +979,9 @@ def main(argv=None) -> int:
     args.workloads = [w for w in chosen if w in WORKLOADS]  # against the plain directory
     args.s3_workloads = [w for w in chosen if w in S3_WORKLOADS]  # against raw S3 requests
     args.raw_block = parse_size(args.block_size) if args.block_size else DEFAULT_BLOCK_SIZE
+    args.all_cpus = os.sched_getaffinity(0)
+    split = None if args.share_cpus else split_cpus()
+    Seaweed.cpus, args.client_cpus = split if split else (None, None)
     if args.runs < 1:
         p.error("--runs must be at least 1")
     if args.cache_size is None:
@@ -1005,7 +1046,10 @@ def main(argv=None) -> int:
                          "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
                          "warmup": args.warmup, "pythonpath": os.environ.get("PYTHONPATH"),
                          "runs_raw": runs, "s3_runs_raw": s3_runs,
-                         "s3_raw_object_size": args.raw_block, "s3_raw_workers": RAW_WORKERS}
+                         "s3_raw_object_size": args.raw_block, "s3_raw_workers": RAW_WORKERS,
+                         "s3_server_cpus": sorted(Seaweed.cpus) if Seaweed.cpus else "all",
+                         "s3_client_cpus": sorted(args.client_cpus) if args.client_cpus
+                         else "all"}
     def show(f):
         if args.workloads:
             print_table(summary, args, f)
