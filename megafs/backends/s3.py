@@ -16,9 +16,10 @@ Over plain http every request signs the SHA-256 of its actual body, so the serve
 also checks that the bytes arrived intact. Over https, TLS already guarantees that,
 and unconditional PUTs sign ``UNSIGNED-PAYLOAD`` instead, as the AWS SDKs do: that
 saves hashing every uploaded byte (0.6 ms of CPU per MiB). Every object megafs
-stores is also authenticated end to end by its own envelope. Connections come from one bounded pool
-(``2 * parallelism``); a cancelled request closes its connection instead of
-returning it to the pool half-read.
+stores is also authenticated end to end by its own envelope.
+
+Connections come from one bounded pool (``2 * parallelism``); a cancelled request
+closes its connection instead of returning it to the pool half-read.
 
 Error mapping: 5xx, ``SlowDown``, ``RequestTimeout``, 409
 ``ConditionalRequestConflict``, timeouts and connection failures raise
@@ -62,16 +63,16 @@ URL_HELP = ("use s3://HOST[:PORT]/BUCKET[/PREFIX], or s3+http://HOST[:PORT]/BUCK
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
 _HASH_IN_THREAD = 1 << 20  # hash bodies larger than this off the event loop
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
                     "ConditionalRequestConflict", "OperationAborted", "Throttling",
                     "ThrottlingException", "RequestThrottled", "TooManyRequests"}
 _UNCERTAIN_LIMIT = 4096
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
 
 
 # --------------------------------------------------------------------------- URLs
