@@ -653,8 +653,6 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
            args: argparse.Namespace, profiler: Profiler) -> dict:
     """One run of the s3-* workloads: raw requests and megafs on the same server."""
     server = Seaweed.get()
-    if args.client_cpus is not None:  # megafs, its writer and the raw client: the others
-        pin(os.getpid(), args.client_cpus)
     scratch = tempfile.mkdtemp(prefix=f"megafs-s3-run{run}-", dir=base)
     target = MegafsS3Target(scratch, args)
     raw_prefix = f"bench-raw-{uuid.uuid4().hex[:12]}"
@@ -662,9 +660,12 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
     r: dict = {}
     ok = False
 
-    def raw_put():
-        os.sync()  # start with no dirty page cache from earlier phases (as before the copy)
+    def start_phase():
+        os.sync()  # no dirty page cache from earlier phases, for either side
         time.sleep(args.s3_pause)
+
+    def raw_put():
+        start_phase()
         weed = CpuWatch(server.proc.pid, "SeaweedFS")
         r["raw_put_s"], _ = _raw(server, raw_prefix, "put", objects)
         weed.stop()
@@ -674,8 +675,7 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
     def megafs_copy():
         root = target.start()  # mkfs + mount: untimed
         path = os.path.join(root, "big")
-        os.sync()  # start with no dirty page cache from earlier phases (as before raw PUTs)
-        time.sleep(args.s3_pause)
+        start_phase()
         profiler.start(target, "s3-copy", run)
         cpu = CpuWatch(target.pid)
         weed = CpuWatch(server.proc.pid, "SeaweedFS")
@@ -692,6 +692,8 @@ def run_s3(base: str, run: int, inputs: Inputs, objects: list[bytes],
             f"  ({r['copy_s']:.2f} s: write {r['write_s']:.2f} s + umount {r['umount_s']:.2f} s;"
             f" daemon CPU {r['copy_cpu_s']:.2f} s)")
 
+    if args.client_cpus is not None:  # megafs, its writer and the raw client: the others
+        pin(os.getpid(), args.client_cpus)
     try:
         # Alternate who goes first, so that neither always meets a fresher server.
         for step in ((raw_put, megafs_copy) if run % 2 else (megafs_copy, raw_put)):

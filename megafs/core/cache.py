@@ -54,15 +54,17 @@ def _pwrite(fd: int, data, offset: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+def _padded(data: bytes, size: int) -> bytes:
+    """*data* zero-padded to *size* bytes (a block file may end before the block does)."""
+    return data + bytes(size - len(data)) if len(data) < size else data
+
+
 def read_whole(fd: int, size: int, direct: bool) -> bytes:
     """(Blocking.) The first *size* bytes of the file open as *fd*, zero-padded; closes *fd*."""
     try:
-        data = directio.pread(fd, size, 0) if direct else os.pread(fd, size, 0)
+        return _padded(directio.pread(fd, size, 0) if direct else os.pread(fd, size, 0), size)
     finally:
         os.close(fd)
-    if len(data) < size:
-        data += bytes(size - len(data))
-    return data
 
 
 class BlockCache(CacheIndex):
@@ -223,9 +225,7 @@ class BlockCache(CacheIndex):
             data = bytes(e.buf[offset:offset + size])
         else:
             data = os.pread(self._fd(e), size, offset)
-        if len(data) < size:
-            data += bytes(size - len(data))
-        return data
+        return _padded(data, size)
 
     def source(self, e: Entry) -> bytes | int:
         """What an upload reads the whole block from: its bytes (memory blocks, small
