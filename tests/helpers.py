@@ -281,7 +281,8 @@ class MegaFS:
                               stdin=subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise AssertionError(f"{tool} {' '.join(map(str, args))} exited "
-                                 f"{proc.returncode}: {proc.stderr.strip()}")
+                                 f"{proc.returncode}: {proc.stderr.strip()}"
+                                 f"\n{proc.stdout.strip()[-2000:]}")
         return proc
 
     def new_cache_dir(self) -> Path:
