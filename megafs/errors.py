@@ -28,6 +28,9 @@ class ExitCode(enum.IntEnum):
     BAD_CREDENTIALS = 23  #: storage credentials missing, unreadable, rejected or not permitted
     SHARE_NOT_FOUND = 24  #: a share link that was revoked or never existed
     FSCK_REPAIRED = 25  #: fsck found problems and repaired them
+    NO_SUCH_PATH = 26  #: a local path named on the command line does not exist
+    LOCAL_IO = 27  #: a local file or directory cannot be read or written (permission, read-only, full)
+    LOCK_LOST = 28  #: this mount's lock was taken over: it stopped writing
     INTERRUPTED = 130
 
 
@@ -63,3 +66,6 @@ StoreLocked = _kind("StoreLocked", ExitCode.LOCKED)
 RollbackDetected = _kind("RollbackDetected", ExitCode.ROLLBACK)
 ShareNotFound = _kind("ShareNotFound", ExitCode.SHARE_NOT_FOUND)
 BadCredentials = _kind("BadCredentials", ExitCode.BAD_CREDENTIALS)
+NoSuchPath = _kind("NoSuchPath", ExitCode.NO_SUCH_PATH)
+LocalIOError = _kind("LocalIOError", ExitCode.LOCAL_IO)
+LockLost = _kind("LockLost", ExitCode.LOCK_LOST)

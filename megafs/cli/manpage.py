@@ -58,6 +58,10 @@ EXIT_CODES: dict[ExitCode, str] = {
                               " or in a group/world-readable authinfo file",
     ExitCode.SHARE_NOT_FOUND: "the share link was revoked or never existed",
     ExitCode.FSCK_REPAIRED: "`fsck.megafs` found problems and repaired them",
+    ExitCode.NO_SUCH_PATH: "a local file or directory named on the command line does not exist",
+    ExitCode.LOCAL_IO: "a local file or directory cannot be read or written (permission"
+                       " denied, read-only, disk full)",
+    ExitCode.LOCK_LOST: "another mount took over this store's lock: this one stopped writing",
     ExitCode.INTERRUPTED: "interrupted",
 }
 
