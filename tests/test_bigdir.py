@@ -53,6 +53,10 @@ class BigDir:
         return new
 
 
+#: the module shares one directory of N entries, whose creation takes ~25 s
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bigdir")

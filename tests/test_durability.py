@@ -76,6 +76,7 @@ def _verify(path: Path, acked: int) -> int:
     return expect - 1
 
 
+@pytest.mark.slow
 def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
     points = int(os.environ.get("MEGAFS_CRASH_POINTS", "30"))
     rng = random.Random(points)
@@ -215,6 +216,7 @@ def test_rollback_of_metadata_is_detected(local_fs, tmp_path):
     assert not fs.is_mounted()
 
 
+@pytest.mark.slow
 def test_store_alone_reflects_changes_within_ten_seconds(megafs):
     """Default settings: after activity stops, losing the cache directory loses nothing
     older than 10 s (data is uploaded after 5 s, metadata every 2 s)."""

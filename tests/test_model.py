@@ -40,6 +40,7 @@ import random
 import shutil
 import stat
 
+import pytest
 from helpers import LocalStore, MegaFS
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
@@ -416,6 +417,7 @@ class Model(RuleBasedStateMachine):
         self.compare()
 
 
+@pytest.mark.slow
 def test_model(tmp_path):
     fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
     ref = tmp_path / "reference"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+import pytest
 from helpers import PASSPHRASE, assert_same_tree, read_file
 
 
@@ -38,6 +39,7 @@ def _staging_tree(dst):
     return dst
 
 
+@pytest.mark.slow
 def test_copy_stdlib_remount_with_fresh_cache(megafs, tmp_path):
     staging = _staging_tree(tmp_path / "staging")
     megafs.mkfs(block_size=None)  # default 1 MiB blocks

@@ -263,6 +263,7 @@ REASONS = {"injected": r"\(storage error: .*injected: backend offline",
 WAITING = re.compile(r"^umount\.megafs: still waiting after \d+s: \d+\.\d MiB left to upload")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
 def test_endpoint_outage_while_mounted(megafs, store, second_fs, outage, tmp_path):
     args = ("--timeout", TIMEOUT, "--cache-size", CACHE_SIZE, "--upload-delay", "0.5")

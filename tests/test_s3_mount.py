@@ -55,6 +55,7 @@ def _tree(dst):
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
 def test_copy_under_faults_then_verify_from_fresh_cache(megafs, tmp_path):
