@@ -13,7 +13,7 @@ import pytest
 import trio
 from helpers import PASSPHRASE, LocalStore, MegaFS
 
-from megafs.core import snapshot
+from megafs.core import schema, snapshot
 from megafs.core.blockmap import BlockMap
 from megafs.errors import ExitCode
 from megafs.store import envelope, lifecycle
@@ -145,7 +145,10 @@ def test_metadata_of_schema_version_1_is_upgraded(fs):
     """A store written before inodes.nblocks existed (schema version 1) is checked, mounted
     and upgraded: st_blocks right away, and a full snapshot of version 2 at the next upload
     (a delta of the new schema would not apply to the old snapshot)."""
-    _edit(fs, "ALTER TABLE inodes DROP COLUMN nblocks", "PRAGMA user_version = 1")
+    _edit(fs, "ALTER TABLE inodes DROP COLUMN nblocks", "ALTER TABLE objects DROP COLUMN sha256",
+          *(f"DROP TRIGGER {t}_{op}" for t in ("damaged", "heads")
+            for op in ("insert", "update", "delete")),
+          "DROP TABLE damaged", "DROP TABLE heads", "PRAGMA user_version = 1")
     r = _fsck(fs, "--dry-run")
     assert r.returncode == 0 and r.stdout.strip().endswith("no problems"), r.stdout
     fs.mount(fresh_cache=True)
@@ -162,7 +165,7 @@ def test_metadata_of_schema_version_1_is_upgraded(fs):
         return head, conn.execute("PRAGMA user_version").fetchone()[0]
 
     head, version = trio.run(head_schema)
-    assert version == 2 and head["deltas"] == []
+    assert version == schema.SCHEMA_VERSION and head["deltas"] == []
     fs.mount(fresh_cache=True)
     assert os.stat(fs.mnt / "new").st_blocks == (70_000 + 4095) // 4096 * 8
     assert (fs.mnt / "dir" / "file").read_bytes() == b"x" * 100_000

@@ -39,7 +39,7 @@ async def test_one_chmod_among_100k_files_uploads_kilobytes(tmp_path):
     conn.execute("DELETE FROM inodes WHERE id=777")
     conn.execute("UPDATE dentries SET name=x'6e6577' WHERE inode=888")
     conn.execute("INSERT INTO xattrs VALUES (999, x'7573', x'76')")
-    conn.execute("INSERT INTO objects VALUES (5, 'b/00', x'01', 1, 10, 20)")
+    conn.execute("INSERT INTO objects VALUES (5, 'b/00', x'01', 1, 10, 20, NULL)")
     conn.execute("INSERT INTO blocks VALUES (999, 0, 5)")
     await snap.upload()
     head = await store.read_head()

@@ -159,10 +159,16 @@ def test_dedup_hash_is_keyed_blake3_for_new_stores_hmac_for_older_ones():
 def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():
     conn = apsw.Connection(":memory:")
     schema.create(conn, root_uid=0, root_gid=0, now_ns=1)
-    assert schema.check_version(conn) == schema.SCHEMA_VERSION == 2
+    assert schema.check_version(conn) == schema.SCHEMA_VERSION == 3
     assert not schema.upgrade(conn)
-    # a version 1 database (before inodes.nblocks) with two blocks mapped for inode 1
+    # a version 1 database (before inodes.nblocks, objects.sha256, damaged and heads)
+    # with two blocks mapped for inode 1
     conn.execute("ALTER TABLE inodes DROP COLUMN nblocks")
+    conn.execute("ALTER TABLE objects DROP COLUMN sha256")
+    for table in ("damaged", "heads"):
+        for op in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER {table}_{op}")
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO objects (id, key, hash, refcount, size, stored_size)"
                  " VALUES (1, 'b/00', x'00', 2, 1, 1)")
@@ -171,10 +177,17 @@ def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():
     snap = snapshot.Snapshotter(conn, None, BlockMap(conn))
     assert not snap._want_full()
     snapshot.upgrade_schema(conn)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert conn.execute("SELECT nblocks FROM inodes WHERE id=1").fetchone()[0] == 2
-    # the next upload is a full snapshot: deltas of version 2 must not follow a version 1 one
+    assert conn.execute("SELECT sha256 FROM objects").fetchall() == [(None,)]
+    # the new tables exist and are journaled like the others
+    conn.execute("DELETE FROM journal")
+    conn.execute("INSERT INTO heads (seq, hash) VALUES (7, x'01')")
+    conn.execute("INSERT INTO damaged VALUES (1, 5, 'b/00', 'tampered', 1)")
+    assert sorted(conn.execute("SELECT tbl, a, b FROM journal")) == [
+        ("damaged", 1, 5), ("heads", 7, 0)]
+    # the next upload is a full snapshot: deltas of version 3 must not follow a version 1 one
     assert snap._want_full()
-    conn.execute("PRAGMA user_version = 3")
-    with pytest.raises(UnsupportedFormat, match="metadata schema version 3"):
+    conn.execute("PRAGMA user_version = 4")
+    with pytest.raises(UnsupportedFormat, match="metadata schema version 4"):
         schema.check_version(conn)

@@ -2,8 +2,9 @@
 
 The same database is the local working copy in the cache directory and, as a
 serialized image sealed in a metadata object, the filesystem's state in the
-store. Schema version lives in ``PRAGMA user_version``: 2 since ``inodes.nblocks``
-was added; a version 1 database (without it) is upgraded when opened (:func:`upgrade`).
+store. Schema version lives in ``PRAGMA user_version``: 2 added ``inodes.nblocks``,
+3 added ``objects.sha256`` and the tables ``damaged`` and ``heads``. Databases of
+older versions are upgraded when opened (:func:`upgrade`).
 
 Tables
 ------
@@ -20,7 +21,18 @@ objects   stored data objects: ``key`` is the backend key (``b/<hex>``),
           ``hash`` the keyed dedup hash of the plaintext, ``refcount`` the number
           of ``blocks`` rows naming it. Rows with refcount 0 are garbage that is
           deleted from the store after the next metadata snapshot is committed.
+          ``sha256`` is the SHA-256 of the sealed object as stored (what share
+          manifests list, so that a link holder can verify what it fetches); NULL
+          until known.
 blocks    (inode, blockno) -> object. A missing row is a hole (reads as zeros).
+damaged   (inode, blockno) ranges whose stored object was found damaged or missing
+          (by fsck or a verified read): ``key`` the object it named, ``reason``
+          a short text, ``found`` when (ns). Reading such a block is EIO until the
+          block is overwritten, truncated away or the file removed.
+heads     the chain of metadata heads this filesystem went through: ``seq`` and
+          the ``hash`` of each head (the newest ones, a bounded number). Shipped in
+          snapshots and deltas, so a machine can tell that a newer state descends
+          from the last head it saw.
 state     key/value: ``seq`` of the last snapshot committed to the store, etc.
 journal   keys of rows changed since the last metadata upload (filled by triggers),
           so that an upload ships only what changed (a delta), not the database.
@@ -31,9 +43,9 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Older schema versions this megafs upgrades when it opens them.
-UPGRADABLE = (1,)
+UPGRADABLE = (1, 2)
 
 SCHEMA = """
 CREATE TABLE inodes (
@@ -71,7 +83,8 @@ CREATE TABLE objects (
     hash BLOB UNIQUE,
     refcount INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    stored_size INTEGER NOT NULL
+    stored_size INTEGER NOT NULL,
+    sha256 BLOB
 );
 CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;
 CREATE TABLE blocks (
@@ -91,6 +104,18 @@ CREATE TABLE shares (
     created INTEGER NOT NULL,
     digest BLOB
 );
+CREATE TABLE damaged (
+    inode INTEGER NOT NULL,
+    blockno INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    found INTEGER NOT NULL,
+    PRIMARY KEY (inode, blockno)
+) WITHOUT ROWID;
+CREATE TABLE heads (
+    seq INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
 CREATE TABLE journal (
     tbl TEXT NOT NULL,
     a NOT NULL,
@@ -103,21 +128,30 @@ CREATE TABLE journal_sent (
     b NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, a, b)
 ) WITHOUT ROWID;
-""" + "".join(
-    f"""
+"""
+
+#: Journaled tables: name -> (key column, second key column or None).
+_JOURNAL_KEYS = {"inodes": ("id", None), "dentries": ("id", None),
+                 "xattrs": ("inode", "name"), "objects": ("id", None),
+                 "blocks": ("inode", "blockno"), "shares": ("id", None),
+                 "damaged": ("inode", "blockno"), "heads": ("seq", None)}
+
+
+def journal_trigger(table: str) -> str:
+    """The triggers that record every change of *table* in ``journal``."""
+    a, b = _JOURNAL_KEYS[table]
+    return "".join(
+        f"""
 CREATE TRIGGER {table}_{op.lower()} AFTER {op} ON {table} BEGIN
-    INSERT OR IGNORE INTO journal (tbl, a, b) VALUES ('{table}', {row}.{a}, {b_expr(row)});
+    INSERT OR IGNORE INTO journal (tbl, a, b) VALUES ('{table}', {row}.{a}, {f"{row}.{b}" if b else "0"});
 END;"""
-    for table, a, b in (("inodes", "id", None), ("dentries", "id", None),
-                        ("xattrs", "inode", "name"), ("objects", "id", None),
-                        ("blocks", "inode", "blockno"), ("shares", "id", None))
-    for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))
-    for b_expr in [lambda r, b=b: f"{r}.{b}" if b else "0"]
-)
+        for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")))
+
+
+SCHEMA += "".join(journal_trigger(t) for t in _JOURNAL_KEYS)
 
 #: Tables shipped in metadata deltas, with their key columns (see ``journal``).
-JOURNALED = {"inodes": ("id",), "dentries": ("id",), "xattrs": ("inode", "name"),
-             "objects": ("id",), "blocks": ("inode", "blockno"), "shares": ("id",)}
+JOURNALED = {t: tuple(c for c in cols if c) for t, cols in _JOURNAL_KEYS.items()}
 
 #: The data tables alone (what a delta image holds), without indexes or triggers.
 DELTA_SCHEMA = SCHEMA[:SCHEMA.index("CREATE TABLE state")].replace(
@@ -184,15 +218,32 @@ def upgrade(conn: apsw.Connection) -> bool:
     """Bring a database of an older schema version (after its deltas are applied: they
     have the old columns) to the current one; True if it was upgraded.
 
-    1 -> 2: ``inodes.nblocks``, counted from ``blocks``. The caller must make the next
-    upload a full snapshot: deltas of the new schema cannot apply to an old snapshot,
-    and an older megafs refuses the new snapshot clearly (its schema version).
+    1 -> 2: ``inodes.nblocks``, counted from ``blocks``.
+    2 -> 3: ``objects.sha256`` (NULL: not known yet), tables ``damaged`` and ``heads``
+    (empty) with their journal triggers.
+    The caller must make the next upload a full snapshot: deltas of the new schema
+    cannot apply to an old snapshot, and an older megafs refuses the new snapshot
+    clearly (its schema version).
     """
-    if check_version(conn) == SCHEMA_VERSION:
+    version = check_version(conn)
+    if version == SCHEMA_VERSION:
         return False
     with conn:
-        conn.execute("ALTER TABLE inodes ADD COLUMN nblocks INTEGER NOT NULL DEFAULT 0")
-        conn.execute("UPDATE inodes SET nblocks=(SELECT count(*) FROM blocks"
-                     " WHERE blocks.inode=inodes.id) WHERE id IN (SELECT inode FROM blocks)")
+        if version < 2:
+            conn.execute("ALTER TABLE inodes ADD COLUMN nblocks INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE inodes SET nblocks=(SELECT count(*) FROM blocks"
+                         " WHERE blocks.inode=inodes.id) WHERE id IN (SELECT inode FROM blocks)")
+        if version < 3:
+            conn.execute("ALTER TABLE objects ADD COLUMN sha256 BLOB")
+            conn.execute(_section("CREATE TABLE damaged", "CREATE TABLE journal ("))
+            has_journal = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
+                                       " AND name='journal'").fetchone()
+            if has_journal:
+                conn.execute("".join(journal_trigger(t) for t in ("damaged", "heads")))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return True
+
+
+def _section(start: str, end: str) -> str:
+    """The statements of :data:`SCHEMA` from *start* up to *end*."""
+    return SCHEMA[SCHEMA.index(start):SCHEMA.index(end)]
