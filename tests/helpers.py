@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import seaweed
 
-from megafs.backends.sigv4 import _quote, canonical_query, sign_headers
+from megafs.backends.sigv4 import canonical_query, sign_headers, uri_quote
 
 BIN = Path(sys.executable).parent
 PASSPHRASE = "correct horse battery staple"
@@ -108,9 +108,9 @@ class S3Store(Store):
 
     def _request(self, method: str, key: str | None = None, *, query: dict | None = None,
                  body: bytes = b"") -> httpx.Response:
-        path = f"/{_quote(self.server.bucket)}"
+        path = f"/{uri_quote(self.server.bucket)}"
         if key is not None:
-            path += "/" + _quote(f"{self.prefix}/{key}", safe="/")
+            path += "/" + uri_quote(f"{self.prefix}/{key}", safe="/")
         qs = canonical_query(query)
         headers = sign_headers(method, self.netloc, path, qs,
                                {"content-length": str(len(body))},

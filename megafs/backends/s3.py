@@ -51,7 +51,7 @@ import trio
 
 from megafs.backends.base import Backend, NoSuchObject, ObjectExists, TransientError
 from megafs.backends.credentials import Credentials, find_credentials
-from megafs.backends.sigv4 import _quote, canonical_query, sign_headers
+from megafs.backends.sigv4 import canonical_query, sign_headers, uri_quote
 from megafs.errors import BackendUnavailable, BadCredentials, StoreNotFound, UsageError
 from megafs.threads import run_sync
 
@@ -211,7 +211,7 @@ class S3Backend(Backend):
         self.parallelism = parallelism
         self.description = location.url
         self._key_prefix = f"{location.prefix}/" if location.prefix else ""
-        self._bucket_path = "/" + _quote(location.bucket)
+        self._bucket_path = "/" + uri_quote(location.bucket)
         self.sign_payload = not location.secure  # https: TLS protects the bytes in transit
         # Conditional puts whose outcome is unknown (a transient failure):
         # key -> sha256 of the bytes we tried to write.
@@ -247,7 +247,7 @@ class S3Backend(Backend):
     # -- plumbing ---------------------------------------------------------
 
     def _object_path(self, key: str) -> str:
-        return f"{self._bucket_path}/{_quote(self._key_prefix + key, safe='/')}"
+        return f"{self._bucket_path}/{uri_quote(self._key_prefix + key, safe='/')}"
 
     async def _sha256(self, data: bytes) -> str:
         if len(data) > _HASH_IN_THREAD:

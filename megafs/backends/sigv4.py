@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from megafs.backends.credentials import Credentials
 
 
-def _quote(s: str, safe: str = "") -> str:
+def uri_quote(s: str, safe: str = "") -> str:
     # RFC 3986 unreserved characters stay, everything else is %XX (upper case).
     return urllib.parse.quote(s, safe=safe + "~")
 
@@ -20,7 +20,7 @@ def _quote(s: str, safe: str = "") -> str:
 def canonical_query(params: Mapping[str, str] | None) -> str:
     if not params:
         return ""
-    pairs = sorted((_quote(k), _quote(v)) for k, v in params.items())
+    pairs = sorted((uri_quote(k), uri_quote(v)) for k, v in params.items())
     return "&".join(f"{k}={v}" for k, v in pairs)
 
 

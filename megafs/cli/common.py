@@ -306,7 +306,7 @@ def run(prog: str, fn, *args) -> int:
         try:
             return fn(*args) or 0
         except BaseExceptionGroup as eg:  # trio nurseries wrap errors in groups
-            raise _leaf(eg) from None
+            raise leaf_error(eg) from None
     except MegafsError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return int(e.exit_code)
@@ -318,7 +318,7 @@ def run(prog: str, fn, *args) -> int:
         return int(ExitCode.FAILURE)
 
 
-def _leaf(eg: BaseExceptionGroup) -> BaseException:
+def leaf_error(eg: BaseExceptionGroup) -> BaseException:
     """The first MegafsError (else KeyboardInterrupt, else the group itself) in *eg*."""
     for kind in (MegafsError, KeyboardInterrupt):
         match, _ = eg.split(kind)

@@ -11,7 +11,7 @@ import errno
 import os
 
 from megafs.cli.common import LEVELS, Progress, parse_size
-from megafs.cli.umount import _flush, daemon_pid, megafs_mounts
+from megafs.cli.umount import daemon_pid, flush_mount, megafs_mounts
 from megafs.errors import NotMounted, UsageError
 
 
@@ -45,7 +45,7 @@ def ctrl(args) -> int:
     daemon_pid(mnt)  # NotMounted when the daemon does not answer
     if args.action == "flush":
         with Progress("megafs ctrl", "uploading data and metadata") as progress:
-            _flush(mnt, progress, prog="megafs ctrl")
+            flush_mount(mnt, progress, prog="megafs ctrl")
         return 0
     if args.action == "log-level":
         command = f"log-level {args.level}" + (f" {args.modules}" if args.modules else "")

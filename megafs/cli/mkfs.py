@@ -16,6 +16,7 @@ from megafs.cli.common import (
     run,
     setup_logging,
 )
+from megafs.core.snapshot import initial_image
 from megafs.errors import UsageError
 from megafs.store import lifecycle
 
@@ -66,9 +67,10 @@ def _main(argv=None) -> int:
     async def go():
         backend = await lifecycle.connect(args.storage_url)
         try:
-            return await lifecycle.create(backend, passphrase, block_size=args.block_size,
-                                          force=args.force, uid=os.getuid(), gid=os.getgid(),
-                                          quota=args.quota)
+            return await lifecycle.create(
+                backend, passphrase, block_size=args.block_size, force=args.force,
+                initial_metadata=lambda: initial_image(os.getuid(), os.getgid()),
+                quota=args.quota)
         finally:
             await backend.aclose()
 

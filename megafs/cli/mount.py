@@ -207,8 +207,8 @@ def _daemonize(cfg: MountConfig, debug: bool) -> int:
             log_to_file(_default_log())
         leaf = e
         if isinstance(e, BaseExceptionGroup):
-            from megafs.cli.common import _leaf
-            leaf = _leaf(e)
+            from megafs.cli.common import leaf_error
+            leaf = leaf_error(e)
         if isinstance(leaf, MegafsError):
             code = int(leaf.exit_code)
             report(f"{code} {leaf}")

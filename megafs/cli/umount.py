@@ -54,7 +54,7 @@ def daemon_pid(mountpoint: str) -> int:
         raise NotMounted(f"{mountpoint}: the megafs daemon does not answer ({e.strerror})") from None
 
 
-def _flush(mnt: str, progress: Progress | None = None, prog: str = "umount.megafs") -> None:
+def flush_mount(mnt: str, progress: Progress | None = None, prog: str = "umount.megafs") -> None:
     """Ask the daemon to upload everything; say what we wait for while it takes long:
     on *progress* when it shows (a terminal), else in a line now and then."""
     result: list[OSError | None] = []
@@ -110,7 +110,7 @@ def _main(argv=None) -> int:
         raise NotMounted(f"{mnt} is not a megafs mount point")
     pid = daemon_pid(mnt)
     with Progress("umount.megafs", "uploading data and metadata") as progress:
-        _flush(mnt, progress)
+        flush_mount(mnt, progress)
         try:
             done = umount(mnt)
         except OSError as e:

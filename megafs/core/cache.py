@@ -37,7 +37,7 @@ import trio
 
 from megafs.core import directio
 from megafs.core.blockmap import BlockMap
-from megafs.core.cacheindex import CacheIndex, Entry, _cache_error
+from megafs.core.cacheindex import CacheIndex, Entry, cache_error
 from megafs.errors import CacheError, MegafsError
 from megafs.store.objects import ObjectStore
 from megafs.threads import run_sync
@@ -198,7 +198,7 @@ class BlockCache(CacheIndex):
             else:  # a new dirty block: an empty or partial one is harmless
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as err:
-            raise _cache_error(self.dir, err) from None
+            raise cache_error(self.dir, err) from None
         self.evict(self.max_bytes - e.size)  # before adding: never evict the new entry
         self._add(e)
         self._remember_fd(e, fd)
@@ -217,7 +217,7 @@ class BlockCache(CacheIndex):
         except OSError as err:
             e.buf = data
             self.mem_bytes += len(data)
-            raise _cache_error(self.dir, err) from None
+            raise cache_error(self.dir, err) from None
         self._remember_fd(e, fd)
 
     def read(self, e: Entry, offset: int, size: int) -> bytes:

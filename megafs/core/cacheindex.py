@@ -36,7 +36,7 @@ from megafs.errors import CacheError
 MAX_FDS = 512
 
 
-def _cache_error(path: str, err: OSError) -> CacheError:
+def cache_error(path: str, err: OSError) -> CacheError:
     e = CacheError(f"cache directory {path}: {err.strerror}")
     e.errno = err.errno
     return e

@@ -36,6 +36,7 @@ from megafs.core.schema import (
     check_version,
     commit_batch,
     connect,
+    create,
     upgrade,
 )
 from megafs.errors import CorruptObject
@@ -51,6 +52,16 @@ def get_state(conn: apsw.Connection, key: str, default=None):
 
 def set_state(conn: apsw.Connection, key: str, value) -> None:
     conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?,?)", (key, value))
+
+
+def initial_image(uid: int, gid: int) -> bytes:
+    """The metadata of a new filesystem (an empty root directory owned by *uid*:*gid*),
+    as a database image for its first snapshot."""
+    conn = apsw.Connection(":memory:")
+    create(conn, root_uid=uid, root_gid=gid, now_ns=time.time_ns())
+    image = conn.serialize("main")
+    conn.close()
+    return image
 
 
 def upgrade_schema(conn: apsw.Connection) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import trio
 
 from megafs.backends import Backend, NoSuchObject, open_backend
-from megafs.core import schema
 from megafs.errors import AlreadyExists, NoFilesystem
 from megafs.store import superblock
 from megafs.store.objects import WRITE_ONCE_PREFIXES, ObjectStore, new_metadata_key
@@ -36,8 +36,10 @@ async def unlock(backend: Backend, *, passphrase: bytes | None = None,
 
 
 async def create(backend: Backend, passphrase: bytes, *, block_size: int, force: bool,
-                 uid: int, gid: int, quota: int | None = None) -> tuple[ObjectStore, str]:
-    """Write a new, empty filesystem; return (store, printable recovery key)."""
+                 initial_metadata: Callable[[], bytes],
+                 quota: int | None = None) -> tuple[ObjectStore, str]:
+    """Write a new, empty filesystem whose first metadata snapshot is
+    *initial_metadata()* (an image from the core); return (store, printable recovery key)."""
     existing = [k async for k in backend.list("")]
     if existing:
         if not force:
@@ -50,14 +52,8 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
     blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size,
                                                          quota)
     store = ObjectStore(backend, keys)
-    # Initial metadata: an empty root directory, as snapshot 1.
-    import apsw
-
-    conn = apsw.Connection(":memory:")
-    schema.create(conn, root_uid=uid, root_gid=gid, now_ns=time.time_ns())
     key = new_metadata_key()
-    await store.put_metadata(key, conn.serialize("main"))
-    conn.close()
+    await store.put_metadata(key, initial_metadata())
     await store.write_head({"format": 1, "seq": 1, "snapshot": key, "time": time.time(),
                             "host": "", "pid": 0})
     await backend.put(superblock.OBJECT_KEY, blob)
