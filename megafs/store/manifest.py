@@ -75,8 +75,12 @@ def _int(value, what: str, low: int, high: int) -> int:
 
 def _str(value, what: str) -> str:
     if not isinstance(value, str) or "\x00" in value:
-        raise _bad(f"{what} is not a text")
+        raise _bad(f"{what} is not a text without NUL")
     return value
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _encoded_len(text: str) -> int:
@@ -111,7 +115,8 @@ def _path(value) -> tuple[str, ...]:
         raise _bad("a path is too long")
     parts = tuple(text.split("/"))
     if not all(is_safe_component(p) for p in parts):
-        raise _bad(f"the path {text!r} leaves the download or has an unsafe component")
+        raise _bad(f"the path {_short(text)!r} leaves the download or has an unsafe"
+                   " component")
     return parts
 
 
