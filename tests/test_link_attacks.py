@@ -593,3 +593,54 @@ def test_control_attributes_only_for_the_owner_and_root(shared_mount, row):
         assert os.getxattr(shared_mount.mnt / args[0], args[1])
     assert (shared_mount.mnt / "secret.txt").read_text() == "root only"
     assert "megafs+" in shared_mount.run("megafs", "shares", shared_mount.mnt).stdout
+
+
+# -- objects stored before their SHA-256 was recorded ----------------------------------------
+
+
+def _forget_hashes(fs: MegaFS) -> None:
+    """Make every object look stored by an older megafs (objects.sha256 NULL)."""
+    import apsw
+
+    fs.umount()
+    conn = apsw.Connection(str(fs.cache_dir / "metadata.db"))
+    try:
+        assert conn.execute("SELECT count(*) FROM objects WHERE sha256 IS NULL"
+                            ).fetchone()[0] == 0  # the uploader records every hash
+        conn.execute("UPDATE objects SET sha256 = NULL")
+    finally:
+        conn.close()
+    fs.mount()
+
+
+OLDER_OBJECTS = ["genuine", "resealed-before-sharing"]
+
+
+@pytest.mark.parametrize("row", OLDER_OBJECTS, ids=OLDER_OBJECTS)
+def test_sharing_older_objects_records_verified_hashes(mounted, tmp_path, row):
+    fs = mounted
+    data = os.urandom(DOC_SIZE)
+    (fs.mnt / "old.bin").write_bytes(data)
+    fs.flush()
+    sb = superblock.parse(fs.store.read("superblock"))
+    owner = Owner(fs, superblock.unlock(sb, passphrase=PASSPHRASE.encode()), "", "", data)
+    # An earlier link to the file, revoked since: its holder kept the block keys.
+    earlier = fs.run("megafs", "share", fs.mnt / "old.bin").stdout.strip()
+    owner.doc_link = earlier
+    blocks = owner.manifest(earlier)["entries"][0]["blocks"]
+    fs.run("megafs", "unshare", earlier)
+    _forget_hashes(fs)
+    if row == "resealed-before-sharing":
+        objkey, keyhex = blocks[1][1], blocks[1][2]
+        owner.store.write(owner.stored_name(objkey), envelope.seal(
+            bytes.fromhex(keyhex), envelope.KIND_BLOCK, objkey, b"forged".ljust(BS, b"!")))
+        # The owner notices (keyed dedup hash, a key no link holder has): no link.
+        r = fs.run("megafs", "share", fs.mnt / "old.bin", check=False)
+        assert r.returncode != 0 and "megafs+" not in r.stdout
+        assert r.stderr.strip() == f"megafs: cannot share {fs.mnt / 'old.bin'}: Input/output error"
+        assert f"data block {objkey} does not match its hash" in fs.log()
+        return
+    link = fs.run("megafs", "share", fs.mnt / "old.bin").stdout.strip()
+    _ok(get(fs, link, "got", cwd=tmp_path))
+    assert (tmp_path / "got").read_bytes() == data
+    assert all(b[4] for b in owner.manifest(link)["entries"][0]["blocks"])
