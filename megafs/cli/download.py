@@ -241,9 +241,9 @@ class _Writer:
 
     async def _file(self, dir_fd: int, name: str, entry: Entry) -> None:
         self.current = shown = self._show(entry)
-        part = _part_name(name)
-        fd = os.open(part, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        part, fd = _part_name(name), -1
         try:
+            fd = os.open(part, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)  # O_EXCL: ours
             try:
                 os.ftruncate(fd, entry.size)
                 await self._blocks(fd, entry, shown)
@@ -254,8 +254,9 @@ class _Writer:
                 os.close(fd)
             self._place(dir_fd, part, name, shown)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(part, dir_fd=dir_fd)
+            if fd >= 0:  # created by us (O_EXCL), so ours to remove
+                with contextlib.suppress(OSError):
+                    os.unlink(part, dir_fd=dir_fd)
             raise
 
     def _place(self, dir_fd: int, part: bytes, name: str, shown: str) -> None:
