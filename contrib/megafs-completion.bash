@@ -22,7 +22,7 @@ declare -gA _megafs_opts=(
     [megafs/share]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/shares]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/unshare]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
-    [megafs/get]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
+    [megafs/get]='-h: --help: --force: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
 )
 declare -gA _megafs_pos=(

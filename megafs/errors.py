@@ -15,7 +15,7 @@ class ExitCode(enum.IntEnum):
     WRONG_PASSPHRASE = 10
     NO_FILESYSTEM = 11  #: store location exists but holds no megafs filesystem
     STORE_NOT_FOUND = 12  #: store location (directory, bucket) does not exist
-    ALREADY_EXISTS = 13  #: mkfs over an existing filesystem without --force
+    ALREADY_EXISTS = 13  #: mkfs over an existing filesystem, get over a file, without --force
     BAD_MOUNTPOINT = 14  #: mountpoint missing, not a directory, not empty, in use
     CORRUPT = 15  #: an object failed authentication (tampered or damaged)
     UNSUPPORTED_FORMAT = 16  #: store written by an incompatible megafs version

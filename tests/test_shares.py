@@ -83,13 +83,13 @@ def test_a_link_opens_nothing_else(tree, tmp_path):
     fs = tree
     link = _share(fs, fs.mnt / "photos" / "sub")
     fs.flush()
-    _url, share_id, key = share_format.parse_link(link)
+    _url, share_id, key, public_key = share_format.parse_link(link)
     objects = {_logical(name): blob for name, blob in fs.store.objects()}
-    manifest = share_format.open_manifest(key, share_id, objects[f"s/{share_id}"])
+    manifest = share_format.open_manifest(key, share_id, objects[f"s/{share_id}"], public_key)
     granted = {f"s/{share_id}"}
     keys = [key]
     for entry in manifest["entries"]:
-        for _blockno, objkey, keyhex, _size in entry.get("blocks", []):
+        for _blockno, objkey, keyhex, _size, _sha256 in entry.get("blocks", []):
             granted.add(objkey)
             keys.append(bytes.fromhex(keyhex))
     assert len(granted) == 2  # the manifest and note.txt's one block
@@ -108,7 +108,7 @@ def test_a_link_opens_nothing_else(tree, tmp_path):
 def test_tampered_manifest_fails_verification(tree, tmp_path):
     fs = tree
     link = _share(fs, fs.mnt / "private.txt")
-    _url, share_id, _key = share_format.parse_link(link)
+    share_id = share_format.parse_link(link).share_id
     (stored, data), = [(n, b) for n, b in fs.store.objects() if _logical(n) == f"s/{share_id}"]
     blob = bytearray(data)
     blob[-5] ^= 1

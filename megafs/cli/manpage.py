@@ -42,7 +42,8 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.NO_FILESYSTEM: "the store location holds no megafs filesystem",
     ExitCode.STORE_NOT_FOUND: "the store location does not exist or is not accessible",
     ExitCode.ALREADY_EXISTS:
-        "`mkfs.megafs` found an existing filesystem or other data (use `--force`)",
+        "`mkfs.megafs` found an existing filesystem or other data, or `megafs get` an"
+        " existing file of the same name (use `--force`)",
     ExitCode.BAD_MOUNTPOINT:
         "bad mountpoint: missing, not a directory, not empty, already mounted",
     ExitCode.CORRUPT: "an object failed authentication: tampered with or damaged",

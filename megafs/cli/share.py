@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import sys
 
 import trio
 
-from megafs.backends import NoSuchObject, open_backend
-from megafs.errors import CorruptObject, MegafsError, NotMounted, ShareNotFound, UsageError
-from megafs.store import envelope
+from megafs.cli.download import download
+from megafs.errors import MegafsError, NotMounted, UsageError
 from megafs.store import share as share_format
 
 
@@ -28,7 +29,10 @@ def add_commands(sub) -> None:
     p = sub.add_parser("get", help="download what a link shares (no passphrase needed)")
     p.add_argument("link", metavar="LINK")
     p.add_argument("dest", metavar="DEST", nargs="?",
-                   help="where to put it (default: its name, in the current directory)")
+                   help="where to put it: a new name, or an existing folder that receives"
+                        " it under its own name (default: the current directory)")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing files (never folders) of the same name")
     p.set_defaults(fn=_get)
 
 
@@ -65,7 +69,7 @@ def _shares(args) -> int:
 
 def _unshare(args) -> int:
     if args.target.startswith("megafs+"):
-        url, share_id, _ = share_format.parse_link(args.target)
+        url, share_id, _key, _public = share_format.parse_link(args.target)
         for mnt, source in _mounts().items():
             if source.rstrip("/") == url.rstrip("/"):
                 try:
@@ -83,75 +87,17 @@ def _unshare(args) -> int:
 
 
 def _get(args) -> int:
-    url, share_id, key = share_format.parse_link(args.link)
-    if key is None:
+    link = share_format.parse_link(args.link)
+    if link.key is None:
         raise UsageError("the link has no key (the part after '#' is missing)")
-    trio.run(download, url, share_id, key, args.dest, sys.stderr.isatty())
+    # SIGTERM and SIGHUP end a download as Ctrl-C does: trio turns SIGINT into
+    # KeyboardInterrupt at a safe point, and every temporary file is removed.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+    def warn(text: str) -> None:
+        print(f"megafs: {text}", file=sys.stderr)
+
+    trio.run(functools.partial(download, link, args.dest, force=args.force,
+                               progress=sys.stderr.isatty(), warn=warn))
     return 0
-
-
-async def download(url: str, share_id: str, key: bytes, dest: str | None,
-                   progress: bool = False) -> str:
-    """Fetch, verify and write what a share contains; return the destination path."""
-    backend = open_backend(url)
-    try:
-        try:
-            blob = await backend.get(share_format.object_key(share_id))
-        except NoSuchObject:
-            raise ShareNotFound("this link was revoked or never existed") from None
-        manifest = share_format.open_manifest(key, share_id, blob)
-        root = os.path.abspath(dest or manifest["name"])
-        total = sum(e.get("size", 0) for e in manifest["entries"])
-        done = 0
-        limit = trio.CapacityLimiter(backend.parallelism)
-        for entry in manifest["entries"]:
-            path = os.path.join(root, entry["path"]) if entry["path"] else root
-            if os.path.relpath(path, root).startswith(".."):
-                raise CorruptObject("the share manifest names a path outside the download")
-            kind = entry["type"]
-            if kind == "dir":
-                os.makedirs(path, exist_ok=True)
-            elif kind == "symlink":
-                os.symlink(entry["target"], path)
-            elif kind == "file":
-                await _fetch_file(backend, manifest["block_size"], entry, path, limit)
-                done += entry["size"]
-                if progress:
-                    print(f"\rmegafs get: {done / 2**20:.1f} of {total / 2**20:.1f} MiB",
-                          end="", file=sys.stderr, flush=True)
-            if kind != "symlink":
-                os.chmod(path, entry["mode"])
-        for entry in reversed(manifest["entries"]):  # times last: writing changes dirs
-            path = os.path.join(root, entry["path"]) if entry["path"] else root
-            if entry["type"] != "symlink":
-                os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
-        if progress:
-            print(file=sys.stderr)
-        return root
-    finally:
-        await backend.aclose()
-
-
-async def _fetch_file(backend, block_size: int, entry: dict, path: str, limit) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.ftruncate(fd, entry["size"])
-
-        async def one(blockno: int, objkey: str, keyhex: str, plain: int) -> None:
-            async with limit:
-                try:
-                    blob = await backend.get(objkey)
-                except NoSuchObject:
-                    raise CorruptObject(f"{entry['path'] or 'the file'}: block {blockno} is"
-                                        " missing from the store") from None
-                data = await trio.to_thread.run_sync(
-                    envelope.open_, bytes.fromhex(keyhex), envelope.KIND_BLOCK, objkey, blob)
-                if len(data) != plain:
-                    raise CorruptObject(f"block {blockno} has the wrong length")
-                os.pwrite(fd, data, blockno * block_size)
-
-        async with trio.open_nursery() as nursery:
-            for block in entry["blocks"]:
-                nursery.start_soon(one, *block)
-    finally:
-        os.close(fd)

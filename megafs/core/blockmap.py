@@ -35,11 +35,17 @@ class BlockMap:
         row = self.ex("SELECT id FROM objects WHERE hash=?", (digest,)).fetchone()
         return row[0] if row else None
 
-    def add_object(self, key: str, digest: bytes, size: int, stored_size: int) -> int:
-        """Register a freshly uploaded object (refcount 0); return its id."""
-        self.ex("INSERT INTO objects (key, hash, refcount, size, stored_size) VALUES (?,?,0,?,?)",
-                (key, digest, size, stored_size))
+    def add_object(self, key: str, digest: bytes | None, size: int, stored_size: int,
+                   sha256: bytes | None = None) -> int:
+        """Register a freshly uploaded object (refcount 0); return its id. *sha256* is
+        the SHA-256 of the sealed object as stored (share manifests list it)."""
+        self.ex("INSERT INTO objects (key, hash, refcount, size, stored_size, sha256)"
+                " VALUES (?,?,0,?,?,?)", (key, digest, size, stored_size, sha256))
         return self.db.last_insert_rowid()
+
+    def set_sha256(self, key: str, sha256: bytes) -> None:
+        """Record the SHA-256 of an object stored before it was recorded at upload."""
+        self.ex("UPDATE objects SET sha256=? WHERE key=?", (sha256, key))
 
     def _decref(self, obj: int) -> None:
         self.ex("UPDATE objects SET refcount=refcount-1 WHERE id=?", (obj,))

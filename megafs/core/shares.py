@@ -5,6 +5,11 @@ and moves with the store) and an object ``s/<id>`` in the store. Manifests are
 rebuilt from the current metadata whenever metadata is uploaded, before
 garbage objects are deleted: a link always shows the file or folder as it is
 now, and never names an object that was deleted.
+
+Manifests are signed with the filesystem's share signing key and list the
+SHA-256 of every stored object they name (``objects.sha256``, recorded at upload).
+Objects stored before that column existed are fetched once, verified against
+their keyed dedup hash (a key no link holder has) and their hash recorded.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import stat
 import time
 
 import apsw
+import trio
 
+from megafs.backends import NoSuchObject
 from megafs.core.namespace import FsError, Namespace
+from megafs.errors import CorruptObject
 from megafs.store import share as share_format
 from megafs.store.objects import ObjectStore
 
@@ -36,7 +44,8 @@ class Shares:
         self.is_dirty = is_dirty  # inode -> True while it has blocks not yet uploaded
 
     def link(self, share_id: str, key: bytes) -> str:
-        return share_format.make_link(self.url, share_id, key)
+        return share_format.make_link(self.url, share_id, key,
+                                      self.store.keys.share_public_key())
 
     def of_inode(self, ino: int) -> str | None:
         row = self.db.execute("SELECT id, key FROM shares WHERE inode=?", (ino,)).fetchone()
@@ -85,16 +94,50 @@ class Shares:
                 log.info("shared %s was deleted: revoking its link", share_id)
                 await self.revoke(share_id)
                 continue
-            await self._publish(share_id, key, ino, digest)
+            try:
+                await self._publish(share_id, key, ino, digest)
+            except CorruptObject as e:  # its link keeps the last good manifest
+                log.error("share %s not republished: %s", share_id, e)
 
     async def _publish(self, share_id: str, key: bytes, ino: int, digest) -> None:
         manifest = self.manifest(ino)
+        unhashed = [block[1] for entry in manifest["entries"]
+                    for block in entry.get("blocks", ()) if block[4] is None]
+        if unhashed:
+            await self._record_hashes(unhashed)
+            manifest = self.manifest(ino)
         new = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).digest()
         if new == digest:
             return
-        await self.store.backend.put(share_format.object_key(share_id),
-                                     share_format.seal_manifest(key, share_id, manifest))
+        blob = share_format.seal_manifest(key, share_id, manifest,
+                                          self.store.keys.share_signing)
+        await self.store.backend.put(share_format.object_key(share_id), blob)
         self.db.execute("UPDATE shares SET digest=? WHERE id=?", (new, share_id))
+
+    async def _record_hashes(self, object_keys: list[str]) -> None:
+        """Fetch objects stored before their SHA-256 was recorded, check them against
+        their keyed dedup hash and record the SHA-256 of what is stored."""
+        limit = trio.CapacityLimiter(max(1, self.store.backend.parallelism))
+
+        async def one(objkey: str) -> None:
+            async with limit:
+                try:
+                    blob = await self.store.backend.get(objkey)
+                except NoSuchObject:
+                    raise CorruptObject(f"data block {objkey} is missing from the store") \
+                        from None
+                plain = self.store.open_block(objkey, blob)
+                expected = self.db.execute("SELECT hash FROM objects WHERE key=?",
+                                           (objkey,)).fetchone()
+                if expected and expected[0] is not None and \
+                        self.store.keys.dedup_hash(plain) != expected[0]:
+                    raise CorruptObject(f"data block {objkey} does not match its hash")
+                self.db.execute("UPDATE objects SET sha256=? WHERE key=?",
+                                (hashlib.sha256(blob).digest(), objkey))
+
+        async with trio.open_nursery() as nursery:
+            for objkey in dict.fromkeys(object_keys):
+                nursery.start_soon(one, objkey)
 
     # -- manifests ----------------------------------------------------------------
     def _file(self, row: tuple, path: str) -> dict:
@@ -109,9 +152,10 @@ class Shares:
                 return {}
             keys = self.store.keys
             entry.update(type="file", size=size, blocks=[
-                [blockno, objkey, keys.block_key(objkey).hex(), plain]
-                for blockno, objkey, plain in self.db.execute(
-                    "SELECT b.blockno, o.key, o.size FROM blocks b JOIN objects o"
+                [blockno, objkey, keys.block_key(objkey).hex(), plain,
+                 sha256.hex() if sha256 is not None else None]
+                for blockno, objkey, plain, sha256 in self.db.execute(
+                    "SELECT b.blockno, o.key, o.size, o.sha256 FROM blocks b JOIN objects o"
                     " ON o.id = b.object WHERE b.inode=? ORDER BY b.blockno", (ino,))])
         else:
             return {}

@@ -202,11 +202,11 @@ class Uploader:
                 self._done.append((e, gen, digest, None))
             else:
                 if prepared is None:
-                    stored = await self.store.put_block(key, data)
+                    stored, sha256 = await self.store.put_block(key, data)
                 else:
-                    stored = await self.store.put_prepared(key, prepared)
+                    stored, sha256 = await self.store.put_prepared(key, prepared)
                 self.uploaded_bytes += stored
-                self._done.append((e, gen, digest, (key, len(data), stored)))
+                self._done.append((e, gen, digest, (key, len(data), stored, sha256)))
             keep = True
             if self.failures or self.last_error:
                 self.failures = 0
@@ -271,11 +271,11 @@ class Uploader:
             # garbage meanwhile, and the same content may have been stored twice.
             obj = self.blockmap.find_duplicate(digest)
             if new is not None:
-                key, size, stored = new
+                key, size, stored, sha256 = new
                 if obj is None:
-                    obj = self.blockmap.add_object(key, digest, size, stored)
-                else:
-                    self.blockmap.add_object(key, None, size, stored)  # garbage, deleted later
+                    obj = self.blockmap.add_object(key, digest, size, stored, sha256)
+                else:  # garbage, deleted later
+                    self.blockmap.add_object(key, None, size, stored, sha256)
             elif obj is None:
                 return False  # its duplicate vanished: stays dirty, uploaded next round
         if e.removed:

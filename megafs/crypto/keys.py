@@ -4,7 +4,8 @@
 
     passphrase --Argon2id--> KEK_pass  --wraps--> master key (32 random bytes)
     recovery key (32 random bytes)     --wraps--> master key
-    master --HKDF(label)--> block-key base, metadata key, dedup key, superblock MAC key
+    master --HKDF(label)--> block-key base, metadata key, dedup key, superblock MAC key,
+                            share signing key (the seed of an Ed25519 key pair)
     block-key base --HMAC(object key)--> one key per data object
 
 The deduplication hash is keyed BLAKE3 for filesystems made since it was added
@@ -21,12 +22,15 @@ import hmac
 
 import blake3
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 LABEL_BLOCK = b"megafs v1 block keys"
 LABEL_META = b"megafs v1 metadata"
 LABEL_DEDUP = b"megafs v1 dedup"
 LABEL_SB_MAC = b"megafs v1 superblock mac"
+LABEL_SHARE_SIGNING = b"megafs v2 share signing"
 
 DEDUP_HMAC = "hmac-sha256"  # superblocks without a "dedup" field
 DEDUP_BLAKE3 = "blake3"  # what mkfs.megafs writes
@@ -50,6 +54,12 @@ class KeyRing:
         self.meta = hkdf(master, store_id, LABEL_META)
         self.dedup = hkdf(master, store_id, LABEL_DEDUP)
         self.sb_mac = hkdf(master, store_id, LABEL_SB_MAC)
+        self.share_signing = Ed25519PrivateKey.from_private_bytes(
+            hkdf(master, store_id, LABEL_SHARE_SIGNING))
+
+    def share_public_key(self) -> bytes:
+        """The 32-byte Ed25519 public key that share links carry (checks manifests)."""
+        return self.share_signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def block_key(self, object_key: str) -> bytes:
         """The key of one data object; reveals nothing about other objects' keys."""

@@ -9,7 +9,9 @@ process is the only writer, so the kernel may cache them.
 
 The root directory also answers a control channel that is never stored:
 ``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
-(see :mod:`megafs.mount`).
+(see :mod:`megafs.mount`). It, and the share attribute of every file, answer only
+the mount's owner (the uid that mounted) and root: on an ``allow_other`` mount
+anyone else gets EACCES.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Operations(pyfuse3.Operations):
         fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
         self.control = control
         self.shares = shares
+        self.owner_uid = os.getuid()  # who mounted: the control channel answers them and root
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
 
     def init(self):
@@ -233,8 +236,18 @@ class Operations(pyfuse3.Operations):
         return s
 
     # -- xattrs (plus the control channel on the root) --------------------------
+    def _control_name(self, inode, name, ctx) -> bool:
+        """True if *name* is a share or control attribute; EACCES unless *ctx* is the
+        mount's owner or root."""
+        if name != SHARE_ATTR and not (inode == ROOT and name.startswith(CTRL_PREFIX)):
+            return False
+        if ctx.uid not in (0, self.owner_uid):
+            raise FsError(errno.EACCES)
+        return True
+
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        self._control_name(inode, name, ctx)
         if name == SHARE_ATTR and self.shares:  # megafs share / unshare PATH
             if value == b"revoke":
                 await self.shares.revoke(ino=inode)
@@ -253,6 +266,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode, name, ctx):
+        self._control_name(inode, name, ctx)
         if name == SHARE_ATTR and self.shares:
             link = self.shares.of_inode(inode)
             if link is None:

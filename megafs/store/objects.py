@@ -10,6 +10,7 @@ Object keys (docs/format.md, "Object naming"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -54,19 +55,25 @@ class ObjectStore:
         return envelope.open_(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,
                               blob)
 
-    def prepare_block(self, object_key: str, data: bytes) -> tuple[bytes, str | None]:
-        """Seal a block for :meth:`put_prepared` (CPU only: may run in a worker thread)."""
+    def prepare_block(self, object_key: str, data: bytes) -> tuple[bytes, str | None, bytes]:
+        """Seal a block for :meth:`put_prepared` (CPU only: may run in a worker thread):
+        the sealed object, the backend's payload digest and the object's SHA-256."""
         blob = self.seal_block(object_key, data)
-        return blob, self.backend.payload_digest(blob)
+        digest = self.backend.payload_digest(blob)
+        sha256 = bytes.fromhex(digest) if digest and len(digest) == 64 else \
+            hashlib.sha256(blob).digest()
+        return blob, digest, sha256
 
-    async def put_prepared(self, object_key: str, prepared: tuple[bytes, str | None]) -> int:
-        """Store a block sealed by :meth:`prepare_block`; return the stored size."""
-        blob, digest = prepared
+    async def put_prepared(self, object_key: str,
+                           prepared: tuple[bytes, str | None, bytes]) -> tuple[int, bytes]:
+        """Store a block sealed by :meth:`prepare_block`; return the stored size and the
+        stored object's SHA-256 (what share manifests list)."""
+        blob, digest, sha256 = prepared
         await self.backend.put(object_key, blob, digest=digest)
-        return len(blob)
+        return len(blob), sha256
 
-    async def put_block(self, object_key: str, data: bytes) -> int:
-        """Seal and store one block; return the stored size."""
+    async def put_block(self, object_key: str, data: bytes) -> tuple[int, bytes]:
+        """Seal and store one block; return the stored size and SHA-256."""
         prepared = await _run(self.prepare_block, object_key, data, size=len(data))
         return await self.put_prepared(object_key, prepared)
 

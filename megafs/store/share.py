@@ -1,14 +1,21 @@
 """Share links and share manifests (docs/format.md, "Share manifests").
 
-A link names a store location, a share id and -- after ``#`` only -- the share key::
+A link names a store location, a share id and -- after ``#`` only -- the share key
+and the owner's public signing key::
 
-    megafs+local:///srv/store/s/<32 hex>#<share key, 43 chars base64url>
-    megafs+s3+http://host:port/bucket/prefix/s/<32 hex>#<key>
+    megafs+local:///srv/store/s/<32 hex>#<share key || public key, 86 chars base64url>
+    megafs+s3+http://host:port/bucket/prefix/s/<32 hex>#<...>
 
 The object ``s/<id>`` is an envelope of kind 6 sealed with the share key. Its
-payload is a JSON manifest listing the shared file(s) with, for every block, the
-object key and that object's own key. Nothing in it leads to the master key,
-the metadata key or any object that is not shared.
+payload is ``0x02 || Ed25519 signature (64 bytes) || JSON manifest`` (version 2):
+the JSON lists the shared file(s) with, for every block, the object key, that
+object's own key and the SHA-256 of the stored object. The signature is made with
+a key derived from the master key, so a link holder who can write to the store
+can still not change what other link holders receive. Nothing in a manifest
+leads to the master key, the metadata key or any object that is not shared.
+
+Links made before version 2 carry the share key only (43 characters) and their
+manifests are bare JSON (version 1): they still open, unverified.
 """
 
 from __future__ import annotations
@@ -16,56 +23,116 @@ from __future__ import annotations
 import base64
 import json
 import os
+from typing import NamedTuple
 
-from megafs.errors import UsageError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from megafs.errors import CorruptObject, UnsupportedFormat, UsageError
 from megafs.store import envelope
 
 KIND_SHARE = envelope.KIND_SHARE
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+KEY_BYTES = 32
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+#: The signed message is this label, the share id (32 ASCII hex digits), a NUL and the JSON.
+SIGNATURE_LABEL = b"megafs v2 share manifest\x00"
+
+
+class Link(NamedTuple):
+    url: str  #: the storage URL
+    share_id: str  #: 32 hex digits
+    key: bytes | None  #: the share key (None: the link has no '#' part)
+    public_key: bytes | None  #: the owner's Ed25519 key (None: an unsigned, old link)
 
 
 def new_share() -> tuple[str, bytes]:
     """A fresh (share id, share key)."""
-    return os.urandom(16).hex(), os.urandom(32)
+    return os.urandom(16).hex(), os.urandom(KEY_BYTES)
 
 
 def object_key(share_id: str) -> str:
     return f"s/{share_id}"
 
 
-def make_link(storage_url: str, share_id: str, key: bytes) -> str:
-    return (f"megafs+{storage_url.rstrip('/')}/s/{share_id}#"
-            f"{base64.urlsafe_b64encode(key).decode().rstrip('=')}")
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def parse_link(link: str) -> tuple[str, str, bytes | None]:
-    """(storage URL, share id, share key or None if the link has no '#' part)."""
+def make_link(storage_url: str, share_id: str, key: bytes, public_key: bytes | None) -> str:
+    return f"megafs+{storage_url.rstrip('/')}/s/{share_id}#{_b64(key + (public_key or b''))}"
+
+
+def parse_link(link: str) -> Link:
     if not link.startswith("megafs+"):
         raise UsageError(f"not a megafs link: {link!r} (links start with megafs+)")
     body, _, fragment = link[len("megafs+"):].partition("#")
     url, sep, share_id = body.rpartition("/s/")
     if not sep or len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
         raise UsageError(f"malformed megafs link: {link!r}")
-    key = None
-    if fragment:
-        try:
-            key = base64.urlsafe_b64decode(fragment + "=" * (-len(fragment) % 4))
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise UsageError("the link's key (after '#') is damaged")
-    return url, share_id, key
+    if not fragment:
+        return Link(url, share_id, None, None)
+    try:
+        raw = base64.urlsafe_b64decode(fragment + "=" * (-len(fragment) % 4))
+    except ValueError:
+        raw = b""
+    if len(raw) not in (KEY_BYTES, KEY_BYTES + PUBLIC_KEY_BYTES):
+        raise UsageError("the link's key (after '#') is damaged")
+    return Link(url, share_id, raw[:KEY_BYTES], raw[KEY_BYTES:] or None)
 
 
-def seal_manifest(key: bytes, share_id: str, manifest: dict) -> bytes:
-    payload = json.dumps(manifest, separators=(",", ":")).encode()
-    return envelope.seal(key, KIND_SHARE, object_key(share_id), payload)
+def _signed_message(share_id: str, body: bytes) -> bytes:
+    return SIGNATURE_LABEL + share_id.encode() + b"\x00" + body
 
 
-def open_manifest(key: bytes, share_id: str, blob: bytes) -> dict:
-    manifest = json.loads(envelope.open_(key, KIND_SHARE, object_key(share_id), blob))
-    if manifest.get("v") != MANIFEST_VERSION:
-        from megafs.errors import UnsupportedFormat
+def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateKey) -> bytes:
+    """``0x02 || signature || JSON``: the payload of a version 2 manifest."""
+    body = json.dumps(manifest, separators=(",", ":")).encode()
+    signature = signing_key.sign(_signed_message(share_id, body))
+    return bytes([MANIFEST_VERSION]) + signature + body
 
-        raise UnsupportedFormat(f"share manifest version {manifest.get('v')} is not supported")
+
+def seal_manifest(key: bytes, share_id: str, manifest: dict,
+                  signing_key: Ed25519PrivateKey) -> bytes:
+    return envelope.seal(key, KIND_SHARE, object_key(share_id),
+                         manifest_payload(share_id, manifest, signing_key))
+
+
+def open_manifest(key: bytes, share_id: str, blob: bytes,
+                  public_key: bytes | None = None) -> dict:
+    """The manifest's JSON object, authenticated with the share key and, if the link
+    has a *public_key*, its signature checked (a version 1 manifest is then refused)."""
+    payload = envelope.open_(key, KIND_SHARE, object_key(share_id), blob)
+    version = payload[0] if payload else 0
+    if version == MANIFEST_VERSION:
+        if len(payload) < 1 + SIGNATURE_BYTES:
+            raise CorruptObject("the share manifest is truncated")
+        signature, body = payload[1:1 + SIGNATURE_BYTES], payload[1 + SIGNATURE_BYTES:]
+        if public_key is not None:
+            try:
+                Ed25519PublicKey.from_public_bytes(public_key).verify(
+                    signature, _signed_message(share_id, body))
+            except (InvalidSignature, ValueError):
+                raise CorruptObject("the share manifest is not signed by the link's owner"
+                                    " (forged)") from None
+    elif payload[:1] == b"{":  # version 1: bare JSON, unsigned
+        if public_key is not None:
+            raise CorruptObject("the share manifest is unsigned but the link is signed"
+                                " (downgraded)")
+        body = payload
+    elif 2 < version < 0x20:
+        raise UnsupportedFormat(f"share manifest version {version} is not supported")
+    else:
+        raise CorruptObject("the share manifest is damaged")
+    try:
+        manifest = json.loads(body)
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError, JSONDecodeError
+        raise CorruptObject("the share manifest is not valid JSON") from None
+    expected = MANIFEST_VERSION if version == MANIFEST_VERSION else 1
+    if not isinstance(manifest, dict) or manifest.get("v") != expected:
+        raise CorruptObject(f"the share manifest does not say version {expected}")
     return manifest
