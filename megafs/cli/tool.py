@@ -84,7 +84,23 @@ def _stat(args) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k + ':':<{width + 1}} {v}")
+    _print_damaged(s)
     return 0
+
+
+def _print_damaged(s: dict) -> None:
+    """The "damaged files" section: files whose ranges fsck found damaged (they read as
+    errors until overwritten, truncated or removed)."""
+    count = s.get("damaged_files", 0)
+    if not count:
+        return
+    print(f"damaged files: {count} (reads of these byte ranges fail until they are"
+          " overwritten, truncated away or the file is removed)")
+    for f in s["damaged"]:
+        ranges = ", ".join(f"{a}-{b}" for a, b in f["ranges"])
+        print(f"  {f['path']}: bytes {ranges}")
+    if count > len(s["damaged"]):
+        print(f"  ... and {count - len(s['damaged'])} more (fsck.megafs lists them all)")
 
 
 def build_parser():
