@@ -143,11 +143,11 @@ class Checker:
             key = self.db.execute("SELECT key FROM objects WHERE id=?", (obj,)).fetchone()[0]
             users = self.db.execute("SELECT inode, blockno FROM blocks WHERE object=?",
                                     (obj,)).fetchall()
+            fixed = "recorded as damaged" + (
+                f", object moved aside to {quarantine_key(key)}" if key in stored else "")
             for ino, blockno in users:
                 self.problem(f"{self.ns.path_of(ino)}: bytes {blockno * bs}-{(blockno + 1) * bs}"
-                             f" unreadable: {reason}",
-                             fixed=f"recorded as damaged, object moved aside to"
-                                   f" {quarantine_key(key)}")
+                             f" unreadable: {reason}", fixed=fixed)
             if self.repair:
                 await self._quarantine(key, stored)
                 self.blockmap.mark_damaged(obj, reason, now_ns())
