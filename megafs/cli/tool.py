@@ -106,8 +106,9 @@ def _print_damaged(s: dict) -> None:
 def build_parser():
     p = parser("megafs", "megafs: encrypted cloud storage mounted as a folder.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("stat", help="show usage and upload state of a mount",
-                       description="Show the usage and upload state of the mount on MOUNTPOINT.")
+    s = sub.add_parser("stat", help="show usage, upload state and damaged files of a mount",
+                       description="Show the usage and upload state of the mount on MOUNTPOINT,"
+                                   " and the files with byte ranges fsck.megafs found damaged.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     s.set_defaults(fn=_stat)
     ctrl.add_command(sub)
