@@ -44,6 +44,10 @@ class Report:
 
 
 class Checker:
+    """One fsck run over the store's newest metadata: :meth:`run` checks, repairs unless
+    ``repair`` is false (or the store is mounted), and returns the :class:`Report`.
+    Problems are told through *say* as they are found, one line each."""
+
     def __init__(self, store: ObjectStore, block_size: int, *, repair: bool,
                  say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None):
         self.store = store
