@@ -181,19 +181,23 @@ def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
     for name in damaged:
         assert f"/{name}: bytes 0-65536 unreadable" in r.stdout, r.stdout
     assert Path(victim).name in r.stdout, r.stdout
-    # fsck repairs: damaged blocks become holes, the rest stays readable.
+    # fsck repairs what it can, but never hides the damage: the damaged objects are moved
+    # aside (q/), the ranges recorded, and fsck keeps failing while they remain.
     r = local_fs.run("fsck.megafs", local_fs.url, check=False)
-    assert r.returncode == ExitCode.FSCK_REPAIRED, r.stdout + r.stderr
+    assert r.returncode == ExitCode.FSCK_ERRORS, r.stdout + r.stderr
     assert "repaired" in r.stdout
-    assert local_fs.run("fsck.megafs", local_fs.url).stdout.strip().endswith("no problems")
+    r = local_fs.run("fsck.megafs", local_fs.url, check=False)
+    assert r.returncode == ExitCode.FSCK_ERRORS, r.stdout + r.stderr
+    for name in damaged:
+        assert f"/{name}: damaged, bytes 0-65536" in r.stdout, r.stdout
     local_fs.mount(fresh_cache=True)
     for name in objects.values():
-        data = (local_fs.mnt / name).read_bytes()
-        assert len(data) == 3000
+        path = local_fs.mnt / name
+        assert path.stat().st_size == 3000
         if name in damaged:
-            assert data == bytes(3000)
+            assert oserror(path.read_bytes) == errno.EIO, f"{how}: {name} read after fsck"
         else:
-            assert data[:1000] == name.name.upper().encode() * 1000
+            assert path.read_bytes()[:1000] == name.name.upper().encode() * 1000
 
 
 def test_rollback_of_metadata_is_detected(local_fs, tmp_path):

@@ -1,4 +1,5 @@
-"""fsck.megafs: check that every object the metadata references exists and authenticates."""
+"""fsck.megafs: check that every object the metadata references exists, authenticates and
+matches its recorded hash; quarantine and record what is damaged."""
 
 from __future__ import annotations
 
@@ -31,8 +32,15 @@ counts, directory entries without inodes, inodes in no directory and link counts
 It prints one line per problem, naming the file and the unreadable byte range, and \
 a summary line on standard output.
 
-Unless --dry-run is given it repairs what it found: damaged or missing blocks become \
-holes (the files keep their readable parts), unreferenced objects are deleted, counts \
+Every data block is opened and its contents checked against the keyed hash the \
+metadata recorded for it, so a block re-sealed by a share link holder is reported as \
+tampering.
+
+Unless --dry-run is given it repairs what it found: a damaged or missing block is \
+never hidden. Its object is moved aside under q/ in the store (not deleted) and its \
+byte range recorded as damaged: reading it fails (EIO) on every machine until it is \
+overwritten, truncated away or the file is removed, and fsck lists such files on every \
+run, with exit status 19, as does megafs stat. Unreferenced objects are deleted, counts \
 are corrected and inodes in no directory move to /lost+found; the repaired metadata \
 is committed as a new snapshot. It does not repair while the filesystem is mounted \
 (it then only checks the last metadata uploaded). It also reports a cache directory \
@@ -78,6 +86,9 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
                    f"{len(report.problems)} problem(s), repaired" if report.repaired else
                    f"{len(report.problems)} problem(s)"
                    + ("" if repair else " (run without --dry-run to repair)"))
+        if report.damaged:
+            verdict = (f"{verdict if report.problems else 'no other problems'};"
+                       f" {len(report.damaged)} damaged file(s) remain")
         say(f"checked {url}: {verdict}")
         return report
     finally:
@@ -91,9 +102,9 @@ def _main(argv=None) -> int:
     with Progress("fsck.megafs", "unlocking the store and reading the metadata") as progress:
         report = trio.run(lambda: check(args.storage_url, passphrase, sys.stdout, progress,
                                         repair=not args.dry_run, cache_dir=args.cache_dir))
-    if not report.problems:
+    if not report.problems and not report.damaged:
         return 0
-    unrepaired = not report.repaired or report.read_only_reason or any(
+    unrepaired = not report.repaired or report.read_only_reason or report.damaged or any(
         "cache directory" in p for p in report.problems)
     return int(ExitCode.FSCK_ERRORS if unrepaired else ExitCode.FSCK_REPAIRED)
 

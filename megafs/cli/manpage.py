@@ -50,7 +50,9 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.UNSUPPORTED_FORMAT: "the store uses a format version this megafs does not read",
     ExitCode.BACKEND_UNAVAILABLE: "the storage backend is unreachable or failing",
     ExitCode.NOT_MOUNTED: "not a megafs mount point (or its daemon does not answer)",
-    ExitCode.FSCK_ERRORS: "`fsck.megafs` found problems it did not (or could not) repair",
+    ExitCode.FSCK_ERRORS: "`fsck.megafs` found problems it did not (or could not) repair,"
+                          " among them files with damaged ranges (listed: they stay"
+                          " unreadable until overwritten, truncated or removed)",
     ExitCode.CACHE_ERROR:
         "the cache directory is unusable (permissions, in use, wrong filesystem)",
     ExitCode.LOCKED: "the store is mounted elsewhere",

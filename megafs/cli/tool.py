@@ -84,14 +84,31 @@ def _stat(args) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k + ':':<{width + 1}} {v}")
+    _print_damaged(s)
     return 0
+
+
+def _print_damaged(s: dict) -> None:
+    """The "damaged files" section: files whose ranges fsck found damaged (they read as
+    errors until overwritten, truncated or removed)."""
+    count = s.get("damaged_files", 0)
+    if not count:
+        return
+    print(f"damaged files: {count} (reads of these byte ranges fail until they are"
+          " overwritten, truncated away or the file is removed)")
+    for f in s["damaged"]:
+        ranges = ", ".join(f"{a}-{b}" for a, b in f["ranges"])
+        print(f"  {f['path']}: bytes {ranges}")
+    if count > len(s["damaged"]):
+        print(f"  ... and {count - len(s['damaged'])} more (fsck.megafs lists them all)")
 
 
 def build_parser():
     p = parser("megafs", "megafs: encrypted cloud storage mounted as a folder.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("stat", help="show usage and upload state of a mount",
-                       description="Show the usage and upload state of the mount on MOUNTPOINT.")
+    s = sub.add_parser("stat", help="show usage, upload state and damaged files of a mount",
+                       description="Show the usage and upload state of the mount on MOUNTPOINT,"
+                                   " and the files with byte ranges fsck.megafs found damaged.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     s.set_defaults(fn=_stat)
     ctrl.add_command(sub)

@@ -6,7 +6,13 @@ metadata snapshot that no longer references it has been committed; then
 :meth:`BlockMap.take_garbage` hands it to the snapshot code for deletion.
 
 Every change of the ``blocks`` rows goes through here, which keeps
-``inodes.nblocks`` (the number of rows of an inode, for ``st_blocks``) in step.
+``inodes.nblocks`` (the number of rows of an inode, for ``st_blocks``) in step,
+and drops the ``damaged`` record of a block once its row is replaced or removed
+(the block was overwritten, truncated away or its file removed).
+
+Damage (recorded by fsck, :meth:`BlockMap.mark_damaged`) keeps the ``blocks`` rows,
+so reading the block stays an error everywhere, and takes the object's hash out of
+deduplication, so new writes of the same bytes get a fresh object.
 """
 
 from __future__ import annotations
@@ -19,11 +25,37 @@ class BlockMap:
         self.db = conn
         self.ex = conn.execute
 
-    def object_of(self, ino: int, blockno: int) -> str | None:
-        row = self.ex(
-            "SELECT o.key FROM blocks b JOIN objects o ON o.id = b.object"
+    def ref_of(self, ino: int, blockno: int) -> tuple[str, bytes | None, str | None] | None:
+        """(object key, its recorded keyed hash, the damage reason or None) of a stored
+        block; None for a hole."""
+        return self.ex(
+            "SELECT o.key, o.hash, d.reason FROM blocks b JOIN objects o ON o.id = b.object"
+            " LEFT JOIN damaged d ON d.inode = b.inode AND d.blockno = b.blockno"
             " WHERE b.inode=? AND b.blockno=?", (ino, blockno)).fetchone()
-        return row[0] if row else None
+
+    def is_damaged(self, ino: int, blockno: int) -> bool:
+        return self.ex("SELECT 1 FROM damaged WHERE inode=? AND blockno=?",
+                       (ino, blockno)).fetchone() is not None
+
+    def mark_damaged(self, obj: int, reason: str, found_ns: int) -> list[tuple[int, int]]:
+        """Record every block naming object *obj* as damaged and take the object out of
+        deduplication; return the (inode, blockno) pairs recorded."""
+        with self.db:
+            key = self.ex("SELECT key FROM objects WHERE id=?", (obj,)).fetchone()[0]
+            users = self.ex("SELECT inode, blockno FROM blocks WHERE object=?",
+                            (obj,)).fetchall()
+            self.ex("UPDATE objects SET hash=NULL WHERE id=?", (obj,))
+            for ino, blockno in users:
+                self.ex("INSERT OR REPLACE INTO damaged (inode, blockno, key, reason, found)"
+                        " VALUES (?,?,?,?,?)", (ino, blockno, key, reason, found_ns))
+        return users
+
+    def damaged(self) -> dict[int, list[int]]:
+        """inode -> the numbers of its damaged blocks, ascending."""
+        out: dict[int, list[int]] = {}
+        for ino, blockno in self.ex("SELECT inode, blockno FROM damaged ORDER BY inode, blockno"):
+            out.setdefault(ino, []).append(blockno)
+        return out
 
     def has_block(self, ino: int, blockno: int) -> bool:
         return self.ex("SELECT 1 FROM blocks WHERE inode=? AND blockno=?",
@@ -57,6 +89,8 @@ class BlockMap:
                           (ino, blockno)).fetchone()
             if old and old[0] == obj:
                 return
+            if old:
+                self.ex("DELETE FROM damaged WHERE inode=? AND blockno=?", (ino, blockno))
             if obj is None:
                 if not old:
                     return
@@ -81,6 +115,7 @@ class BlockMap:
                 (ino, first_block, ino, first_block))
             self.ex("DELETE FROM blocks WHERE inode=? AND blockno>=?", (ino, first_block))
             dropped = self.db.changes()
+            self.ex("DELETE FROM damaged WHERE inode=? AND blockno>=?", (ino, first_block))
             if dropped:
                 self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
@@ -107,3 +142,15 @@ class BlockMap:
         ).fetchone()[0]
         return {"blocks": blocks, "objects": objs, "plain_bytes": plain, "stored_bytes": stored,
                 "logical_bytes": logical}
+
+
+def byte_ranges(blocknos: list[int], block_size: int) -> list[tuple[int, int]]:
+    """Ascending block numbers merged into [start, end) byte ranges."""
+    out: list[tuple[int, int]] = []
+    for n in blocknos:
+        start, end = n * block_size, (n + 1) * block_size
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out

@@ -16,6 +16,11 @@ the byte counts, file names and descriptors, eviction and the free-space guard)
 lives in the base class :class:`megafs.core.cacheindex.CacheIndex`; this module
 adds the block contents: fetching, readahead, reads, writes and truncation.
 
+A fetched block enters the cache only after it was verified against the keyed
+hash the block map records for it (:meth:`ObjectStore.get_block`); a block the
+block map records as damaged is not fetched at all. Either failure is a
+:class:`CorruptObject`, which the filesystem turns into EIO naming the file.
+
 A block created by a small write starts in memory (``Entry.buf``) instead of a
 file: most small files are written, closed and uploaded without a cache file
 ever being created. Such a block moves to a ``.d`` file when it grows past
@@ -38,7 +43,7 @@ import trio
 from megafs.core import directio
 from megafs.core.blockmap import BlockMap
 from megafs.core.cacheindex import CacheIndex, Entry, cache_error
-from megafs.errors import CacheError, MegafsError
+from megafs.errors import CacheError, CorruptObject, MegafsError
 from megafs.store.objects import ObjectStore
 from megafs.threads import run_sync
 
@@ -126,8 +131,8 @@ class BlockCache(CacheIndex):
             if ev is None:
                 break
             await ev.wait()
-        objkey = self.blockmap.object_of(ino, blk) if fetch else None
-        if objkey is None:
+        ref = self.blockmap.ref_of(ino, blk) if fetch else None
+        if ref is None:
             if not create:
                 return None
             stored = not fetch and self.blockmap.has_block(ino, blk)
@@ -137,22 +142,27 @@ class BlockCache(CacheIndex):
                 return e
             return self._create(ino, blk, b"", dirty=True, stored=stored)
         ev = self.loading[key] = trio.Event()
-        return await self._load(ino, blk, objkey, ev, create)
+        return await self._load(ino, blk, ref, ev, create)
 
-    async def _load(self, ino: int, blk: int, objkey: str, ev: trio.Event,
+    async def _load(self, ino: int, blk: int, ref: tuple, ev: trio.Event,
                     create: bool) -> Entry | None:
-        """Fetch a block whose loading event *ev* is registered; wake waiters at the end."""
+        """Fetch and verify a block (*ref*: :meth:`BlockMap.ref_of`) whose loading event
+        *ev* is registered; wake waiters at the end."""
         try:
             while True:
-                data = await self.store.get_block(objkey)
-                now = self.blockmap.object_of(ino, blk)
-                if now == objkey:
+                objkey, digest, damage = ref
+                if damage is not None:
+                    raise CorruptObject(f"block {blk} is recorded as damaged ({damage});"
+                                        f" the object {objkey} was moved aside by fsck")
+                data = await self.store.get_block(objkey, digest)
+                now = self.blockmap.ref_of(ino, blk)
+                if now == ref:
                     break
                 if now is None:  # truncated away while we fetched
                     if not create:
                         return None
                     return self._create(ino, blk, b"", dirty=True, stored=False)
-                objkey = now
+                ref = now
             return self._create(ino, blk, data, dirty=False, stored=True)
         finally:
             del self.loading[(ino, blk)]
@@ -175,14 +185,14 @@ class BlockCache(CacheIndex):
             key = (ino, b)
             if key in self.entries or key in self.loading:
                 continue
-            objkey = self.blockmap.object_of(ino, b)
-            if objkey is not None:
+            ref = self.blockmap.ref_of(ino, b)
+            if ref is not None and ref[2] is None:  # (the reader reports damaged blocks)
                 self.loading[key] = ev = trio.Event()
-                self.nursery.start_soon(self._prefetch, ino, b, objkey, ev)
+                self.nursery.start_soon(self._prefetch, ino, b, ref, ev)
 
-    async def _prefetch(self, ino: int, blk: int, objkey: str, ev: trio.Event) -> None:
+    async def _prefetch(self, ino: int, blk: int, ref: tuple, ev: trio.Event) -> None:
         try:
-            await self._load(ino, blk, objkey, ev, False)
+            await self._load(ino, blk, ref, ev, False)
         except MegafsError as e:  # the reader that needs the block fetches it and reports
             log.debug("readahead of inode %d block %d failed: %s", ino, blk, e)
 

@@ -1,12 +1,18 @@
 """Checking and repairing a filesystem in its store (the engine of fsck.megafs).
 
 Checks, in order: the lock, every data object the metadata references (exists,
-authenticates, right length), objects nothing references, reference counts,
+authenticates, right length, plaintext matches the keyed hash recorded for it),
+objects nothing references, reference counts,
 the per-inode block counts (``st_blocks``), directory entries without inodes, inodes without entries (orphans) and link
 counts. Repairs change only metadata and delete only unreferenced objects; the
-repaired metadata is committed as a new full snapshot. Damaged blocks become
-holes, so files keep their readable parts, and the unreadable ranges are
-reported by path.
+repaired metadata is committed as a new full snapshot.
+
+Repair never hides damage: a damaged or missing data object is moved aside to
+``q/<hex>`` (copied, then deleted once the repaired metadata is committed), the
+blocks naming it are recorded in the ``damaged`` table and keep their rows, so
+reading them stays an error on every machine until the block is overwritten,
+truncated away or its file removed. Files with recorded damage are listed on
+every run and make fsck exit with FSCK_ERRORS (problems it could not repair).
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ import trio
 
 from megafs.backends import NoSuchObject
 from megafs.core import snapshot
-from megafs.core.blockmap import BlockMap
+from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.namespace import ROOT, Namespace, now_ns
 from megafs.errors import CorruptObject, UnsupportedFormat
 from megafs.store import lock as store_lock
-from megafs.store.objects import HEAD_KEY, ObjectStore
+from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
 from megafs.store.superblock import OBJECT_KEY as SUPERBLOCK_KEY
 
 
@@ -34,9 +40,14 @@ class Report:
     problems: list[str] = field(default_factory=list)
     repaired: bool = False
     read_only_reason: str | None = None
+    damaged: list[str] = field(default_factory=list)  # files with recorded damage (paths)
 
 
 class Checker:
+    """One fsck run over the store's newest metadata: :meth:`run` checks, repairs unless
+    ``repair`` is false (or the store is mounted), and returns the :class:`Report`.
+    Problems are told through *say* as they are found, one line each."""
+
     def __init__(self, store: ObjectStore, block_size: int, *, repair: bool,
                  say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None):
         self.store = store
@@ -47,6 +58,7 @@ class Checker:
         self.progress = progress
         self.report = Report()
         self.changed = False  # metadata repaired: commit a new snapshot
+        self.moved: list[str] = []  # quarantined originals: deleted after the commit
 
     def problem(self, text: str, *, fixed: str = "") -> None:
         self.report.problems.append(text)
@@ -65,6 +77,8 @@ class Checker:
         self.blockmap = BlockMap(self.db)  # unmaps blocks keeping nblocks and refcounts
         stored = {k async for k in self.backend.list("")}
         await self._check_objects(stored)
+        await self._finish_quarantine(stored)
+        self._check_damaged_rows()
         self._check_refcounts()
         self._check_block_counts()
         self._check_entries()
@@ -74,6 +88,9 @@ class Checker:
             snap = snapshot.Snapshotter(self.db, self.store, self.blockmap)
             await snap.upload(full=True)
             self.report.repaired = True
+        for key in self.moved:  # the committed metadata records them as damaged now
+            await self.backend.delete(key)
+        self._list_damaged()
         return self.report
 
     async def _check_lock(self) -> None:
@@ -100,18 +117,21 @@ class Checker:
             self.repair = False
 
     async def _check_objects(self, stored: set[str]) -> None:
-        rows = self.db.execute("SELECT id, key, size FROM objects WHERE refcount > 0").fetchall()
+        """Verify every referenced object not already recorded as damaged; quarantine the
+        bad ones (see the module docstring)."""
+        rows = self.db.execute("SELECT id, key, size, hash FROM objects WHERE refcount > 0"
+                               " AND key NOT IN (SELECT key FROM damaged)").fetchall()
         bad: dict[int, str] = {}
         limit = trio.CapacityLimiter(self.backend.parallelism * 2)
         done = 0
 
-        async def verify(obj: int, key: str, size: int) -> None:
+        async def verify(obj: int, key: str, size: int, digest: bytes | None) -> None:
             nonlocal done
             async with limit:
                 try:
                     if key not in stored:
                         raise CorruptObject(f"data block {key} is missing from the store")
-                    data = await self.store.get_block(key)
+                    data = await self.store.get_block(key, digest)
                     if len(data) != size:
                         raise CorruptObject(f"data block {key} has the wrong length")
                 except (CorruptObject, UnsupportedFormat, NoSuchObject) as e:
@@ -124,16 +144,62 @@ class Checker:
                 nursery.start_soon(verify, *row)
         bs = self.bs
         for obj, reason in sorted(bad.items()):
+            key = self.db.execute("SELECT key FROM objects WHERE id=?", (obj,)).fetchone()[0]
             users = self.db.execute("SELECT inode, blockno FROM blocks WHERE object=?",
                                     (obj,)).fetchall()
+            fixed = "recorded as damaged" + (
+                f", object moved aside to {quarantine_key(key)}" if key in stored else "")
             for ino, blockno in users:
                 self.problem(f"{self.ns.path_of(ino)}: bytes {blockno * bs}-{(blockno + 1) * bs}"
-                             f" unreadable: {reason}", fixed="they now read as zeros")
+                             f" unreadable: {reason}", fixed=fixed)
             if self.repair:
-                for ino, blockno in users:
-                    self.blockmap.set_block(ino, blockno, None)
-                self.db.execute("DELETE FROM objects WHERE id=?", (obj,))
+                await self._quarantine(key, stored)
+                self.blockmap.mark_damaged(obj, reason, now_ns())
                 self.changed = True
+
+    async def _quarantine(self, key: str, stored: set[str]) -> None:
+        """Copy the object *key* (if it exists) to ``q/<hex>``; the original is deleted
+        once the metadata recording the damage is committed (backends cannot rename)."""
+        if key not in stored:
+            return
+        try:
+            blob = await self.backend.get(key)
+        except NoSuchObject:
+            return
+        await self.backend.put(quarantine_key(key), blob)
+        self.moved.append(key)
+
+    async def _finish_quarantine(self, stored: set[str]) -> None:
+        """Damage already recorded whose object is still in place (a run stopped between
+        the commit and deleting the originals): move it aside now."""
+        if not self.repair:
+            return
+        for (key,) in self.db.execute("SELECT DISTINCT key FROM damaged").fetchall():
+            if key in stored and key not in self.moved:
+                await self._quarantine(key, stored)
+
+    def _check_damaged_rows(self) -> None:
+        """Damage records of blocks that no longer exist (nothing left to protect)."""
+        stale = self.db.execute(
+            "SELECT d.inode, d.blockno FROM damaged d WHERE NOT EXISTS (SELECT 1 FROM blocks b"
+            " WHERE b.inode=d.inode AND b.blockno=d.blockno)").fetchall()
+        for ino, blockno in stale:
+            self.problem(f"inode {ino}: damage recorded for block {blockno}, which is a hole",
+                         fixed="record removed")
+            if self.repair:
+                self.db.execute("DELETE FROM damaged WHERE inode=? AND blockno=?",
+                                (ino, blockno))
+                self.changed = True
+
+    def _list_damaged(self) -> None:
+        """Name every file with recorded damage and its unreadable byte ranges."""
+        for ino, blocknos in self.blockmap.damaged().items():
+            path = self.ns.path_of(ino)
+            ranges = ", ".join(f"{a}-{b}" for a, b in byte_ranges(blocknos, self.bs))
+            self.report.damaged.append(path)
+            self.say(f"{path}: damaged, bytes {ranges} (objects under {QUARANTINE_PREFIX});"
+                     " reading them fails until they are overwritten, truncated away or the"
+                     " file is removed")
 
     def _check_refcounts(self) -> None:
         wrong = self.db.execute(
@@ -223,7 +289,8 @@ class Checker:
                  *head.get("deltas", [])}
         known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
-        extra = sorted(k for k in stored if k not in known)
+        extra = sorted(k for k in stored
+                       if k not in known and not k.startswith(QUARANTINE_PREFIX))
         if extra:
             self.problem(f"{len(extra)} objects in the store are not referenced by anything",
                          fixed="removed")

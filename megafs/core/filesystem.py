@@ -25,7 +25,7 @@ import stat
 import apsw
 import trio
 
-from megafs.core.blockmap import BlockMap
+from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
 from megafs.core.namespace import NAME_MAX, FsError, Namespace, now_ns
@@ -38,6 +38,7 @@ from megafs.store.objects import ObjectStore
 log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1 << 62
 DAY_NS = 86400 * 10**9
+DAMAGED_LISTED = 100  # damaged files named in the stats (an xattr value is at most 64 KiB)
 
 
 class Filesystem:
@@ -194,9 +195,11 @@ class Filesystem:
         bs = self.bs
         last, within = divmod(size, bs)
         if within:
-            e = await self.cache.entry(ino, last, create=False)
-            if e is not None:
-                self.cache.truncate_block(e, within)
+            # A damaged block cut in the middle stays damaged (its first part is lost too).
+            if not self.blockmap.is_damaged(ino, last):
+                e = await self.cache.entry(ino, last, create=False)
+                if e is not None:
+                    self.cache.truncate_block(e, within)
             first_dropped = last + 1
         else:
             first_dropped = last
@@ -341,6 +344,7 @@ class Filesystem:
     def stats(self) -> dict:
         """Figures for ``megafs stat``."""
         blocks = self.blockmap.stats()
+        damaged = self.damaged_files()
         files, logical = self.db.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM inodes WHERE mode & ? = ?",
             (stat.S_IFMT(0o177777), stat.S_IFREG)).fetchone()
@@ -356,7 +360,15 @@ class Filesystem:
             "cache_limit": self.cache.max_bytes, "dirty_bytes": self.cache.dirty_bytes,
             "metadata_local_bytes": os.path.getsize(self.db.filename),
             "metadata_snapshot_bytes": meta[0] if meta else None,
+            "damaged_files": len(damaged), "damaged": damaged[:DAMAGED_LISTED],
         }
+
+    def damaged_files(self) -> list[dict]:
+        """The files with blocks recorded as damaged (by fsck): path, inode and the
+        unreadable byte ranges ``[[start, end], ...]``."""
+        return [{"path": self.ns.path_of(ino), "inode": ino,
+                 "ranges": byte_ranges(blocknos, self.bs)}
+                for ino, blocknos in self.blockmap.damaged().items()]
 
     def usage(self) -> tuple[int, int]:
         """(number of inodes, bytes used: stored plus waiting for upload)."""

@@ -6,11 +6,19 @@ Object keys (docs/format.md, "Object naming"):
 * ``head``          the newest metadata snapshot's name and sequence number
 * ``m/<32 hex>``    a metadata snapshot (random name)
 * ``b/<32 hex>``    a data block (random name; its key is derived from the name)
+* ``q/<32 hex>``    a data block fsck found damaged, moved aside (quarantined)
+
+Every block the owner reads is verified twice: the envelope must authenticate under
+the object's key, and the plaintext must match the keyed dedup hash the metadata
+recorded for it. The object key alone (which a share link hands out) can re-seal a
+block so that it authenticates; only the dedup key, which is never shared, can make
+the hash match.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 
@@ -24,11 +32,18 @@ HEAD_KEY = "head"
 # Keys under these prefixes are random and never reused for other bytes, so two
 # copies of one PUT store the same object (the backend may hedge them).
 WRITE_ONCE_PREFIXES = ("b/", "m/")
+BLOCK_PREFIX = "b/"
+QUARANTINE_PREFIX = "q/"  # damaged blocks moved aside by fsck: kept, never garbage
 _INLINE = 128 * 1024  # objects below this are sealed/opened inline (thread hop ~84 us)
 
 
 def new_block_key() -> str:
     return "b/" + os.urandom(16).hex()
+
+
+def quarantine_key(object_key: str) -> str:
+    """Where fsck moves the damaged block *object_key* (``b/<hex>`` -> ``q/<hex>``)."""
+    return QUARANTINE_PREFIX + object_key.removeprefix(BLOCK_PREFIX)
 
 
 def new_metadata_key() -> str:
@@ -55,6 +70,23 @@ class ObjectStore:
         return envelope.open_(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,
                               blob)
 
+    def open_verified_block(self, object_key: str, blob: bytes, digest: bytes | None) -> bytes:
+        """Open a block and check its plaintext against *digest*, the keyed dedup hash the
+        metadata recorded for it (CPU only: may run in a worker thread).
+
+        A block re-sealed by someone who knows only its object key (a link holder with
+        write access to the store) authenticates, but its hash does not match. An object
+        without a recorded hash cannot be verified and is refused the same way (megafs
+        records one for every object a block refers to)."""
+        data = self.open_block(object_key, blob)
+        if digest is None:
+            raise CorruptObject(f"data block {object_key} has no recorded hash: it cannot"
+                                " be verified")
+        if not hmac.compare_digest(self.keys.dedup_hash(data), digest):
+            raise CorruptObject(f"data block {object_key} does not match the hash recorded"
+                                " for it (tampered: re-sealed with other contents)")
+        return data
+
     def prepare_block(self, object_key: str, data: bytes) -> tuple[bytes, str | None, bytes]:
         """Seal a block for :meth:`put_prepared` (CPU only: may run in a worker thread):
         the sealed object, the backend's payload digest and the object's SHA-256."""
@@ -77,12 +109,14 @@ class ObjectStore:
         prepared = await _run(self.prepare_block, object_key, data, size=len(data))
         return await self.put_prepared(object_key, prepared)
 
-    async def get_block(self, object_key: str) -> bytes:
+    async def get_block(self, object_key: str, digest: bytes | None) -> bytes:
+        """Fetch, open and verify a block against its recorded keyed hash *digest*
+        (:meth:`open_verified_block`); CorruptObject if anything is wrong."""
         try:
             blob = await self.backend.get(object_key)
         except NoSuchObject:
             raise CorruptObject(f"data block {object_key} is missing from the store") from None
-        return await _run(self.open_block, object_key, blob, size=len(blob))
+        return await _run(self.open_verified_block, object_key, blob, digest, size=len(blob))
 
     # -- metadata -------------------------------------------------------------
     async def put_metadata(self, object_key: str, payload: bytes, *, delta: bool = False) -> int:
