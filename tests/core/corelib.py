@@ -35,7 +35,7 @@ def fs_errno(fn, *args, **kwargs) -> int:
         fn(*args, **kwargs)
     except FsError as e:
         return e.errno
-    raise AssertionError(f"{getattr(fn, '__name__', fn)}{args} did not fail")
+    raise AssertionError(f"{getattr(fn, '__name__', fn)} did not fail")
 
 
 async def async_errno(fn, *args, **kwargs) -> int:
@@ -43,7 +43,7 @@ async def async_errno(fn, *args, **kwargs) -> int:
         await fn(*args, **kwargs)
     except FsError as e:
         return e.errno
-    raise AssertionError(f"{getattr(fn, '__name__', fn)}{args} did not fail")
+    raise AssertionError(f"{getattr(fn, '__name__', fn)} did not fail")
 
 
 class Core:
@@ -153,6 +153,11 @@ class Core:
 
     def rename_errno(self, old: str, new: str, flags: int = 0) -> int:
         return fs_errno(self.rename, old, new, flags)
+
+    async def stored_block_bytes(self) -> int:
+        """Bytes of the data objects in the store, as the backend has them."""
+        backend = self.store.backend
+        return sum([await backend.size(k) async for k in backend.list("b/")])
 
     # -- the state as a whole ----------------------------------------------------------
     def tree(self, path: str = "") -> dict:
