@@ -3,9 +3,7 @@ constants (the ``core`` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
-import errno
 import stat
-from collections.abc import Iterable
 
 from megafs.backends.local import LocalBackend
 from megafs.core import snapshot
@@ -83,14 +81,6 @@ class Core:
 
     def nlink(self, path: str) -> int:
         return attr(self.stat(path), "nlink")
-
-    def exists(self, path: str) -> bool:
-        try:
-            self.ino(path)
-        except FsError as e:
-            assert e.errno == errno.ENOENT
-            return False
-        return True
 
     def names(self, path: str = "") -> list[str]:
         """Every entry of the directory *path*, sorted (a whole listing)."""
@@ -207,7 +197,3 @@ async def make_core(tmp_path, nursery, *, quota: int | None = None, **fs_options
                     quota=sb.get("quota"), **options)
     await nursery.start(fs.uploader.run)
     return Core(fs, store, sb["block_size"])
-
-
-def entries_of(rows: Iterable[tuple]) -> list[bytes]:
-    return [r[1] for r in rows]
