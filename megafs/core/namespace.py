@@ -271,10 +271,15 @@ class Namespace:
         return row
 
     def purge(self, ino: int) -> None:
-        """Delete an inode with no entries left, with its xattrs (blocks: see Filesystem)."""
+        """Delete an inode with no entries left, with its xattrs (blocks: see Filesystem).
+
+        Its shares are detached (inode 0 never exists), so that a new inode that gets
+        the number cannot be published under an old link; the next republish revokes
+        them (:meth:`megafs.core.shares.Shares.republish`)."""
         with self.db:
             self.ex("DELETE FROM inodes WHERE id=?", (ino,))
             self.ex("DELETE FROM xattrs WHERE inode=?", (ino,))
+            self.ex("UPDATE shares SET inode=0 WHERE inode=?", (ino,))
         self.xattr_inodes.discard(ino)
 
     def orphans(self) -> list[int]:
