@@ -144,11 +144,7 @@ def _serve(cfg: MountConfig, ready, opened=None) -> None:
     tune_malloc()
 
     async def go():
-        daemon = Daemon(cfg)
-        await daemon.open()
-        if opened is not None:
-            opened(daemon)
-        await daemon.serve(ready)
+        await Daemon(cfg).run(ready, opened)
 
     trio.run(go)
 
