@@ -26,7 +26,7 @@ import time
 
 import trio
 
-from megafs.backends import NoSuchObject, ObjectChanged
+from megafs.backends import Backend, NoSuchObject, ObjectChanged
 from megafs.errors import LockLost, MegafsError, StoreLocked
 from megafs.store import envelope
 from megafs.store.objects import ObjectStore
@@ -112,6 +112,7 @@ class Lease:
         self.record = record
         self.blob = blob
         self.lost: str | None = None  #: why the lock is no longer ours
+        self.took_over: dict | None = None  #: the gone holder whose lock this replaced
         self._renewing = trio.Lock()
 
     @property
@@ -175,16 +176,47 @@ def _record(term: float) -> dict:
             "since": now, "term": term, "renewed": now, "count": 0}
 
 
+async def _unchanged(backend: Backend, blob: bytes, wait: float, whose: str) -> bool:
+    """Watch the lock for *wait* seconds: True if nobody renewed it."""
+    log.warning("watching the lock of %s for %.1fs to see whether it is renewed", whose, wait)
+    await trio.sleep(wait)
+    try:
+        return await backend.get(LOCK_KEY) == blob
+    except NoSuchObject:
+        return True
+
+
 async def _confirm_expired(store: ObjectStore, holder: dict, blob: bytes) -> bool:
     """Watch an expired lease for CONFIRM_INTERVALS renewal intervals: True if unchanged."""
     wait = holder.get("term", DEFAULT_TERM) / RENEWALS_PER_TERM * CONFIRM_INTERVALS
-    log.warning("the lease of %s expired; watching it %.0fs for a renewal", describe(holder),
-                wait)
-    await trio.sleep(wait)
+    return await _unchanged(store.backend, blob, wait, describe(holder))
+
+
+async def ensure_unlocked(backend: Backend, store: ObjectStore | None) -> None:
+    """For a tool about to destroy the store (mkfs --force): raise StoreLocked unless the
+    store has no lock or its holder is provably gone. *store* opens the lock when the
+    tool has the store's keys; without them, a lock that is not renewed for a whole
+    term (``lease_term()``) is taken to be left over."""
     try:
-        return await store.backend.get(LOCK_KEY) == blob
+        blob = await backend.get(LOCK_KEY)
     except NoSuchObject:
-        return True
+        return
+    holder = None
+    if store is not None:
+        try:
+            holder = _open(store, blob)
+        except MegafsError:
+            holder = None
+    if holder is not None:
+        if is_stale(holder) or (is_expired(holder)
+                                and await _confirm_expired(store, holder, blob)):
+            return
+        raise StoreLocked(f"the store is in use by {describe(holder)} (lease renewed"
+                          f" {_when(holder.get('renewed', holder.get('since', 0)))});"
+                          " unmount it first")
+    if not await _unchanged(backend, blob, lease_term(), "an unknown holder"):
+        raise StoreLocked("the store is in use: its lock (which this passphrase cannot"
+                          " open) is being renewed; unmount it first")
 
 
 async def takeover_reason(store: ObjectStore, holder: dict, blob: bytes, *,
@@ -225,7 +257,9 @@ async def acquire(store: ObjectStore, *, force: bool = False) -> Lease:
                     _when(holder.get("since", 0)), reason)
         try:
             await store.backend.replace_if(LOCK_KEY, blob, old)
-            return Lease(store, record, blob)
+            lease = Lease(store, record, blob)
+            lease.took_over = holder
+            return lease
         except ObjectChanged:
             continue  # renewed or taken meanwhile: judge again
     raise StoreLocked("the store's lock keeps changing: another mount is racing for it")
