@@ -178,7 +178,7 @@ def _record(term: float) -> dict:
 
 async def _unchanged(backend: Backend, blob: bytes, wait: float, whose: str) -> bool:
     """Watch the lock for *wait* seconds: True if nobody renewed it."""
-    log.warning("watching the lock of %s for %.1fs to see whether it is renewed", whose, wait)
+    log.info("watching the lock of %s for %.1fs to see whether it is renewed", whose, wait)
     await trio.sleep(wait)
     try:
         return await backend.get(LOCK_KEY) == blob
