@@ -29,6 +29,11 @@ It waits through storage outages; while it waits it says how much is left to upl
 ten seconds on standard error. Interrupting it does not stop the uploads: the \
 daemon goes on with them.
 
+A read-only mount is unmounted the same way; a dead mount (its daemon was \
+killed) is detached at once, and its cache directory uploads what is left at the \
+next mount. MOUNTPOINT may be given through a symlink. If the mount lost the \
+store's lock to another writer, it is unmounted and the exit status is 28.
+
 `umount MOUNTPOINT` and `fusermount3 -u MOUNTPOINT` unmount too, but return at once, \
 while the daemon is still uploading.""",
     "examples": """\
