@@ -29,9 +29,13 @@ from helpers import (
     wait_pid_gone,
 )
 
-from megafs.errors import ExitCode
+from megafs.backends.base import BackendWrapper
+from megafs.backends.local import LocalBackend
+from megafs.crypto.keys import KeyRing
+from megafs.errors import BackendUnavailable, ExitCode, LockLost
 from megafs.store import envelope, lifecycle
 from megafs.store import lock as store_lock
+from megafs.store.objects import HEAD_KEY, ObjectStore
 
 TERM = 2.0  # the lease term of every tool here (MEGAFS_LOCK_TERM)
 
@@ -344,3 +348,54 @@ def test_lease_is_renewed_while_mounted(fs):
     assert pid_alive(fs.pid())
     fs.umount()
     assert lock_holder(fs) is None
+
+
+# -- answers lost on the way back: the writer must not think it lost the lock --------------
+
+
+class LandsThenFails(BackendWrapper):
+    """Applies the next compare-and-swap of *key*, then reports a failure (the answer
+    was lost and the retries gave up), as a flaky network can make it happen."""
+
+    def __init__(self, inner, key: str):
+        super().__init__(inner)
+        self.key = key
+        self.armed = False
+
+    async def replace_if(self, key, data, expected):
+        await self.inner.replace_if(key, data, expected)
+        if key == self.key and self.armed:
+            self.armed = False
+            raise BackendUnavailable(f"injected: the answer to the swap of {key} was lost")
+
+
+async def test_renewal_whose_answer_was_lost_keeps_the_lock(tmp_path):
+    backend = LandsThenFails(LocalBackend(str(tmp_path)), store_lock.LOCK_KEY)
+    store = ObjectStore(backend, KeyRing(os.urandom(32), b"s" * 16))
+    lease = await store_lock.acquire(store)
+    backend.armed = True
+    with pytest.raises(BackendUnavailable):
+        await lease.renew()  # landed, but the caller cannot know
+    await lease.renew()
+    await lease.check()
+    assert lease.lost is None and lease.record["count"] == 2
+    assert (await store_lock.read(store))["count"] == 2
+    await lease.release()
+    assert await store_lock.read(store) is None
+
+
+async def test_head_write_whose_answer_was_lost_is_not_a_lost_lock(tmp_path):
+    backend = LandsThenFails(LocalBackend(str(tmp_path)), HEAD_KEY)
+    store = ObjectStore(backend, KeyRing(os.urandom(32), b"s" * 16))
+    await store.write_head({"seq": 1})
+    backend.armed = True
+    with pytest.raises(BackendUnavailable):
+        await store.write_head({"seq": 2})
+    await store.write_head({"seq": 3})
+    assert (await store.read_head())["seq"] == 3
+    other = ObjectStore(backend, store.keys)  # another writer replaces head
+    await other.read_head()
+    await other.write_head({"seq": 4})
+    with pytest.raises(LockLost):
+        await store.write_head({"seq": 5})
+    assert (await other.read_head())["seq"] == 4

@@ -37,6 +37,7 @@ DEFAULT_TERM = 60.0  #: seconds a lease stays valid without renewal
 TERM_ENV = "MEGAFS_LOCK_TERM"  #: overrides DEFAULT_TERM (tests use a short term)
 RENEWALS_PER_TERM = 4  #: the holder renews this often per term
 CONFIRM_INTERVALS = 1.5  #: renewal intervals to watch an expired lease before taking it
+UNCERTAIN_KEPT = 4  #: failed renewals (no answer) remembered as possibly stored
 
 
 def lease_term() -> float:
@@ -114,6 +115,7 @@ class Lease:
         self.lost: str | None = None  #: why the lock is no longer ours
         self.took_over: dict | None = None  #: the gone holder whose lock this replaced
         self._renewing = trio.Lock()
+        self._uncertain: list[bytes] = []  # renewals that may or may not have landed
 
     @property
     def interval(self) -> float:
@@ -126,13 +128,22 @@ class Lease:
         async with self._renewing:
             record = dict(self.record, renewed=time.time(), count=self.record["count"] + 1)
             blob = _seal(self.store, record)
-            try:
-                await self.store.backend.replace_if(LOCK_KEY, blob, self.blob)
-            except ObjectChanged:
+            # After a renewal that failed without an answer the store holds either
+            # the bytes before it or the bytes it tried to write: both are ours.
+            for expected in [self.blob, *self._uncertain]:
+                try:
+                    await self.store.backend.replace_if(LOCK_KEY, blob, expected)
+                    break
+                except ObjectChanged:
+                    continue
+                except BaseException:
+                    self._uncertain = [*self._uncertain[1 - UNCERTAIN_KEPT:], blob]
+                    raise
+            else:
                 self.lost = await self._who_took_it()
                 log.error("%s: stopped writing", self.lost)
-                raise LockLost(self.lost) from None
-            self.record, self.blob = record, blob
+                raise LockLost(self.lost)
+            self.record, self.blob, self._uncertain = record, blob, []
 
     async def _who_took_it(self) -> str:
         try:
@@ -153,7 +164,7 @@ class Lease:
                 await self.renew()
             except LockLost:
                 return
-            except MegafsError as e:  # storage down: the head guard still protects
+            except (MegafsError, OSError) as e:  # storage down: the head guard still protects
                 log.warning("renewing the store's lock failed: %s", e)
 
     async def release(self) -> None:

@@ -56,6 +56,7 @@ class ObjectStore:
         #: Awaited before every head write; raises (LockLost) when writing is not allowed.
         self.head_guard: Callable[[], Awaitable[None]] | None = None
         self._head_blob: bytes | None = None  # the head as last read or written here
+        self._head_uncertain: list[bytes] = []  # head writes that failed without an answer
 
     # -- data blocks ----------------------------------------------------------
     def seal_block(self, object_key: str, data: bytes) -> bytes:
@@ -114,12 +115,22 @@ class ObjectStore:
         if self._head_blob is None:
             await self.backend.put(HEAD_KEY, blob)
         else:
+            await self._swap_head(blob)
+        self._head_blob, self._head_uncertain = blob, []
+
+    async def _swap_head(self, blob: bytes) -> None:
+        """Replace head if it is still the one last seen here, or the one a failed
+        write (no answer) may have stored; LockLost when another writer replaced it."""
+        for expected in (self._head_blob, *self._head_uncertain):
             try:
-                await self.backend.replace_if(HEAD_KEY, blob, self._head_blob)
+                await self.backend.replace_if(HEAD_KEY, blob, expected)
+                return
             except ObjectChanged:
-                raise LockLost("the store's head was replaced by another writer: this"
-                               " writer stopped") from None
-        self._head_blob = blob
+                continue
+            except BaseException:
+                self._head_uncertain = [*self._head_uncertain[-3:], blob]
+                raise
+        raise LockLost("the store's head was replaced by another writer: this writer stopped")
 
     async def read_head(self) -> dict | None:
         try:
