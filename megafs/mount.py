@@ -168,6 +168,7 @@ class Daemon:
         self.lease: store_lock.Lease | None = None
         self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
+        self._lock_lost = trio.Event()
         self.unmount_requested = False
 
     async def run(self, ready, opened=None) -> None:
@@ -278,6 +279,7 @@ class Daemon:
 
     def _lost_lock(self) -> None:
         """The lock was taken over: stop every upload, refuse writes from now on."""
+        self._lock_lost.set()
         self._uploads.cancel()
         self.ops.refuse_writes = self.lease.lost
         self.fs.uploader.last_error = self.lease.lost
@@ -289,9 +291,13 @@ class Daemon:
         LockLost once the store's lock was taken over."""
         failures = 0
         while True:
+            async with trio.open_nursery() as nursery:  # uploads stop when the lock goes
+                nursery.start_soon(_cancel_when, self._lock_lost, nursery.cancel_scope)
+                if not self.lease.lost:
+                    await self.fs.uploader.flush()
+                nursery.cancel_scope.cancel()
             if self.lease.lost:
                 raise LockLost(f"{self.lease.lost}; this mount stopped writing")
-            await self.fs.uploader.flush()
             try:
                 async with self._snap_lock:
                     if self.snap.changed():
@@ -407,6 +413,11 @@ async def _task(name: str, fn, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     else:
         task_status.started()
         await fn()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _shielded(fn) -> None:
