@@ -23,7 +23,7 @@ class ExitCode(enum.IntEnum):
     NOT_MOUNTED = 18  #: umount/ctrl on something that is not a megafs mount
     FSCK_ERRORS = 19  #: fsck found problems it did not (or could not) repair
     CACHE_ERROR = 20  #: cache directory unusable (permissions, disk full)
-    LOCKED = 21  #: the store is mounted elsewhere
+    LOCKED = 21  #: the store's lock is held by a live mount (here or elsewhere)
     ROLLBACK = 22  #: the store serves older metadata than this machine has seen
     BAD_CREDENTIALS = 23  #: storage credentials missing, unreadable, rejected or not permitted
     SHARE_NOT_FOUND = 24  #: a share link that was revoked or never existed

@@ -30,7 +30,13 @@ from megafs.core.snapshot import (
     set_state,
     upgrade_schema,
 )
-from megafs.errors import BadMountpoint, CacheError, MegafsError, RollbackDetected
+from megafs.errors import (
+    BadMountpoint,
+    CacheError,
+    LockLost,
+    MegafsError,
+    RollbackDetected,
+)
 from megafs.fs.operations import Operations
 from megafs.osutil import set_fuse_readahead
 from megafs.store import lifecycle
@@ -40,6 +46,7 @@ from megafs.store.objects import ObjectStore
 log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
 READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
+FAULT_TASK_ENV = "MEGAFS_FAULT_TASK"  #: names a daemon task that fails at once (tests)
 
 
 @dataclass
@@ -95,7 +102,8 @@ class Control:
             return (f"dirty_bytes={fs.cache.dirty_bytes} cache_bytes={fs.cache.total}"
                     f" cache_max={fs.cache.max_bytes}"
                     f" log_level={logging.getLevelName(logging.getLogger().level).lower()}"
-                    f" upload_error={self._error()}").encode()
+                    f" upload_error={self._error()}"
+                    f" lock_lost={int(bool(self.daemon.lease.lost))}").encode()
         raise pyfuse3.FUSEError(self.ENODATA)
 
     def _error(self) -> str:
@@ -143,35 +151,56 @@ class Control:
 
 
 class Daemon:
+    """One mount, from unlocking the store to the clean exit.
+
+    Every resource the daemon takes registers its own release on an
+    :class:`contextlib.AsyncExitStack` as soon as it is taken (cache-dir flock, store
+    lock, metadata and cache, FUSE session, backend connections), so they are
+    released in reverse order however the daemon ends: a clean unmount, an error
+    while opening, or a failing task. The tasks run in one nursery under names;
+    ``$MEGAFS_FAULT_TASK=<name>`` makes the task of that name fail (for tests).
+    """
+
     def __init__(self, cfg: MountConfig):
         self.cfg = cfg
         self.fs: Filesystem | None = None
         self.snap: Snapshotter | None = None
+        self.lease: store_lock.Lease | None = None
+        self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
+        self._lock_lost = trio.Event()
+        self.unmount_requested = False
 
-    async def open(self) -> None:
+    async def run(self, ready, opened=None) -> None:
+        """Open, serve until unmounted, flush; release everything whatever happens."""
+        async with contextlib.AsyncExitStack() as stack:
+            await self.open(stack)
+            if opened is not None:
+                opened(self)
+            await self.serve(stack, ready)
+
+    async def open(self, stack: contextlib.AsyncExitStack) -> None:
         """Everything before the kernel mount; raises MegafsError with a clear message."""
         cfg = self.cfg
         backend = await lifecycle.connect(cfg.url, retry_deadline=cfg.timeout)
+        stack.push_async_callback(_shielded, backend.aclose)
         store, sb = await lifecycle.unlock(backend, passphrase=cfg.passphrase)
         cache_dir = cfg.cache_dir or default_cache_dir(sb["store_id"])
         try:
             os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-            self.lockfile = open(os.path.join(cache_dir, "lock"), "w")
+            lockfile = stack.enter_context(open(os.path.join(cache_dir, "lock"), "w"))
         except OSError as e:
             raise CacheError(f"cache directory {cache_dir}: {e.strerror}") from None
         try:
-            fcntl.flock(self.lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CacheError(f"cache directory {cache_dir} is in use by another mount") from None
-        self.lock = await store_lock.acquire(store, force=cfg.force)
+        self.lease = await store_lock.acquire(store, force=cfg.force)
+        stack.push_async_callback(_shielded, self.lease.release)
+        store.head_guard = self.lease.check
         self.store = store
-        try:
-            await self._open_metadata(store, sb, cache_dir)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await store_lock.release(store, self.lock)
-            raise
+        stack.callback(self._close_metadata)
+        await self._open_metadata(store, sb, cache_dir)
 
     async def _open_metadata(self, store: ObjectStore, sb: dict, cache_dir: str) -> None:
         cfg = self.cfg
@@ -237,18 +266,46 @@ class Daemon:
             set_state(conn, "store_id", sb["store_id"])
         return conn
 
+    def _close_metadata(self) -> None:
+        if self.fs is None:
+            return
+        conn = self.fs.db
+        if not self.lease.lost:
+            with conn:
+                set_state(conn, "mounted", 0)
+        self.fs.close()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+    def _lost_lock(self) -> None:
+        """The lock was taken over: stop every upload, refuse writes from now on."""
+        self._lock_lost.set()
+        self._uploads.cancel()
+        self.ops.refuse_writes = self.lease.lost
+        self.fs.uploader.last_error = self.lease.lost
+
     async def flush(self) -> None:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
 
-        Waits through storage outages (the status channel reports the error)."""
+        Waits through storage outages (the status channel reports the error); raises
+        LockLost once the store's lock was taken over."""
         failures = 0
         while True:
-            await self.fs.uploader.flush()
+            async with trio.open_nursery() as nursery:  # uploads stop when the lock goes
+                nursery.start_soon(_cancel_when, self._lock_lost, nursery.cancel_scope)
+                if not self.lease.lost:
+                    await self.fs.uploader.flush()
+                nursery.cancel_scope.cancel()
+            if self.lease.lost:
+                raise LockLost(f"{self.lease.lost}; this mount stopped writing")
             try:
                 async with self._snap_lock:
                     if self.snap.changed():
                         await self.snap.upload()
                 return
+            except LockLost:
+                self._lost_lock()
+                raise
             except MegafsError as e:
                 failures += 1
                 self.fs.uploader.last_error = f"metadata upload: {e}"
@@ -257,14 +314,25 @@ class Daemon:
 
     async def _periodic_snapshots(self) -> None:
         """Ship metadata changes (usually as small deltas) every metadata_interval."""
-        while True:
+        while not self.lease.lost:
             await trio.sleep(self.cfg.metadata_interval)
             if self.snap.changed() and not self._snap_lock.locked():
                 async with self._snap_lock:
                     try:
                         await self.snap.upload()
+                    except LockLost:
+                        self._lost_lock()
                     except (MegafsError, OSError, apsw.Error) as e:
                         log.error("metadata upload failed: %s", e)
+
+    async def _keep_lock(self) -> None:
+        await self.lease.keep()
+        if self.lease.lost:
+            self._lost_lock()
+
+    async def _uploader(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with self._uploads:
+            await self.fs.uploader.run(task_status=task_status)
 
     async def _commits(self) -> None:
         while True:
@@ -290,41 +358,69 @@ class Daemon:
                 self.unmount_requested = True
                 pyfuse3.terminate()
 
-    async def serve(self, ready) -> None:
+    def _close_session(self) -> None:
+        """End the FUSE session once. Ended by the kernel (umount, fusermount3 -u) it
+        only closes; asked to by a signal, or when a task failed, it also unmounts:
+        a mount nobody serves would hang every caller."""
+        if not self._session_open:
+            return
+        self._session_open = False
+        pyfuse3.close(unmount=self.unmount_requested or not self._served)
+
+    async def serve(self, stack: contextlib.AsyncExitStack, ready) -> None:
         """Mount, call ``ready()``, serve until unmounted, then flush everything."""
         cfg = self.cfg
         options = {"fsname=" + cfg.url, "subtype=megafs", "default_permissions"}
         options |= cfg.fuse_options
-        self.unmount_requested = False
+        self.ops = Operations(self.fs, Control(self), self.shares)
         try:
-            ops = Operations(self.fs, Control(self), self.shares)
-            pyfuse3.init(ops, cfg.mountpoint, options)
+            pyfuse3.init(self.ops, cfg.mountpoint, options)
         except RuntimeError as e:
-            self.fs.close()
-            await store_lock.release(self.store, self.lock)
             raise BadMountpoint(f"cannot mount on {cfg.mountpoint}: {e}") from None
+        self._session_open, self._served = True, False
+        stack.callback(self._close_session)
+        self._uploads = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.fs.uploader.run)
+            tasks = {"signals": self._signals, "snapshots": self._periodic_snapshots,
+                     "commits": self._commits, "lock": self._keep_lock,
+                     "readahead": lambda: self._tune_readahead(self.ops.initialized)}
+            await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery
-            nursery.start_soon(self._signals)
-            nursery.start_soon(self._periodic_snapshots)
-            nursery.start_soon(self._commits)
-            nursery.start_soon(self._tune_readahead, ops.initialized)
-            try:
-                ready()
-                await pyfuse3.main(min_tasks=1, max_tasks=64)
-            finally:
-                # Unmounted by the kernel (umount, fusermount3 -u) or asked to by a signal.
-                pyfuse3.close(unmount=self.unmount_requested)
+            for name, fn in tasks.items():
+                nursery.start_soon(_task, name, fn, name=name)
+            ready()
+            await pyfuse3.main(min_tasks=1, max_tasks=64)
+            self._served = True
+            self._close_session()
             log.info("unmounted: uploading remaining data")
-            await self.flush()
+            if self.lease.lost:
+                log.error("%s: the changes not yet uploaded stay in the cache directory",
+                          self.lease.lost)
+            else:
+                await self.flush()
             nursery.cancel_scope.cancel()
-        conn = self.fs.db
-        with conn:
-            set_state(conn, "mounted", 0)
-        self.fs.close()
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
-        await store_lock.release(self.store, self.lock)
-        await self.fs.store.backend.aclose()
         log.info("clean exit")
+
+
+async def _task(name: str, fn, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one named daemon task; ``$MEGAFS_FAULT_TASK=name`` makes it fail (tests)."""
+    if os.environ.get(FAULT_TASK_ENV) == name:
+        task_status.started()
+        await trio.sleep(0.5)
+        raise RuntimeError(f"injected failure of task {name} ({FAULT_TASK_ENV})")
+    if name == "uploader":
+        await fn(task_status=task_status)
+    else:
+        task_status.started()
+        await fn()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _shielded(fn) -> None:
+    """Run a release step even while the daemon is being cancelled."""
+    with trio.CancelScope(shield=True):
+        await fn()

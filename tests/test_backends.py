@@ -11,7 +11,7 @@ import pytest
 import seaweed as seaweed_server
 import trio
 
-from megafs.backends import NoSuchObject, ObjectExists, TransientError
+from megafs.backends import NoSuchObject, ObjectChanged, ObjectExists, TransientError
 from megafs.backends.faults import FaultyBackend
 from megafs.backends.hedge import HedgeBackend
 from megafs.backends.local import LocalBackend
@@ -92,6 +92,51 @@ async def test_conditional_put(backend):
     with pytest.raises(ObjectExists):
         await backend.put("lock", b"two", if_absent=True)
     assert await backend.get("lock") == b"one"
+
+
+# Compare-and-swap rows: (stored before or None, expected, new, outcome, stored after).
+CAS_ROWS = {
+    "expected-matches": (b"one", b"one", b"two", "ok", b"two"),
+    "expected-differs": (b"one", b"other", b"two", "changed", b"one"),
+    "absent-expected-absent": (None, None, b"two", "ok", b"two"),
+    "present-expected-absent": (b"one", None, b"two", "changed", b"one"),
+    "absent-expected-present": (None, b"one", b"two", "changed", None),
+    "already-holds-new-bytes": (b"two", b"one", b"two", "ok", b"two"),
+}
+
+
+@pytest.mark.parametrize("row", list(CAS_ROWS))
+async def test_replace_if(backend, row):
+    before, expected, new, outcome, after = CAS_ROWS[row]
+    if before is not None:
+        await backend.put("lock", before)
+    if outcome == "changed":
+        with pytest.raises(ObjectChanged):
+            await backend.replace_if("lock", new, expected)
+    else:
+        await backend.replace_if("lock", new, expected)
+    if after is None:
+        assert await backend.size("lock") is None
+    else:
+        assert await backend.get("lock") == after
+
+
+async def test_concurrent_swaps_have_one_winner(backend):
+    await backend.put("head", b"base")
+    winners = []
+
+    async def attempt(i):
+        try:
+            await backend.replace_if("head", b"next %d" % i, b"base")
+        except ObjectChanged:
+            return
+        winners.append(i)
+
+    async with trio.open_nursery() as n:
+        for i in range(4):
+            n.start_soon(attempt, i)
+    assert len(winners) == 1
+    assert await backend.get("head") == b"next %d" % winners[0]
 
 
 async def test_list_many_keys_with_prefixes(backend):

@@ -11,7 +11,7 @@ import socket
 import apsw
 import pytest
 import trio
-from helpers import PASSPHRASE, LocalStore, MegaFS
+from helpers import PASSPHRASE, LocalStore, MegaFS, assert_cli_error
 
 from megafs.core import schema, snapshot
 from megafs.core.blockmap import BlockMap
@@ -129,9 +129,11 @@ def test_no_repairs_while_mounted(fs):
     fs.store.write(JUNK, b"junk")
     fs.mount()
     r = _fsck(fs)
-    assert r.returncode == ExitCode.FSCK_ERRORS
-    assert "unmount it to repair" in r.stdout
+    line = assert_cli_error(r, "fsck.megafs", ExitCode.LOCKED)
+    assert "unmount it" in line
     assert (fs.store.path / JUNK).exists()
+    r = _fsck(fs, "--dry-run")  # a check alone runs while mounted
+    assert r.returncode == ExitCode.FSCK_ERRORS and "not referenced" in r.stdout, r.stdout
 
 
 def test_wrong_block_count(fs):

@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import urllib.parse
 
-from megafs.backends.base import Backend, NoSuchObject, ObjectExists, TransientError
+from megafs.backends.base import (
+    Backend,
+    NoSuchObject,
+    ObjectChanged,
+    ObjectExists,
+    TransientError,
+)
 from megafs.errors import UsageError
 
-__all__ = ["Backend", "NoSuchObject", "ObjectExists", "TransientError", "open_backend",
+__all__ = ["Backend", "NoSuchObject", "ObjectChanged", "ObjectExists", "TransientError", "open_backend",
            "parse_url"]
 
 

@@ -20,6 +20,10 @@ class ObjectExists(Exception):
     """A conditional put (``if_absent=True``) found the key already present."""
 
 
+class ObjectChanged(Exception):
+    """A compare-and-swap (:meth:`Backend.replace_if`) found other bytes than expected."""
+
+
 class TransientError(Exception):
     """A failure worth retrying (timeouts, 5xx, connection resets)."""
 
@@ -50,6 +54,26 @@ class Backend(abc.ABC):
         With ``if_absent=True`` raise :class:`ObjectExists` when *key* exists.
         *digest*, if given, is :meth:`payload_digest` of *data*.
         """
+
+    async def replace_if(self, key: str, data: bytes, expected: bytes | None) -> None:
+        """Compare and swap: store *data* under *key* only if *key* holds exactly
+        *expected* (None: only if *key* is absent), atomically with respect to other
+        ``replace_if`` calls; otherwise raise :class:`ObjectChanged`.
+
+        A key that already holds *data* counts as success: a retried swap whose first
+        attempt landed (callers make *data* unique, e.g. with a nonce). Used for the
+        ``lock`` and ``head`` objects. The default reads, compares and writes: only
+        safe with a single writer; backends override it with a real conditional write.
+        """
+        try:
+            current = await self.get(key)
+        except NoSuchObject:
+            current = None
+        if current == data:
+            return
+        if current != expected:
+            raise ObjectChanged(key)
+        await self.put(key, data, if_absent=expected is None)
 
     def payload_digest(self, data: bytes) -> str | None:
         """What :meth:`put` would compute from *data* anyway (S3: its SHA-256), so that a
@@ -93,6 +117,9 @@ class BackendWrapper(Backend):
 
     async def put(self, key, data, *, if_absent=False, digest=None):
         await self.inner.put(key, data, if_absent=if_absent, digest=digest)
+
+    async def replace_if(self, key, data, expected):
+        await self.inner.replace_if(key, data, expected)
 
     def payload_digest(self, data):
         return self.inner.payload_digest(data)

@@ -44,6 +44,10 @@ class FaultyBackend(BackendWrapper):
         await self._before("put")
         await self.inner.put(key, data, if_absent=if_absent, digest=digest)
 
+    async def replace_if(self, key, data, expected):
+        await self._before("replace_if")
+        await self.inner.replace_if(key, data, expected)
+
     async def delete(self, key):
         await self._before("delete")
         await self.inner.delete(key)

@@ -15,7 +15,7 @@ snapshots, whose random names are never reused for other bytes). A cancelled cop
 may still be completed by the server later; for a write-once key it can only store
 the same bytes again (or bring back an object deleted as garbage meanwhile, which
 fsck removes), whereas a late copy of a ``head`` or ``lock`` PUT would overwrite a
-newer one. Conditional PUTs, PUTs of other keys, deletes, listings and HEADs pass
+newer one. Conditional PUTs and compare-and-swaps, PUTs of other keys, deletes, listings and HEADs pass
 straight through.
 
 Hedges are budgeted: each request earns ``budget`` of a hedge (5%), so a store

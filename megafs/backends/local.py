@@ -5,16 +5,20 @@ fan-out by the first two characters of the last component) so that no
 directory grows to millions of entries. Puts write a temporary file and rename
 it into place, so a reader never sees a partial object. Durability comes from
 :meth:`sync`, which flushes the whole filesystem holding the store once
-(``syncfs``), instead of one ``fsync`` per object.
+(``syncfs``), instead of one ``fsync`` per object. A compare-and-swap
+(:meth:`LocalBackend.replace_if`) holds an exclusive ``flock`` on the store
+directory while it compares and replaces, so swaps by processes on this machine
+are atomic.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import trio
 
-from megafs.backends.base import Backend, NoSuchObject, ObjectExists
+from megafs.backends.base import Backend, NoSuchObject, ObjectChanged, ObjectExists
 from megafs.errors import StoreNotFound
 from megafs.osutil import syncfs
 
@@ -82,6 +86,26 @@ class LocalBackend(Backend):
             self._put_sync(key, data, if_absent)
         else:
             await trio.to_thread.run_sync(self._put_sync, key, data, if_absent)
+
+    def _replace_if_sync(self, key: str, data: bytes, expected: bytes | None) -> None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                with open(self._path(key), "rb") as f:
+                    current: bytes | None = f.read()
+            except FileNotFoundError:
+                current = None
+            if current == data:
+                return  # this very swap, retried
+            if current != expected:
+                raise ObjectChanged(key)
+            self._put_sync(key, data, False)
+        finally:
+            os.close(fd)  # releases the flock
+
+    async def replace_if(self, key: str, data: bytes, expected: bytes | None) -> None:
+        await trio.to_thread.run_sync(self._replace_if_sync, key, data, expected)
 
     async def delete(self, key: str) -> None:
         try:

@@ -72,6 +72,12 @@ class RetryBackend(BackendWrapper):
         await self._retry(f"PUT {key}", self.inner.put, key, data, if_absent=if_absent,
                           digest=digest)
 
+    async def replace_if(self, key, data, expected):
+        # A swap whose answer was lost but which landed finds *data* on the retry,
+        # which replace_if reports as success.
+        await self._retry(f"PUT {key} (conditional)", self.inner.replace_if, key, data,
+                          expected, bounded=True)
+
     async def delete(self, key):
         await self._retry(f"DELETE {key}", self.inner.delete, key)
 

@@ -33,6 +33,14 @@ applied anyway; its retry then gets ``412``. The backend remembers conditional
 puts that failed transiently, and on such a ``412`` reads the object back: when
 it holds exactly the bytes we sent, the put is reported as a success rather
 than as :class:`ObjectExists`.
+
+A compare-and-swap (:meth:`S3Backend.replace_if`) is a PUT with ``If-Match`` on
+the ETag of the expected bytes (the MD5 of a single-part object, which is what
+S3 and SeaweedFS report; SeaweedFS honours ``If-Match`` on PUT), or with
+``If-None-Match: *`` when the key must be absent. On ``412`` it reads the object:
+our own bytes mean an earlier attempt landed; the expected bytes under another
+ETag (servers whose ETag is not the MD5, e.g. with SSE-KMS) are swapped once more
+with that ETag; anything else raises :class:`ObjectChanged`.
 """
 
 from __future__ import annotations
@@ -49,7 +57,13 @@ from collections.abc import Mapping
 import httpx
 import trio
 
-from megafs.backends.base import Backend, NoSuchObject, ObjectExists, TransientError
+from megafs.backends.base import (
+    Backend,
+    NoSuchObject,
+    ObjectChanged,
+    ObjectExists,
+    TransientError,
+)
 from megafs.backends.credentials import Credentials, find_credentials
 from megafs.backends.sigv4 import canonical_query, sign_headers, uri_quote
 from megafs.errors import BackendUnavailable, BadCredentials, StoreNotFound, UsageError
@@ -374,6 +388,44 @@ class S3Backend(Backend):
                 self._remember_uncertain(key, digest)
             raise
         self._uncertain.pop(key, None)
+
+    async def replace_if(self, key: str, data: bytes, expected: bytes | None) -> None:
+        data = bytes(data)
+        if expected is None:
+            try:
+                await self.put(key, data, if_absent=True)
+            except ObjectExists:
+                raise ObjectChanged(key) from None
+            return
+        etag = f'"{hashlib.md5(expected, usedforsecurity=False).hexdigest()}"'
+        for _ in range(2):
+            if await self._put_if_match(key, data, etag):
+                return
+            status, headers, body = await self._send("GET", self._object_path(key),
+                                                     f"GET {key}")
+            if status == 404 and _parse_error(body)[0] != "NoSuchBucket":
+                raise ObjectChanged(key)
+            if status != 200:
+                raise self._error(status, body, f"GET {key}")
+            if body == data:
+                return  # an earlier attempt of this swap landed
+            if body != expected or headers.get("etag") in (None, etag):
+                raise ObjectChanged(key)
+            etag = headers["etag"]  # the expected bytes under a non-MD5 ETag
+        raise ObjectChanged(key)
+
+    async def _put_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        """PUT *data* if the object's ETag is *etag*; False on 412."""
+        headers = {"content-length": str(len(data)), "content-type": "application/octet-stream",
+                   "if-match": etag}
+        what = f"PUT {key} (if-match)"
+        status, _, body = await self._send("PUT", self._object_path(key), what, headers=headers,
+                                           body=data, payload_sha256=await self._sha256(data))
+        if status == 412 or (status == 404 and _parse_error(body)[0] != "NoSuchBucket"):
+            return False
+        if status != 200:
+            raise self._error(status, body, what)
+        return True
 
     def _remember_uncertain(self, key: str, digest: str) -> None:
         self._uncertain.pop(key, None)

@@ -11,7 +11,7 @@ import errno
 import os
 
 from megafs.cli.common import LEVELS, Progress, parse_size
-from megafs.cli.umount import daemon_pid, flush_mount, megafs_mounts
+from megafs.cli.umount import daemon_pid, flush_mount, megafs_mountpoint
 from megafs.errors import NotMounted, UsageError
 
 
@@ -39,9 +39,7 @@ def add_command(sub) -> None:
 
 
 def ctrl(args) -> int:
-    mnt = os.path.abspath(args.mountpoint)
-    if mnt not in megafs_mounts():
-        raise NotMounted(f"{mnt} is not a megafs mount point")
+    mnt = megafs_mountpoint(args.mountpoint)
     daemon_pid(mnt)  # NotMounted when the daemon does not answer
     if args.action == "flush":
         with Progress("megafs ctrl", "uploading data and metadata") as progress:

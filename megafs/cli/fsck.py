@@ -19,6 +19,7 @@ from megafs.core.check import Checker, Report, local_changes
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import default_cache_dir
 from megafs.store import lifecycle
+from megafs.store import lock as store_lock
 
 #: Prose of the man page fsck.megafs(8) (see megafs.cli.manpage), next to the options.
 MANUAL = {
@@ -26,7 +27,8 @@ MANUAL = {
     "description": """\
 **fsck.megafs** unlocks the filesystem in the store at STORAGE_URL, reads its \
 newest metadata and checks it against the store: the lock (a lock left by a mount \
-that is gone is removed), every data object the metadata references (it must exist, \
+that is gone is removed: a dead process on this host, or a lease not renewed for \
+longer than its term), every data object the metadata references (it must exist, \
 authenticate and have the recorded length), objects nothing references, reference \
 counts, directory entries without inodes, inodes in no directory and link counts. \
 It prints one line per problem, naming the file and the unreadable byte range, and \
@@ -42,8 +44,9 @@ byte range recorded as damaged: reading it fails (EIO) on every machine until it
 overwritten, truncated away or the file is removed, and fsck lists such files on every \
 run, with exit status 19, as does megafs stat. Unreferenced objects are deleted, counts \
 are corrected and inodes in no directory move to /lost+found; the repaired metadata \
-is committed as a new snapshot. It does not repair while the filesystem is mounted \
-(it then only checks the last metadata uploaded). It also reports a cache directory \
+is committed as a new snapshot. To repair it holds the store's lock; it refuses \
+(exit 21) while the filesystem is mounted: unmount it, or check only with --dry-run \
+(which reads the last metadata uploaded). It also reports a cache directory \
 that holds changes which never reached the store: mount with it to upload them.""",
     "examples": """\
     fsck.megafs --passphrase-file /etc/megafs/mega.passphrase local:///srv/megafs-store""",
@@ -75,9 +78,23 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
             else:
                 print(line, file=out)
 
-        checker = Checker(store, sb["block_size"], repair=repair, say=say,
-                          progress=progress.update if progress is not None else lambda t: None)
-        report = await checker.run()
+        lease = None
+        if repair:  # repairs write: hold the store's lock, as a mount does
+            lease = await store_lock.acquire(store, force=True)
+            store.head_guard = lease.check
+        try:
+            checker = Checker(store, sb["block_size"], repair=repair, say=say, lease=lease,
+                              progress=progress.update if progress is not None
+                              else lambda t: None)
+            async with trio.open_nursery() as nursery:
+                if lease is not None:
+                    nursery.start_soon(lease.keep)
+                report = await checker.run()
+                nursery.cancel_scope.cancel()
+        finally:
+            if lease is not None:
+                with trio.CancelScope(shield=True):
+                    await lease.release()
         local = local_changes(cache_dir or default_cache_dir(sb["store_id"]))
         if local:
             report.problems.append(local)

@@ -55,7 +55,8 @@ EXIT_CODES: dict[ExitCode, str] = {
                           " unreadable until overwritten, truncated or removed)",
     ExitCode.CACHE_ERROR:
         "the cache directory is unusable (permissions, in use, wrong filesystem)",
-    ExitCode.LOCKED: "the store is mounted elsewhere",
+    ExitCode.LOCKED: "the store is in use: its lock is held by a live mount (here or"
+                     " elsewhere); `--force` never displaces one",
     ExitCode.ROLLBACK: "the store serves older metadata than this machine has seen (rollback)",
     ExitCode.BAD_CREDENTIALS: "storage credentials missing, unreadable, refused by the server,"
                               " or in a group/world-readable authinfo file",
@@ -82,6 +83,8 @@ ENVIRONMENT = {
                            " `--recovery-key-file` is given.",
     "XDG_CACHE_HOME": "The default cache directories are in $XDG_CACHE_HOME/megafs/"
                       " (~/.cache/megafs/ when it is not set).",
+    "MEGAFS_LOCK_TERM": "The term in seconds of the store lock's lease (default 60): the"
+                        " holder renews it four times per term.",
     "MEGAFS_AUTHINFO": "The file with S3 credentials (default ~/.config/megafs/authinfo).",
     "AWS_ACCESS_KEY_ID": "With AWS_SECRET_ACCESS_KEY and an optional AWS_SESSION_TOKEN: S3"
                          " credentials; when they are set the authinfo file is not read.",

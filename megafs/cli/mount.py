@@ -42,7 +42,10 @@ Data written to the mount lands in the local cache first and is encrypted and \
 uploaded in the background, after `--upload-delay` (on S3, a full block as soon as a \
 sequential writer has moved past it); metadata follows every `--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
 everything is in the store. Only one mount of a store may run at a time: the store \
-holds a lock object while mounted.
+holds a lock object while mounted, a lease the daemon renews four times per term \
+(60 s). `--force` takes it over only from a mount that is provably gone (a dead \
+process on this host, or a lease not renewed for longer than its term); a mount \
+whose lock was taken over stops writing and refuses changes.
 
 **mount.megafs** also works as the mount helper of mount(8): installed as \
 /sbin/mount.megafs, `mount -t megafs STORAGE_URL MOUNTPOINT -o OPTIONS` and lines of \
@@ -71,7 +74,7 @@ The same as a line of /etc/fstab (mounted at boot, after the network):
 Debug messages of the block cache only, in the foreground:
 
     mount.megafs --fg --debug=megafs.core.cache local:///srv/megafs-store /srv/mega""",
-    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_AUTHINFO",
+    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_LOCK_TERM", "MEGAFS_AUTHINFO",
                     "AWS_ACCESS_KEY_ID"],
     "files": ["CACHE_DIR", "LOG", "FSTAB", "AUTHINFO"],
 }
@@ -101,8 +104,9 @@ def build_parser():
                    help="retry a failing storage request this long; then a read of data not in"
                         " the cache fails with EIO (uploads keep retrying; default 60)")
     p.add_argument("--force", action="store_true",
-                   help="take over the store's lock from a mount on another machine that"
-                        " crashed (never use it while that mount is alive)")
+                   help="take over the store's lock from a mount that is provably gone: its"
+                        " lease was not renewed for longer than its term (a live mount is"
+                        " never displaced)")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="where the filesystem is stored")
     p.add_argument("mountpoint", metavar="MOUNTPOINT",
                    help="an empty directory to mount it on")
@@ -144,11 +148,7 @@ def _serve(cfg: MountConfig, ready, opened=None) -> None:
     tune_malloc()
 
     async def go():
-        daemon = Daemon(cfg)
-        await daemon.open()
-        if opened is not None:
-            opened(daemon)
-        await daemon.serve(ready)
+        await Daemon(cfg).run(ready, opened)
 
     trio.run(go)
 

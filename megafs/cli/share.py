@@ -43,7 +43,7 @@ def _mounts() -> dict[str, str]:
 
 
 def _mount_of(path: str) -> str:
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)
     for mnt in sorted(_mounts(), key=len, reverse=True):
         if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
             return mnt

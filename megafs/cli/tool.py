@@ -7,7 +7,7 @@ import os
 
 from megafs.cli import ctrl, keys, share
 from megafs.cli.common import finish, parser, run, setup_logging
-from megafs.cli.umount import daemon_pid, megafs_mounts
+from megafs.cli.umount import daemon_pid, megafs_mountpoint
 from megafs.errors import NotMounted
 
 #: Prose of the man page megafs(1) (see megafs.cli.manpage), next to the options.
@@ -46,9 +46,7 @@ Set a new passphrase with the recovery key printed by mkfs.megafs:
 
 
 def _stat(args) -> int:
-    mnt = os.path.abspath(args.mountpoint)
-    if mnt not in megafs_mounts():
-        raise NotMounted(f"{mnt} is not a megafs mount point")
+    mnt = megafs_mountpoint(args.mountpoint)
     pid = daemon_pid(mnt)
     try:
         s = json.loads(os.getxattr(mnt, "megafs.stats"))

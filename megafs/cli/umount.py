@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
 from megafs.cli.common import Progress, parser, run, setup_logging
-from megafs.errors import BadMountpoint, MegafsError, NotMounted
+from megafs.errors import BadMountpoint, LockLost, MegafsError, NotMounted
 from megafs.osutil import umount
 
 #: Prose of the man page umount.megafs(8) (see megafs.cli.manpage), next to the options.
@@ -28,12 +29,21 @@ It waits through storage outages; while it waits it says how much is left to upl
 ten seconds on standard error. Interrupting it does not stop the uploads: the \
 daemon goes on with them.
 
+A read-only mount is unmounted the same way; a dead mount (its daemon was \
+killed) is detached at once, and its cache directory uploads what is left at the \
+next mount. MOUNTPOINT may be given through a symlink. If the mount lost the \
+store's lock to another writer, it is unmounted and the exit status is 28.
+
 `umount MOUNTPOINT` and `fusermount3 -u MOUNTPOINT` unmount too, but return at once, \
 while the daemon is still uploading.""",
     "examples": """\
     umount.megafs /srv/mega""",
     "files": ["LOG"],
 }
+
+
+#: How /proc/mounts escapes characters of mountpoints (see getmntent(3)).
+_MOUNTS_ESCAPES = re.compile(r"\\(040|011|012|134)")
 
 
 def megafs_mounts() -> dict[str, str]:
@@ -43,8 +53,18 @@ def megafs_mounts() -> dict[str, str]:
         for line in f:
             src, mnt, fstype = line.split()[:3]
             if fstype == "fuse.megafs":
-                out[mnt.replace("\\040", " ")] = src
+                out[_MOUNTS_ESCAPES.sub(lambda m: chr(int(m.group(1), 8)), mnt)] = src
     return out
+
+
+def megafs_mountpoint(path: str) -> str:
+    """*path* as /proc/mounts names it (symlinks resolved); NotMounted if it is not the
+    mountpoint of a megafs mount. Works on a dead mount too (realpath does not need to
+    stat the mountpoint itself)."""
+    mnt = os.path.realpath(path)
+    if mnt not in megafs_mounts():
+        raise NotMounted(f"{path} is not a megafs mount point")
+    return mnt
 
 
 def daemon_pid(mountpoint: str) -> int:
@@ -52,6 +72,13 @@ def daemon_pid(mountpoint: str) -> int:
         return int(os.getxattr(mountpoint, "megafs.pid"))
     except OSError as e:
         raise NotMounted(f"{mountpoint}: the megafs daemon does not answer ({e.strerror})") from None
+
+
+def _lock_lost(mnt: str) -> bool:
+    try:
+        return b"lock_lost=1" in os.getxattr(mnt, "megafs.status")
+    except OSError:
+        return False
 
 
 def flush_mount(mnt: str, progress: Progress | None = None, prog: str = "umount.megafs") -> None:
@@ -81,6 +108,9 @@ def flush_mount(mnt: str, progress: Progress | None = None, prog: str = "umount.
             print(f"{prog}: still waiting after {now - started:.0f}s: {_status(mnt)}",
                   file=sys.stderr)
     if result and result[0] is not None:
+        if _lock_lost(mnt):
+            raise LockLost(f"{mnt}: this mount lost the store's lock to another writer and"
+                           " stopped writing; see the daemon log")
         raise MegafsError(f"{mnt}: flushing failed ({result[0].strerror}); see the daemon log")
 
 
@@ -105,23 +135,30 @@ def build_parser():
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
-    mnt = os.path.abspath(args.mountpoint)
-    if mnt not in megafs_mounts():
-        raise NotMounted(f"{mnt} is not a megafs mount point")
-    pid = daemon_pid(mnt)
+    mnt = megafs_mountpoint(args.mountpoint)
+    try:
+        pid = int(os.getxattr(mnt, "megafs.pid"))
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})"
+                             ) from None
+        _unmount(mnt, lazy=True)  # the daemon is dead (killed): nothing to wait for
+        print(f"umount.megafs: the daemon of {mnt} had died: unmounted it; what it had not"
+              " uploaded is uploaded by the next mount with its cache directory",
+              file=sys.stderr)
+        return 0
+    lost = None
     with Progress("umount.megafs", "uploading data and metadata") as progress:
-        flush_mount(mnt, progress)
         try:
-            done = umount(mnt)
-        except OSError as e:
-            cls = BadMountpoint if e.errno == errno.EBUSY else MegafsError
-            raise cls(f"cannot unmount {mnt}: {e.strerror}") from None
-        if not done:
-            r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
-            if r.returncode != 0:
-                msg = (r.stderr.strip().splitlines()[-1] if r.stderr.strip()
-                       else "fusermount3 failed")
-                raise (BadMountpoint if "busy" in msg else MegafsError)(msg)
+            flush_mount(mnt, progress)
+        except LockLost as e:
+            lost = e  # unmount anyway: the daemon stopped writing, nothing to wait for
+        except MegafsError:
+            # A read-only mount refuses the flush (EROFS) before it reaches the daemon;
+            # it uploads what is left after the unmount, and we wait for that below.
+            if "ro" not in _options(mnt):
+                raise
+        _unmount(mnt)
         # The daemon uploads whatever changed since the flush, then exits.
         progress.update("unmounted; waiting for the daemon to finish uploading")
         while os.path.exists(f"/proc/{pid}"):
@@ -132,7 +169,34 @@ def _main(argv=None) -> int:
             except OSError:
                 break
             time.sleep(0.05)
+    if lost is not None:
+        raise lost
     return 0
+
+
+def _options(mnt: str) -> set[str]:
+    """The mount options of *mnt* (``ro``, ``rw``, ...) as /proc/mounts lists them."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if _MOUNTS_ESCAPES.sub(lambda m: chr(int(m.group(1), 8)), fields[1]) == mnt:
+                return set(fields[3].split(","))
+    return set()
+
+
+def _unmount(mnt: str, *, lazy: bool = False) -> None:
+    try:
+        done = umount(mnt, lazy=lazy)
+    except OSError as e:
+        cls = BadMountpoint if e.errno == errno.EBUSY else MegafsError
+        raise cls(f"cannot unmount {mnt}: {e.strerror}") from None
+    if not done:
+        r = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            msg = (r.stderr.strip().splitlines()[-1] if r.stderr.strip()
+                   else "fusermount3 failed")
+            raise (BadMountpoint if "busy" in msg else MegafsError)(msg)
 
 
 def main(argv=None) -> int:

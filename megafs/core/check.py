@@ -49,8 +49,10 @@ class Checker:
     Problems are told through *say* as they are found, one line each."""
 
     def __init__(self, store: ObjectStore, block_size: int, *, repair: bool,
-                 say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None):
+                 say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None,
+                 lease: store_lock.Lease | None = None):
         self.store = store
+        self.lease = lease  # the store's lock, held while repairing
         self.bs = block_size
         self.backend = store.backend
         self.repair = repair
@@ -94,6 +96,12 @@ class Checker:
         return self.report
 
     async def _check_lock(self) -> None:
+        if self.lease is not None:  # taken for the repair: report a leftover one it replaced
+            if self.lease.took_over is not None:
+                self.problem(f"leftover lock of {store_lock.describe(self.lease.took_over)}"
+                             " (that mount is gone)", fixed="removed")
+                self.report.repaired = True
+            return
         try:
             holder = await store_lock.read(self.store)
         except (CorruptObject, UnsupportedFormat):

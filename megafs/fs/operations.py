@@ -74,6 +74,18 @@ def _errors(fn):
     return wrapper
 
 
+def _writes(fn):
+    """A request that changes the filesystem: EROFS once the mount lost its lock."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        if self.refuse_writes:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return await fn(self, *args)
+
+    return wrapper
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
@@ -86,6 +98,8 @@ class Operations(pyfuse3.Operations):
         self.shares = shares
         self.owner_uid = os.getuid()  # who mounted: the control channel answers them and root
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
+        #: Why changes are refused (the store's lock was taken over), or None.
+        self.refuse_writes: str | None = None
 
     def init(self):
         # pyfuse3 calls this while answering INIT; waiters run only after the answer.
@@ -104,6 +118,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         return _attrs(self.fs.getattr(inode))
 
+    @_writes
     @_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         f = {}
@@ -127,23 +142,28 @@ class Operations(pyfuse3.Operations):
     async def readlink(self, inode, ctx):
         return self.fs.ns.readlink(inode)
 
+    @_writes
     @_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev))
 
+    @_writes
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
         return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid))
 
+    @_writes
     @_errors
     async def unlink(self, parent_inode, name, ctx):
         self.fs.unlink(parent_inode, name)
 
+    @_writes
     @_errors
     async def rmdir(self, parent_inode, name, ctx):
         self.fs.unlink(parent_inode, name, rmdir=True)
 
+    @_writes
     @_errors
     async def symlink(self, parent_inode, name, target, ctx):
         if len(target) > 4095:
@@ -151,22 +171,27 @@ class Operations(pyfuse3.Operations):
         mode = stat.S_IFLNK | 0o777
         return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid, target=target))
 
+    @_writes
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.uid,
                        ctx.gid)
 
+    @_writes
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
         return _attrs(self.fs.link(inode, new_parent_inode, new_name))
 
     @_errors
     async def open(self, inode, flags, ctx):
+        if self.refuse_writes and (flags & (os.O_TRUNC | os.O_ACCMODE)):
+            raise FsError(errno.EROFS)
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: no separate setattr comes
             await self.fs.setattr(inode, {"size": 0})
         self.fs.open(inode)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
+    @_writes
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         row = self.fs.make(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid,
@@ -178,6 +203,7 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         return await self.fs.read(fh, off, size)
 
+    @_writes
     @_errors
     async def write(self, fh, off, buf):
         return await self.fs.write(fh, off, buf)
@@ -248,6 +274,8 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode, name, value, ctx):
         self._control_name(inode, name, ctx)
+        if self.refuse_writes and not (inode == ROOT and name.startswith(CTRL_PREFIX)):
+            raise FsError(errno.EROFS)
         if name == SHARE_ATTR and self.shares:  # megafs share / unshare PATH
             if value == b"revoke":
                 await self.shares.revoke(ino=inode)
@@ -284,6 +312,7 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         return self.fs.listxattr(inode)
 
+    @_writes
     @_errors
     async def removexattr(self, inode, name, ctx):
         self.fs.removexattr(inode, name)

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import trio
 
 from megafs.backends import Backend, NoSuchObject, open_backend
-from megafs.errors import AlreadyExists, NoFilesystem
-from megafs.store import superblock
+from megafs.errors import AlreadyExists, MegafsError, NoFilesystem
+from megafs.store import lock, superblock
 from megafs.store.objects import WRITE_ONCE_PREFIXES, ObjectStore, new_metadata_key
 
 
@@ -35,6 +35,15 @@ async def unlock(backend: Backend, *, passphrase: bytes | None = None,
     return ObjectStore(backend, keys), sb
 
 
+async def _old_store(backend: Backend, passphrase: bytes) -> ObjectStore | None:
+    """The filesystem being overwritten, if *passphrase* opens it (to read its lock)."""
+    try:
+        store, _ = await unlock(backend, passphrase=passphrase)
+    except MegafsError:
+        return None
+    return store
+
+
 async def create(backend: Backend, passphrase: bytes, *, block_size: int, force: bool,
                  initial_metadata: Callable[[], bytes],
                  quota: int | None = None) -> tuple[ObjectStore, str]:
@@ -47,6 +56,8 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
                 raise AlreadyExists(f"{backend.description} already holds a megafs filesystem"
                                     " (use --force to overwrite it)")
             raise AlreadyExists(f"{backend.description} is not empty (use --force to overwrite it)")
+        if lock.LOCK_KEY in existing:
+            await lock.ensure_unlocked(backend, await _old_store(backend, passphrase))
         for k in existing:
             await backend.delete(k)
     blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size,

@@ -21,10 +21,11 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Awaitable, Callable
 
-from megafs.backends import Backend, NoSuchObject
+from megafs.backends import Backend, NoSuchObject, ObjectChanged
 from megafs.crypto.keys import KeyRing
-from megafs.errors import CorruptObject
+from megafs.errors import CorruptObject, LockLost
 from megafs.store import envelope
 from megafs.threads import run_sync
 
@@ -57,9 +58,21 @@ async def _run(fn, *args, size: int):
 
 
 class ObjectStore:
+    """Sealed objects on a backend.
+
+    ``head`` is written with a compare-and-swap against the head last read or written
+    here, after :attr:`head_guard` (the store lock's check, when a lock is held) has
+    passed: a writer that lost the lock, or whose head was replaced behind its back,
+    stops instead of forking the metadata (docs/format.md, §5a).
+    """
+
     def __init__(self, backend: Backend, keys: KeyRing):
         self.backend = backend
         self.keys = keys
+        #: Awaited before every head write; raises (LockLost) when writing is not allowed.
+        self.head_guard: Callable[[], Awaitable[None]] | None = None
+        self._head_blob: bytes | None = None  # the head as last read or written here
+        self._head_uncertain: list[bytes] = []  # head writes that failed without an answer
 
     # -- data blocks ----------------------------------------------------------
     def seal_block(self, object_key: str, data: bytes) -> bytes:
@@ -138,11 +151,33 @@ class ObjectStore:
     async def write_head(self, head: dict) -> None:
         payload = json.dumps(head, sort_keys=True).encode()
         blob = envelope.seal(self.keys.meta, envelope.KIND_HEAD, HEAD_KEY, payload)
-        await self.backend.put(HEAD_KEY, blob)
+        if self.head_guard is not None:
+            await self.head_guard()
+        if self._head_blob is None:
+            await self.backend.put(HEAD_KEY, blob)
+        else:
+            await self._swap_head(blob)
+        self._head_blob, self._head_uncertain = blob, []
+
+    async def _swap_head(self, blob: bytes) -> None:
+        """Replace head if it is still the one last seen here, or the one a failed
+        write (no answer) may have stored; LockLost when another writer replaced it."""
+        for expected in (self._head_blob, *self._head_uncertain):
+            try:
+                await self.backend.replace_if(HEAD_KEY, blob, expected)
+                return
+            except ObjectChanged:
+                continue
+            except BaseException:
+                self._head_uncertain = [*self._head_uncertain[-3:], blob]
+                raise
+        raise LockLost("the store's head was replaced by another writer: this writer stopped")
 
     async def read_head(self) -> dict | None:
         try:
             blob = await self.backend.get(HEAD_KEY)
         except NoSuchObject:
             return None
-        return json.loads(envelope.open_(self.keys.meta, envelope.KIND_HEAD, HEAD_KEY, blob))
+        head = json.loads(envelope.open_(self.keys.meta, envelope.KIND_HEAD, HEAD_KEY, blob))
+        self._head_blob = blob
+        return head
