@@ -10,7 +10,12 @@ from megafs.backends import Backend, NoSuchObject, open_backend
 from megafs.core import schema
 from megafs.errors import AlreadyExists, NoFilesystem
 from megafs.store import superblock
-from megafs.store.objects import WRITE_ONCE_PREFIXES, ObjectStore, new_metadata_key
+from megafs.store.objects import (
+    HEAD_FORMAT,
+    WRITE_ONCE_PREFIXES,
+    ObjectStore,
+    new_metadata_key,
+)
 
 
 async def connect(url: str, *, retry_deadline: float = 60.0) -> Backend:
@@ -54,12 +59,18 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
     import apsw
 
     conn = apsw.Connection(":memory:")
+    now = time.time()
     schema.create(conn, root_uid=uid, root_gid=gid, now_ns=time.time_ns())
+    with conn:  # the snapshot's place in the chain (docs/format.md §5, head rebuild)
+        conn.execute("INSERT INTO state (key, value) VALUES ('chain_seq', 1), ('chain_time', ?)",
+                     (now,))
     key = new_metadata_key()
-    await store.put_metadata(key, conn.serialize("main"))
+    size, digest = await store.put_metadata(key, conn.serialize("main"))
     conn.close()
-    await store.write_head({"format": 1, "seq": 1, "snapshot": key, "time": time.time(),
-                            "host": "", "pid": 0})
+    await store.write_head({"format": HEAD_FORMAT, "seq": 1, "prev": None,
+                            "sb_version": superblock.version(superblock.parse(blob)),
+                            "snapshot": key, "deltas": [], "objects": {key: [size, digest]},
+                            "time": now, "host": "", "pid": 0})
     await backend.put(superblock.OBJECT_KEY, blob)
     await backend.sync()
     return store, recovery
