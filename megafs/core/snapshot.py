@@ -88,6 +88,8 @@ def record_history(db: apsw.Connection, seq: int) -> None:
     """Record in ``heads`` the head the upload of *seq* builds on (and the one that head
     names as ``prev``, which a head without metadata of its own, e.g. written by
     ``megafs passphrase``, did not record), keeping the newest HISTORY_KEPT."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='heads'").fetchone():
+        return  # metadata of an older schema (upgraded when it is next opened)
     rows = [(seq - 1, get_state(db, "head_hash")), (seq - 2, get_state(db, "head_prev"))]
     for number, digest in rows:
         if digest and number >= 1:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import trio
 
 from megafs.backends import Backend, NoSuchObject, open_backend
 from megafs.core import schema
-from megafs.errors import AlreadyExists, NoFilesystem
+from megafs.errors import AlreadyExists, NoFilesystem, StoreLocked
+from megafs.store import lock as store_lock
 from megafs.store import superblock
 from megafs.store.objects import (
     HEAD_FORMAT,
@@ -74,3 +77,29 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
     await backend.put(superblock.OBJECT_KEY, blob)
     await backend.sync()
     return store, recovery
+
+
+async def rewrite_superblock(store: ObjectStore, blob: bytes) -> bool:
+    """Store the rewritten superblock *blob* (``megafs passphrase``, ``megafs quota``),
+    then a head recording its version, so that putting the older superblock back is
+    refused. False if the store is mounted: that mount records the new version in its
+    next head (the superblock is written either way)."""
+    backend = store.backend
+    await backend.put(superblock.OBJECT_KEY, blob)
+    await backend.sync()
+    try:
+        me = await store_lock.acquire(store)
+    except StoreLocked:
+        return False
+    try:
+        head = await store.read_head()
+        if head is None or head.get("format", 1) < HEAD_FORMAT:
+            return True  # a format-1 store: its first metadata upload records it
+        new = dict(head, seq=head["seq"] + 1, prev=head["hash"],
+                   sb_version=superblock.version(superblock.parse(blob)), time=time.time(),
+                   host=socket.gethostname(), pid=os.getpid())
+        await store.write_head(new)
+        await backend.sync()
+        return True
+    finally:
+        await store_lock.release(store, me)
