@@ -96,7 +96,7 @@ class Checker:
         self._check_link_counts()
         garbage = await self._check_unreferenced(stored, head)
         if self.repair and (self.changed or garbage):
-            snap = snapshot.Snapshotter(self.db, self.store, self.blockmap)
+            snap = snapshot.Snapshotter(self.db, self.store, self.blockmap, keep_metadata=True)
             await snap.upload(full=True)
             self.report.repaired = True
         return self.report

@@ -108,11 +108,14 @@ class Snapshotter:
     MAX_DELTAS = 200
 
     def __init__(self, conn: apsw.Connection, store: ObjectStore, blockmap: BlockMap, *,
-                 before_delete=None):
+                 before_delete=None, keep_metadata: bool = False):
         self.db = conn
         self.store = store
         self.blockmap = blockmap
         self.before_delete = before_delete  # async hook: runs before garbage is deleted
+        # fsck: a superseded snapshot and deltas may also be part of a newer state the
+        # store lost (a rollback), so they are kept (docs/format.md §6).
+        self.keep_metadata = keep_metadata
         self.uploaded_changes = -1  # total_changes() at the last upload
         # An upload interrupted by a crash: its keys go back into the journal.
         with conn:
@@ -174,7 +177,8 @@ class Snapshotter:
         try:
             if full:
                 size, digest = await self.store.put_metadata(key, image)
-                head_deltas, dead = [], [base, *deltas] if base else []
+                head_deltas = []
+                dead = [base, *deltas] if base and not self.keep_metadata else []
                 objects = {}
             else:
                 size, digest = await self.store.put_metadata(key, image, delta=True)
@@ -255,8 +259,12 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
     conn.execute("ATTACH ':memory:' AS delta")
     try:
         conn.deserialize("delta", image)
+        present = {r[0] for r in conn.execute(
+            "SELECT name FROM delta.sqlite_master WHERE type='table'")}
         with conn:
             for table, cols in JOURNALED.items():
+                if table not in present:  # a delta of an older schema (no damaged, heads)
+                    continue
                 key = ", ".join(cols)
                 if len(cols) == 1:
                     conn.execute(f"DELETE FROM main.{table} WHERE {key} IN"
