@@ -82,7 +82,7 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
         cache_dir = cache_dir or default_cache_dir(sb["store_id"])
         checker = Checker(store, sb["block_size"], repair=repair, say=say,
                           progress=progress.update if progress is not None else lambda t: None,
-                          seen=read_seen(cache_dir), force=force,
+                          seen=read_seen(cache_dir, sb["store_id"]), force=force,
                           sb_version=superblock.version(sb))
         report = await checker.run()
         local = local_changes(cache_dir)

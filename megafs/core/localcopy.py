@@ -18,7 +18,7 @@ import trio
 from megafs.core import schema
 from megafs.core.descent import Relation, Seen, check_superblock, refusal, relate
 from megafs.core.snapshot import confirm, download, get_state, set_state, upgrade_schema
-from megafs.errors import CacheError, CorruptObject, MegafsError
+from megafs.errors import CacheError, CorruptObject
 from megafs.store import superblock
 from megafs.store.objects import ObjectStore
 
@@ -37,14 +37,17 @@ def seen_in(conn: apsw.Connection) -> Seen:
                 pending_hash=get_state(conn, "head_pending"))
 
 
-def read_seen(cache_dir: str) -> Seen | None:
-    """What the cache directory's working copy last saw, or None if it has none."""
+def read_seen(cache_dir: str, store_id: str) -> Seen | None:
+    """What the cache directory's working copy of the store *store_id* last saw, or None
+    if it has none (or holds another filesystem's metadata)."""
     path = os.path.join(cache_dir, DATABASE)
     if not os.path.exists(path):
         return None
     try:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
+            if get_state(conn, "store_id") not in (None, store_id):
+                return None
             return seen_in(conn)
         finally:
             conn.close()
@@ -92,7 +95,7 @@ async def open_local_metadata(store: ObjectStore, sb: dict, cache_dir: str) -> a
     path = os.path.join(cache_dir, DATABASE)
     head = await store.read_head()
     if head is None:
-        raise MegafsError("the store has no metadata head (run fsck.megafs to rebuild it)")
+        raise CorruptObject("the store has no metadata head (fsck.megafs rebuilds it)")
     check_superblock(superblock.version(sb), head)
     await check_head_objects(store, head)
     conn = None

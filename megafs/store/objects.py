@@ -26,6 +26,17 @@ HEAD_KEY = "head"
 #: Format of the heads this megafs writes (docs/format.md §5); format 1 heads are read.
 HEAD_FORMAT = 2
 HEAD_FORMATS = (1, 2)
+#: The fields of a head that define the state it names; its hash covers these only
+#: (not ``time``, ``host``, ``pid``), so a head rebuilt by fsck for the same state
+#: has the same hash as the lost one.
+HEAD_CHAIN_FIELDS = ("format", "seq", "prev", "sb_version", "snapshot", "deltas", "objects")
+
+
+def head_hash(head: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of *head*'s chain fields (docs/format.md §5)."""
+    body = {k: head[k] for k in HEAD_CHAIN_FIELDS if k in head}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
 # Keys under these prefixes are random and never reused for other bytes, so two
 # copies of one PUT store the same object (the backend may hedge them).
 WRITE_ONCE_PREFIXES = ("b/", "m/")
@@ -110,14 +121,14 @@ class ObjectStore:
         return await _run(envelope.open_, self.keys.meta, kind, object_key, blob, size=len(blob))
 
     def seal_head(self, head: dict) -> tuple[bytes, str]:
-        """The sealed ``head`` object for *head* and its hash (SHA-256 of the sealed bytes,
-        hex: what the next head names as ``prev``). A format-2 head is sealed in an
-        envelope of version 2, which a megafs that reads only format 1 refuses."""
+        """The sealed ``head`` object for *head* and its hash (:func:`head_hash`: what
+        the next head names as ``prev``). A format-2 head is sealed in an envelope of
+        version 2, which a megafs that reads only format 1 refuses."""
         body = {k: v for k, v in head.items() if k != "hash"}
         version = 2 if body.get("format", 1) >= 2 else 1
         blob = envelope.seal(self.keys.meta, envelope.KIND_HEAD, HEAD_KEY,
                              json.dumps(body, sort_keys=True).encode(), version=version)
-        return blob, hashlib.sha256(blob).hexdigest()
+        return blob, head_hash(body)
 
     async def write_head(self, head: dict, sealed: tuple[bytes, str] | None = None) -> str:
         """Replace ``head``; return its hash. *sealed* is :meth:`seal_head`'s result when
@@ -127,7 +138,7 @@ class ObjectStore:
         return digest
 
     async def read_head(self) -> dict | None:
-        """The store's head (None if there is none), with ``hash`` (of its sealed bytes)
+        """The store's head (None if there is none), with ``hash`` (:func:`head_hash`)
         added; raises CorruptObject if it is damaged or malformed."""
         try:
             blob = await self.backend.get(HEAD_KEY)
@@ -139,7 +150,7 @@ class ObjectStore:
         except ValueError:
             raise CorruptObject("the head is damaged (not JSON)") from None
         _validate_head(head)
-        head["hash"] = hashlib.sha256(blob).hexdigest()
+        head["hash"] = head_hash(head)
         return head
 
 
