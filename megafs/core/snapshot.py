@@ -157,7 +157,7 @@ class Snapshotter:
         # A format-1 head lists no sizes and hashes: start a format-2 chain afresh.
         full = (self._want_full() if full is None else full) or objects is None
         # Durable before head can name it: after a crash the next mount must know that
-        # a head with this number came from here (see Daemon._metadata).
+        # a head with this number came from here (see core/localcopy.py).
         set_state(db, "seq_pending", seq)
         commit_batch(db)
         # One synchronous step: the image, the garbage list and the journal agree.
