@@ -286,7 +286,7 @@ class Checker:
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
         metadata = sorted(k for k in stored if k not in known and k.startswith("m/"))
         if metadata:  # perhaps a newer state than the head's: never deleted by fsck
-            self.say(f"{len(metadata)} metadata objects in the store are not named by the"
+            self.say(f"{len(metadata)} metadata objects in the store are not referenced by the"
                      " head: kept (fsck.megafs never deletes metadata)")
         extra = sorted(k for k in stored if k not in known and not k.startswith("m/"))
         if extra and self.keep_data:
