@@ -19,23 +19,18 @@ import apsw
 import pyfuse3
 import trio
 
-from megafs.core import schema
 from megafs.core.filesystem import Filesystem
+from megafs.core.localcopy import open_local_metadata
 from megafs.core.shares import Shares
 from megafs.core.snapshot import (
     Snapshotter,
-    confirm,
-    download,
-    get_state,
     set_state,
-    upgrade_schema,
 )
 from megafs.errors import (
     BadMountpoint,
     CacheError,
     LockLost,
     MegafsError,
-    RollbackDetected,
 )
 from megafs.fs.operations import Operations
 from megafs.osutil import set_fuse_readahead
@@ -223,48 +218,7 @@ class Daemon:
                                 before_delete=self.shares.republish)
 
     async def _metadata(self, store: ObjectStore, sb: dict, cache_dir: str):
-        path = os.path.join(cache_dir, "metadata.db")
-        head = await store.read_head()
-        if head is None:
-            raise MegafsError("the store has no metadata head (run fsck.megafs)")
-        if os.path.exists(path):
-            conn = schema.connect(path)
-            schema.check_version(conn)
-            if get_state(conn, "store_id") not in (None, sb["store_id"]):
-                conn.close()
-                raise CacheError(f"cache directory {cache_dir} belongs to another filesystem")
-            local = int(get_state(conn, "seq", 0))
-            pending = int(get_state(conn, "seq_pending", 0))
-            if head["seq"] in (local, pending) and head["seq"] >= local:
-                # The store holds what this machine last uploaded (perhaps right before
-                # a crash): the local copy is as new or newer.
-                with conn:
-                    confirm(conn, head)
-                upgrade_schema(conn)
-                return conn
-            if head["seq"] < local:
-                conn.close()
-                raise RollbackDetected(
-                    f"the store serves metadata version {head['seq']}, but this machine has seen"
-                    f" version {local}: the store was rolled back or replaced")
-            blocks = os.path.join(cache_dir, "blocks")
-            names = os.listdir(blocks) if os.path.isdir(blocks) else []
-            dirty = [n for n in names if n.endswith(".d")]
-            if dirty:
-                conn.close()
-                raise CacheError(
-                    f"cache directory {cache_dir} holds {len(dirty)} blocks never uploaded, but"
-                    f" the store has newer metadata (version {head['seq']}) written elsewhere;"
-                    " move the cache directory away to discard them")
-            log.info("local metadata %d is older than the store's %d: downloading", local,
-                     head["seq"])
-            conn.close()
-            for name in names:
-                os.unlink(os.path.join(blocks, name))
-        conn = await download(store, head, path)
-        with conn:
-            set_state(conn, "store_id", sb["store_id"])
-        return conn
+        return await open_local_metadata(store, sb, cache_dir)
 
     def _close_metadata(self) -> None:
         if self.fs is None:

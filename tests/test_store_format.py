@@ -63,8 +63,8 @@ def test_envelope_binds_name_kind_and_key():
 
 def test_envelope_from_a_future_version_is_refused_clearly():
     blob = bytearray(envelope.seal(KEY, envelope.KIND_BLOCK, "b/00", b"payload"))
-    blob[4] = 2
-    with pytest.raises(UnsupportedFormat, match="format version 2"):
+    blob[4] = 3
+    with pytest.raises(UnsupportedFormat, match="format version 3"):
         envelope.open_(KEY, envelope.KIND_BLOCK, "b/00", bytes(blob))
 
 

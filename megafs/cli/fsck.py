@@ -16,9 +16,10 @@ from megafs.cli.common import (
     setup_logging,
 )
 from megafs.core.check import Checker, Report, local_changes
+from megafs.core.localcopy import read_seen
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import default_cache_dir
-from megafs.store import lifecycle
+from megafs.store import lifecycle, superblock
 from megafs.store import lock as store_lock
 
 #: Prose of the man page fsck.megafs(8) (see megafs.cli.manpage), next to the options.
@@ -47,7 +48,15 @@ are corrected and inodes in no directory move to /lost+found; the repaired metad
 is committed as a new snapshot. To repair it holds the store's lock; it refuses \
 (exit 21) while the filesystem is mounted: unmount it, or check only with --dry-run \
 (which reads the last metadata uploaded). It also reports a cache directory \
-that holds changes which never reached the store: mount with it to upload them.""",
+that holds changes which never reached the store: mount with it to upload them.
+
+Every snapshot and delta the head names must have the size and SHA-256 the head \
+records and authenticate. Metadata objects are never deleted. A missing or damaged \
+head is rebuilt from the newest snapshot and deltas that verify; no data object is \
+deleted in that run. If the cache directory has seen a newer head than the store \
+serves (the store was rolled back), or the superblock is older than the one the head \
+was written under, fsck.megafs changes nothing and exits with 22 (--force checks and \
+repairs the older state anyway).""",
     "examples": """\
     fsck.megafs --passphrase-file /etc/megafs/mega.passphrase local:///srv/megafs-store""",
     "environment": ["MEGAFS_PASSPHRASE", "MEGAFS_AUTHINFO", "AWS_ACCESS_KEY_ID"],
@@ -62,12 +71,15 @@ def build_parser():
     p.add_argument("--cache-dir", metavar="DIR",
                    help="the cache directory to look at for changes that never reached the"
                         " store (default ~/.cache/megafs/STORE_ID)")
+    p.add_argument("--force", action="store_true",
+                   help="check and repair even a store older than the cache directory has seen")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="where the filesystem is stored")
     return p
 
 
 async def check(url: str, passphrase: bytes, out, progress: Progress | None = None, *,
-                repair: bool = False, cache_dir: str | None = None) -> Report:
+                repair: bool = False, cache_dir: str | None = None,
+                force: bool = False) -> Report:
     backend = await lifecycle.connect(url)
     try:
         store, sb = await lifecycle.unlock(backend, passphrase=passphrase)
@@ -78,6 +90,7 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
             else:
                 print(line, file=out)
 
+        cache_dir = cache_dir or default_cache_dir(sb["store_id"])
         lease = None
         if repair:  # repairs write: hold the store's lock, as a mount does
             lease = await store_lock.acquire(store, force=True)
@@ -85,7 +98,9 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
         try:
             checker = Checker(store, sb["block_size"], repair=repair, say=say, lease=lease,
                               progress=progress.update if progress is not None
-                              else lambda t: None)
+                              else lambda t: None,
+                              seen=read_seen(cache_dir, sb["store_id"]), force=force,
+                              sb_version=superblock.version(sb))
             async with trio.open_nursery() as nursery:
                 if lease is not None:
                     nursery.start_soon(lease.keep)
@@ -95,7 +110,7 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
             if lease is not None:
                 with trio.CancelScope(shield=True):
                     await lease.release()
-        local = local_changes(cache_dir or default_cache_dir(sb["store_id"]))
+        local = local_changes(cache_dir)
         if local:
             report.problems.append(local)
             say(local)
@@ -118,7 +133,8 @@ def _main(argv=None) -> int:
     passphrase = read_passphrase(args.passphrase_file)
     with Progress("fsck.megafs", "unlocking the store and reading the metadata") as progress:
         report = trio.run(lambda: check(args.storage_url, passphrase, sys.stdout, progress,
-                                        repair=not args.dry_run, cache_dir=args.cache_dir))
+                                        repair=not args.dry_run, cache_dir=args.cache_dir,
+                                        force=args.force))
     if not report.problems and not report.damaged:
         return 0
     unrepaired = not report.repaired or report.read_only_reason or report.damaged or any(

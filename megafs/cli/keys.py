@@ -59,8 +59,7 @@ async def _rewrap(url: str, *, passphrase: bytes | None, recovery_key: bytes | N
         store, sb = await lifecycle.unlock(backend, passphrase=passphrase,
                                            recovery_key=recovery_key)
         blob = await trio.to_thread.run_sync(superblock.rewrap_passphrase, sb, store.keys, new)
-        await backend.put(superblock.OBJECT_KEY, blob)
-        await backend.sync()
+        await lifecycle.rewrite_superblock(store, blob)
     finally:
         await backend.aclose()
 
@@ -86,8 +85,7 @@ def _quota(args) -> int:
             if new is None:
                 return sb.get("quota")
             blob = superblock.set_quota(sb, store.keys, new or None)
-            await backend.put(superblock.OBJECT_KEY, blob)
-            await backend.sync()
+            await lifecycle.rewrite_superblock(store, blob)
             return new or None
         finally:
             await backend.aclose()

@@ -57,7 +57,9 @@ EXIT_CODES: dict[ExitCode, str] = {
         "the cache directory is unusable (permissions, in use, wrong filesystem)",
     ExitCode.LOCKED: "the store is in use: its lock is held by a live mount (here or"
                      " elsewhere); `--force` never displaces one",
-    ExitCode.ROLLBACK: "the store serves older metadata than this machine has seen (rollback)",
+    ExitCode.ROLLBACK: "the store serves older metadata than this machine has seen, metadata"
+                       " that does not descend from it, or an older superblock than its"
+                       " head records (rollback or fork; fsck.megafs: changed nothing)",
     ExitCode.BAD_CREDENTIALS: "storage credentials missing, unreadable, refused by the server,"
                               " or in a group/world-readable authinfo file",
     ExitCode.SHARE_NOT_FOUND: "the share link was revoked or never existed",

@@ -1,8 +1,13 @@
 """Checking and repairing a filesystem in its store (the engine of fsck.megafs).
 
-Checks, in order: the lock, every data object the metadata references (exists,
-authenticates, right length, plaintext matches the keyed hash recorded for it),
-objects nothing references, reference counts,
+Checks, in order: the head (a missing or damaged one is rebuilt from the snapshot and
+deltas that verify, see :mod:`megafs.core.rebuild`), the superblock version the head
+records, every snapshot and delta the head names (size, SHA-256, authentication),
+that the head descends from what the given cache directory has seen (otherwise
+nothing is changed: exit 22 unless forced), the lock, every data object the
+metadata references (exists, authenticates, right length, plaintext matches the
+keyed hash recorded for it), objects nothing references (data objects are deleted,
+metadata objects never), reference counts,
 the per-inode block counts (``st_blocks``), directory entries without inodes, inodes without entries (orphans) and link
 counts. Repairs change only metadata and delete only unreferenced objects; the
 repaired metadata is committed as a new full snapshot.
@@ -28,8 +33,11 @@ import trio
 from megafs.backends import NoSuchObject
 from megafs.core import snapshot
 from megafs.core.blockmap import BlockMap, byte_ranges
+from megafs.core.descent import Seen, check_superblock, refusal, relate
+from megafs.core.localcopy import history_of
 from megafs.core.namespace import ROOT, Namespace, now_ns
-from megafs.errors import CorruptObject, UnsupportedFormat
+from megafs.core.rebuild import rebuild_head
+from megafs.errors import CorruptObject, RollbackDetected, UnsupportedFormat
 from megafs.store import lock as store_lock
 from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
 from megafs.store.superblock import OBJECT_KEY as SUPERBLOCK_KEY
@@ -46,11 +54,22 @@ class Report:
 class Checker:
     """One fsck run over the store's newest metadata: :meth:`run` checks, repairs unless
     ``repair`` is false (or the store is mounted), and returns the :class:`Report`.
-    Problems are told through *say* as they are found, one line each."""
+    Problems are told through *say* as they are found, one line each.
+
+    *seen* is what the cache directory fsck was given last saw: a store head that does
+    not descend from it is refused (RollbackDetected) unless *force*. *sb_version* is
+    the superblock's version, which must not be older than the head's. *lease* is the
+    store's lock, held while repairing.
+    """
 
     def __init__(self, store: ObjectStore, block_size: int, *, repair: bool,
                  say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None,
-                 lease: store_lock.Lease | None = None):
+                 lease: store_lock.Lease | None = None,
+                 seen: Seen | None = None, force: bool = False, sb_version: int = 0):
+        self.seen = seen
+        self.force = force
+        self.sb_version = sb_version
+        self.keep_data = False  # the head was rebuilt: delete no data object this run
         self.store = store
         self.lease = lease  # the store's lock, held while repairing
         self.bs = block_size
@@ -67,13 +86,18 @@ class Checker:
         self.say(f"{text}{f'; {fixed}' if fixed and self.repair else ''}")
 
     async def run(self) -> Report:
-        head = await self.store.read_head()
+        head = await self._head()
         if head is None:
-            self.problem("the store has no metadata head: nothing to check")
+            return self.report
+        check_superblock(self.sb_version, head)
+        try:
+            self.db = await snapshot.load(self.store, head)  # sizes, hashes, authentication
+        except (CorruptObject, UnsupportedFormat) as e:
+            self.problem(f"the metadata the head names cannot be read: {e}")
             self.repair = False
             return self.report
+        self._check_descent(head)
         await self._check_lock()
-        self.db = await snapshot.load(self.store, head)
         snapshot.confirm(self.db, head)
         self.ns = Namespace(self.db)
         self.blockmap = BlockMap(self.db)  # unmaps blocks keeping nblocks and refcounts
@@ -87,13 +111,49 @@ class Checker:
         self._check_link_counts()
         garbage = await self._check_unreferenced(stored, head)
         if self.repair and (self.changed or garbage):
-            snap = snapshot.Snapshotter(self.db, self.store, self.blockmap)
+            snap = snapshot.Snapshotter(self.db, self.store, self.blockmap, keep_metadata=True)
             await snap.upload(full=True)
             self.report.repaired = True
         for key in self.moved:  # the committed metadata records them as damaged now
             await self.backend.delete(key)
         self._list_damaged()
         return self.report
+
+    async def _head(self) -> dict | None:
+        """The store's head; a missing or damaged one is rebuilt (written if repairing)."""
+        try:
+            head = await self.store.read_head()
+            if head is not None:
+                return head
+            what = "the store has no metadata head"
+        except CorruptObject as e:
+            what = f"the store's head is unusable ({e})"
+        head = await rebuild_head(self.store, self.sb_version, self.say)
+        if head is None:
+            self.problem(f"{what}, and no metadata snapshot in the store verifies:"
+                         " nothing to check")
+            self.repair = False
+            return None
+        self.problem(f"{what}: rebuilt it from snapshot {head['snapshot']} and"
+                     f" {len(head['deltas'])} deltas (metadata version {head['seq']});"
+                     " no data object is deleted in this run", fixed="head written")
+        self.keep_data = True
+        if self.repair:
+            head["hash"] = await self.store.write_head(head)
+            await self.backend.sync()
+            self.report.repaired = True
+        return head
+
+    def _check_descent(self, head: dict) -> None:
+        """Refuse to change a store whose head the cache directory knows to be older."""
+        relation = relate(self.seen, head, history_of(self.db))
+        if relation.accepted:
+            return
+        error = refusal(self.seen, head, relation)
+        if not self.force:
+            raise RollbackDetected(f"{error}; fsck.megafs changed nothing (--force checks"
+                                   " and repairs this state anyway)")
+        self.say(f"{error}; checking it anyway (--force)")
 
     async def _check_lock(self) -> None:
         if self.lease is not None:  # taken for the repair: report a leftover one it replaced
@@ -297,15 +357,23 @@ class Checker:
                  *head.get("deltas", [])}
         known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
-        extra = sorted(k for k in stored
-                       if k not in known and not k.startswith(QUARANTINE_PREFIX))
-        if extra:
+        metadata = sorted(k for k in stored if k not in known and k.startswith("m/"))
+        if metadata:  # perhaps a newer state than the head's: never deleted by fsck
+            self.say(f"{len(metadata)} metadata objects in the store are not referenced by the"
+                     " head: kept (fsck.megafs never deletes metadata)")
+        extra = sorted(k for k in stored if k not in known and not k.startswith("m/")
+                       and not k.startswith(QUARANTINE_PREFIX))
+        if extra and self.keep_data:
+            self.problem(f"{len(extra)} objects in the store are not referenced by anything:"
+                         " kept in this run, as the head was rebuilt (run fsck.megafs again"
+                         " to remove them)")
+        elif extra:
             self.problem(f"{len(extra)} objects in the store are not referenced by anything",
                          fixed="removed")
             if self.repair:
                 for key in extra:
                     await self.backend.delete(key)
-        return len(extra)
+        return 0 if self.keep_data else len(extra)
 
 
 def local_changes(cache_dir: str) -> str | None:

@@ -28,8 +28,8 @@ import time
 import apsw
 import trio
 
-from megafs import FORMAT_VERSION
 from megafs.core.blockmap import BlockMap
+from megafs.core.descent import HISTORY_KEPT
 from megafs.core.schema import (
     DELTA_SCHEMA,
     JOURNALED,
@@ -40,7 +40,8 @@ from megafs.core.schema import (
     upgrade,
 )
 from megafs.errors import CorruptObject
-from megafs.store.objects import ObjectStore, new_metadata_key
+from megafs.store import superblock
+from megafs.store.objects import HEAD_FORMAT, ObjectStore, new_metadata_key
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ def initial_image(uid: int, gid: int) -> bytes:
     as a database image for its first snapshot."""
     conn = apsw.Connection(":memory:")
     create(conn, root_uid=uid, root_gid=gid, now_ns=time.time_ns())
+    with conn:  # its place in the chain (docs/format.md §5, head rebuild)
+        set_state(conn, "chain_seq", 1)
+        set_state(conn, "chain_time", time.time())
     image = conn.serialize("main")
     conn.close()
     return image
@@ -75,11 +79,38 @@ def upgrade_schema(conn: apsw.Connection) -> None:
 
 
 def confirm(conn: apsw.Connection, head: dict) -> None:
-    """Record that the store's head is *head* (its number, base snapshot and deltas)."""
+    """Record that the store's head is *head*: its number, hash, the hash it names as
+    ``prev``, its snapshot, deltas and their ``objects`` map (None: a format-1 head)."""
     set_state(conn, "seq", head["seq"])
     set_state(conn, "snapshot", head["snapshot"])
     set_state(conn, "deltas", json.dumps(head.get("deltas", [])))
-    conn.execute("DELETE FROM state WHERE key='seq_pending'")
+    set_state(conn, "head_hash", head.get("hash"))
+    set_state(conn, "head_prev", head.get("prev"))
+    set_state(conn, "objects", json.dumps(head["objects"]) if "objects" in head else None)
+    set_state(conn, "sb_version", max(int(get_state(conn, "sb_version", 0) or 0),
+                                      head.get("sb_version", 0)))
+    conn.execute("DELETE FROM state WHERE key IN ('seq_pending', 'head_pending')")
+
+
+def expected(head: dict, key: str) -> tuple[int, str] | None:
+    """The (size, SHA-256) *head* records for its object *key* (None: format-1 head)."""
+    entry = head.get("objects", {}).get(key)
+    return tuple(entry) if entry else None
+
+
+def record_history(db: apsw.Connection, seq: int) -> None:
+    """Record in ``heads`` the head the upload of *seq* builds on (and the one that head
+    names as ``prev``, which a head without metadata of its own, e.g. written by
+    ``megafs passphrase``, did not record), keeping the newest HISTORY_KEPT."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='heads'").fetchone():
+        return  # metadata of an older schema (upgraded when it is next opened)
+    rows = [(seq - 1, get_state(db, "head_hash")), (seq - 2, get_state(db, "head_prev"))]
+    for number, digest in rows:
+        if digest and number >= 1:
+            db.execute("INSERT INTO heads (seq, hash) VALUES (?, ?) ON CONFLICT(seq) DO UPDATE"
+                       " SET hash=excluded.hash WHERE hash != excluded.hash",
+                       (number, bytes.fromhex(digest)))
+    db.execute("DELETE FROM heads WHERE seq <= ?", (seq - 1 - HISTORY_KEPT,))
 
 
 class Snapshotter:
@@ -91,17 +122,32 @@ class Snapshotter:
     MAX_DELTAS = 200
 
     def __init__(self, conn: apsw.Connection, store: ObjectStore, blockmap: BlockMap, *,
-                 before_delete=None):
+                 before_delete=None, keep_metadata: bool = False):
         self.db = conn
         self.store = store
         self.blockmap = blockmap
         self.before_delete = before_delete  # async hook: runs before garbage is deleted
+        # fsck: a superseded snapshot and deltas may also be part of a newer state the
+        # store lost (a rollback), so they are kept (docs/format.md §6).
+        self.keep_metadata = keep_metadata
         self.uploaded_changes = -1  # total_changes() at the last upload
         # An upload interrupted by a crash: its keys go back into the journal.
         with conn:
             conn.execute("INSERT OR IGNORE INTO journal SELECT * FROM journal_sent")
             conn.execute("DELETE FROM journal_sent")
         self.last_size = 0  # bytes of the last upload (tests and statistics)
+
+    async def _sb_version(self) -> int:
+        """The superblock version to record in the next head: the newest this machine
+        knows, raised if the superblock was rewritten (``megafs quota``) meanwhile."""
+        known = int(get_state(self.db, "sb_version", 0) or 0)
+        try:
+            current = superblock.verified_version(
+                await self.store.backend.get(superblock.OBJECT_KEY), self.store.keys)
+        except Exception as e:  # noqa: BLE001 - unreadable now: record what is known
+            log.warning("could not read the superblock's version: %s", e)
+            current = None
+        return max(known, current or 0)
 
     def changed(self) -> bool:
         """True while some metadata change has not reached the store (the journal holds
@@ -121,30 +167,48 @@ class Snapshotter:
         seq = int(get_state(db, "seq", 0)) + 1
         base = get_state(db, "snapshot")
         deltas = json.loads(get_state(db, "deltas", "[]"))
-        full = self._want_full() if full is None else full
+        objects = json.loads(get_state(db, "objects") or "null")
+        # A format-1 head lists no sizes and hashes: start a format-2 chain afresh.
+        full = (self._want_full() if full is None else full) or objects is None
         # Durable before head can name it: after a crash the next mount must know that
-        # a head with this number came from here (see Daemon._metadata).
+        # a head with this number came from here (see core/localcopy.py).
         set_state(db, "seq_pending", seq)
         commit_batch(db)
         # One synchronous step: the image, the garbage list and the journal agree.
         garbage = self.blockmap.garbage()
+        now = time.time()
         with db:
+            record_history(db, seq)
+            if full:  # what fsck needs to rebuild a lost head (docs/format.md §5)
+                set_state(db, "chain_seq", seq)
+                set_state(db, "chain_time", now)
             db.execute("INSERT OR IGNORE INTO journal_sent SELECT * FROM journal")
             db.execute("DELETE FROM journal")
-        image = _portable(db.serialize("main")) if full else build_delta(db)
+        parent = (deltas or [base])[-1]
+        image = (_portable(db.serialize("main")) if full
+                 else build_delta(db, seq=seq, parent=parent, now=now))
         key = new_metadata_key()
         try:
             if full:
-                size = await self.store.put_metadata(key, image)
-                head_deltas, dead = [], [base, *deltas] if base else []
+                size, digest = await self.store.put_metadata(key, image)
+                head_deltas = []
+                dead = [base, *deltas] if base and not self.keep_metadata else []
+                objects = {}
             else:
-                size = await self.store.put_metadata(key, image, delta=True)
+                size, digest = await self.store.put_metadata(key, image, delta=True)
                 head_deltas, dead = [*deltas, key], []
+            objects[key] = [size, digest]
             await self.store.backend.sync()
-            head = {"format": FORMAT_VERSION, "seq": seq, "snapshot": key if full else base,
-                    "deltas": head_deltas, "time": time.time(),
-                    "host": socket.gethostname(), "pid": os.getpid()}
-            await self.store.write_head(head)
+            head = {"format": HEAD_FORMAT, "seq": seq, "prev": get_state(db, "head_hash"),
+                    "sb_version": await self._sb_version(),
+                    "snapshot": key if full else base, "deltas": head_deltas,
+                    "objects": objects, "time": now, "host": socket.gethostname(),
+                    "pid": os.getpid()}
+            sealed = self.store.seal_head(head)
+            # Durable before the head: after a crash the next mount knows it wrote it.
+            set_state(db, "head_pending", sealed[1])
+            commit_batch(db)
+            head["hash"] = await self.store.write_head(head, sealed)
             await self.store.backend.sync()
         except BaseException:
             with trio.CancelScope(shield=True), db:
@@ -172,14 +236,20 @@ class Snapshotter:
         return seq
 
 
-def build_delta(db: apsw.Connection) -> bytes:
+def build_delta(db: apsw.Connection, *, seq: int = 0, parent: str = "",
+                now: float = 0.0) -> bytes:
     """A small database image with the current version of every row named in
-    ``journal_sent`` and a ``deleted`` table for the rows that no longer exist."""
+    ``journal_sent``, a ``deleted`` table for the rows that no longer exist and a
+    one-row ``chain`` table: the delta's *seq* and the *parent* object (the snapshot
+    or delta) it applies on top of, for fsck to rebuild a lost head."""
     delta = apsw.Connection(":memory:")
     delta.execute("PRAGMA page_size=1024")
     delta.execute(DELTA_SCHEMA)
     delta.execute("CREATE TABLE deleted (tbl TEXT NOT NULL, a NOT NULL, b NOT NULL)")
+    delta.execute("CREATE TABLE chain (seq INTEGER NOT NULL, parent TEXT NOT NULL,"
+                  " time REAL NOT NULL)")
     with delta:
+        delta.execute("INSERT INTO chain VALUES (?, ?, ?)", (seq, parent, now))
         for table, cols in JOURNALED.items():
             keys = db.execute("SELECT a, b FROM journal_sent WHERE tbl=?", (table,)).fetchall()
             where = " AND ".join(f"{c}=?" for c in cols)
@@ -203,8 +273,12 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
     conn.execute("ATTACH ':memory:' AS delta")
     try:
         conn.deserialize("delta", image)
+        present = {r[0] for r in conn.execute(
+            "SELECT name FROM delta.sqlite_master WHERE type='table'")}
         with conn:
             for table, cols in JOURNALED.items():
+                if table not in present:  # a delta of an older schema (no damaged, heads)
+                    continue
                 key = ", ".join(cols)
                 if len(cols) == 1:
                     conn.execute(f"DELETE FROM main.{table} WHERE {key} IN"
@@ -222,10 +296,12 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
 async def load(store: ObjectStore, head: dict) -> apsw.Connection:
     """The metadata *head* names, as an in-memory database (for checks and tools)."""
     conn = apsw.Connection(":memory:")
-    conn.deserialize("main", await store.get_metadata(head["snapshot"]))
+    conn.deserialize("main", await store.get_metadata(head["snapshot"],
+                                                      expect=expected(head, head["snapshot"])))
     check_version(conn)
     for name in head.get("deltas", []):
-        apply_delta(conn, await store.get_metadata(name, delta=True), name)
+        apply_delta(conn, await store.get_metadata(name, delta=True,
+                                                   expect=expected(head, name)), name)
     upgrade(conn)
     return conn
 
@@ -238,25 +314,45 @@ def _portable(image: bytes) -> bytes:
     return image
 
 
-async def download(store: ObjectStore, head: dict, path: str) -> apsw.Connection:
-    """Replace the database at *path* with the state *head* names (its snapshot plus
-    its deltas, in order); return it opened."""
-    image = await store.get_metadata(head["snapshot"])
-    if not image.startswith(b"SQLite format 3\x00"):
-        raise CorruptObject(f"metadata snapshot {head['snapshot']} is not a database")
+def remove_database(path: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         try:
             os.unlink(path + suffix)
         except FileNotFoundError:
             pass
+
+
+async def download(store: ObjectStore, head: dict, path: str,
+                   accept=None) -> apsw.Connection:
+    """Replace the database at *path* with the state *head* names (its snapshot plus
+    its deltas, in order, each checked against the size and hash the head records);
+    return it opened. *accept(conn)*, if given, runs on the downloaded state before
+    it replaces *path*, and may raise to keep the old database."""
+    image = await store.get_metadata(head["snapshot"], expect=expected(head, head["snapshot"]))
+    if not image.startswith(b"SQLite format 3\x00"):
+        raise CorruptObject(f"metadata snapshot {head['snapshot']} is not a database")
     tmp = path + ".download"
+    remove_database(tmp)
     with open(tmp, "wb") as f:
         f.write(image)
+    conn = connect(tmp)
+    try:
+        check_version(conn)
+        for name in head.get("deltas", []):
+            apply_delta(conn, await store.get_metadata(name, delta=True,
+                                                       expect=expected(head, name)), name)
+        if accept is not None:
+            accept(conn)
+    except BaseException:
+        conn.close()
+        remove_database(tmp)
+        raise
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    remove_database(path)
     os.rename(tmp, path)
+    remove_database(tmp)
     conn = connect(path)
-    check_version(conn)
-    for name in head.get("deltas", []):
-        apply_delta(conn, await store.get_metadata(name, delta=True), name)
     with conn:
         confirm(conn, head)
         set_state(conn, "base_size", len(image))

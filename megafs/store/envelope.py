@@ -4,7 +4,7 @@
 
     offset  size  field
     0       4     magic  b"MGFS"
-    4       1     format version (1)
+    4       1     format version (1; 2 for a format-2 ``head``)
     5       1     kind (see KIND_*)
     6       12    nonce, random
     18      32    key commitment = HMAC-SHA256(key, b"megafs commit v1" || nonce)
@@ -34,6 +34,9 @@ from megafs.errors import CorruptObject, UnsupportedFormat
 
 MAGIC = b"MGFS"
 VERSION = 1
+#: Envelope versions this megafs opens: 2 marks a format-2 head (chained, see
+#: docs/format.md §5), which a megafs that reads only version 1 refuses clearly.
+VERSIONS = (1, 2)
 KIND_BLOCK = 1
 KIND_METADATA = 2
 KIND_HEAD = 3
@@ -85,7 +88,7 @@ def _compressible(payload: bytes) -> bool:
 
 
 def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
-         compress: bool = True) -> bytes:
+         compress: bool = True, version: int = VERSION) -> bytes:
     """Return the envelope of *payload* for storage under *object_key*."""
     flags = 0
     if compress and len(payload) >= 64 and (len(payload) < _SAMPLE_FROM
@@ -98,7 +101,7 @@ def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
     inner = b"".join((INNER.pack(flags, len(payload)), payload, bytes(pad)))
     nonce = os.urandom(12)
     commit = hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")
-    header = HEADER.pack(MAGIC, VERSION, kind, nonce, commit)
+    header = HEADER.pack(MAGIC, version, kind, nonce, commit)
     aad = header[:6] + object_key.encode()
     return header + AESGCM(key).encrypt(nonce, inner, aad)
 
@@ -109,8 +112,9 @@ def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
     if len(blob) < OVERHEAD or blob[:4] != MAGIC:
         raise CorruptObject(f"{what} is damaged (not a megafs object)")
     magic, version, got_kind, nonce, commit = HEADER.unpack_from(blob)
-    if version != VERSION:
-        raise UnsupportedFormat(f"{what} has format version {version}; this megafs reads {VERSION}")
+    if version not in VERSIONS:
+        raise UnsupportedFormat(f"{what} has format version {version}; this megafs reads"
+                                f" {' and '.join(map(str, VERSIONS))}")
     if got_kind != kind:
         raise CorruptObject(f"{what} failed authentication (wrong object kind)")
     if not hmac.compare_digest(commit, hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 
 import trio
 
 from megafs.backends import Backend, NoSuchObject, open_backend
-from megafs.errors import AlreadyExists, MegafsError, NoFilesystem
-from megafs.store import lock, superblock
-from megafs.store.objects import WRITE_ONCE_PREFIXES, ObjectStore, new_metadata_key
+from megafs.errors import AlreadyExists, MegafsError, NoFilesystem, StoreLocked
+from megafs.store import lock as store_lock
+from megafs.store import superblock
+from megafs.store.objects import (
+    HEAD_FORMAT,
+    WRITE_ONCE_PREFIXES,
+    ObjectStore,
+    new_metadata_key,
+)
 
 
 async def connect(url: str, *, retry_deadline: float = 60.0) -> Backend:
@@ -56,17 +64,47 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
                 raise AlreadyExists(f"{backend.description} already holds a megafs filesystem"
                                     " (use --force to overwrite it)")
             raise AlreadyExists(f"{backend.description} is not empty (use --force to overwrite it)")
-        if lock.LOCK_KEY in existing:
-            await lock.ensure_unlocked(backend, await _old_store(backend, passphrase))
+        if store_lock.LOCK_KEY in existing:
+            await store_lock.ensure_unlocked(backend, await _old_store(backend, passphrase))
         for k in existing:
             await backend.delete(k)
     blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size,
                                                          quota)
     store = ObjectStore(backend, keys)
+    now = time.time()
     key = new_metadata_key()
-    await store.put_metadata(key, initial_metadata())
-    await store.write_head({"format": 1, "seq": 1, "snapshot": key, "time": time.time(),
-                            "host": "", "pid": 0})
+    size, digest = await store.put_metadata(key, initial_metadata())
+    await store.write_head({"format": HEAD_FORMAT, "seq": 1, "prev": None,
+                            "sb_version": superblock.version(superblock.parse(blob)),
+                            "snapshot": key, "deltas": [], "objects": {key: [size, digest]},
+                            "time": now, "host": "", "pid": 0})
     await backend.put(superblock.OBJECT_KEY, blob)
     await backend.sync()
     return store, recovery
+
+
+async def rewrite_superblock(store: ObjectStore, blob: bytes) -> bool:
+    """Store the rewritten superblock *blob* (``megafs passphrase``, ``megafs quota``),
+    then a head recording its version, so that putting the older superblock back is
+    refused. False if the store is mounted: that mount records the new version in its
+    next head (the superblock is written either way)."""
+    backend = store.backend
+    await backend.put(superblock.OBJECT_KEY, blob)
+    await backend.sync()
+    try:
+        lease = await store_lock.acquire(store)
+    except StoreLocked:
+        return False
+    store.head_guard = lease.check
+    try:
+        head = await store.read_head()
+        if head is None or head.get("format", 1) < HEAD_FORMAT:
+            return True  # a format-1 store: its first metadata upload records it
+        new = dict(head, seq=head["seq"] + 1, prev=head["hash"],
+                   sb_version=superblock.version(superblock.parse(blob)), time=time.time(),
+                   host=socket.gethostname(), pid=os.getpid())
+        await store.write_head(new)
+        await backend.sync()
+        return True
+    finally:
+        await lease.release()

@@ -24,6 +24,8 @@ from megafs.crypto.keys import DEDUP_ALGORITHMS, DEDUP_BLAKE3, DEDUP_HMAC, KeyRi
 from megafs.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
 
 OBJECT_KEY = "superblock"
+#: Superblock formats this megafs reads: 2 added ``version`` (absent in 1: version 0).
+READABLE_FORMATS = (1, 2)
 LABEL_RECOVERY = b"megafs v1 recovery"
 
 
@@ -82,6 +84,7 @@ def create(passphrase: bytes, block_size: int,
         "created": int(time.time()),
         "block_size": block_size,
         "quota": quota,
+        "version": 0,
         "dedup": DEDUP_BLAKE3,
         "kdf": {**params.to_json(), "salt": salt.hex()},
         "slots": {
@@ -104,11 +107,42 @@ def parse(blob: bytes) -> dict:
         raise CorruptObject("the superblock is damaged (not megafs JSON)") from None
     if magic != "megafs":
         raise CorruptObject("the superblock is not a megafs superblock")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise UnsupportedFormat(
-            f"the store has format version {version}; this megafs reads version {FORMAT_VERSION}"
+            f"the store has format version {version}; this megafs reads versions"
+            f" {' and '.join(map(str, READABLE_FORMATS))}"
         )
     return sb
+
+
+def version(sb: dict) -> int:
+    """The superblock's version: raised by every rewrite (passphrase, quota) and recorded
+    in each head, so that an older superblock put back is refused. Absent: 0."""
+    return sb.get("version", 0)
+
+
+def verified_version(blob: bytes, keys: KeyRing) -> int | None:
+    """The version of the superblock *blob* if its MAC verifies under *keys*, else None
+    (a running mount uses it to record a superblock rewritten meanwhile)."""
+    try:
+        sb = json.loads(blob)
+        ok = hmac.compare_digest(bytes.fromhex(sb["mac"]),
+                                 hmac.digest(keys.sb_mac, _canonical(sb), "sha256"))
+        number = version(sb)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return number if ok and _valid_version(number) else None
+
+
+def _valid_version(number) -> bool:
+    return isinstance(number, int) and not isinstance(number, bool) and number >= 0
+
+
+def _rewritten(sb: dict, keys: KeyRing, **changes) -> bytes:
+    """*sb* with *changes*, the next version and a new MAC, serialized."""
+    sb = dict(sb, **changes, format=FORMAT_VERSION, version=version(sb) + 1)
+    sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
+    return json.dumps(sb, indent=1).encode()
 
 
 def unlock(sb: dict, *, passphrase: bytes | None = None,
@@ -132,6 +166,8 @@ def unlock(sb: dict, *, passphrase: bytes | None = None,
         raise CorruptObject("the superblock is damaged (missing or malformed fields)") from None
     if not ok:
         raise CorruptObject("the superblock failed authentication (tampered)")
+    if not _valid_version(version(sb)):
+        raise CorruptObject("the superblock is damaged (malformed version)")
     if not known:  # checked after the MAC: a provider's edit is tampering, not a new version
         raise UnsupportedFormat(f"the store deduplicates with {dedup!r}, which this megafs"
                                 " does not know; a newer megafs made it")
@@ -140,17 +176,13 @@ def unlock(sb: dict, *, passphrase: bytes | None = None,
 
 def set_quota(sb: dict, keys: KeyRing, quota: int | None) -> bytes:
     """A new superblock with another quota (bytes stored, None: unlimited)."""
-    sb = dict(sb, quota=quota)
-    sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
-    return json.dumps(sb, indent=1).encode()
+    return _rewritten(sb, keys, quota=quota)
 
 
 def rewrap_passphrase(sb: dict, keys: KeyRing, new_passphrase: bytes) -> bytes:
     """A new superblock whose passphrase slot opens with *new_passphrase*; data untouched."""
     salt = os.urandom(16)
     params = kdf.default_params()
-    sb = dict(sb, kdf={**params.to_json(), "salt": salt.hex()})
-    sb["slots"] = dict(sb["slots"], passphrase=_slot(kdf.derive(new_passphrase, salt, params),
-                                                     keys.master, keys.store_id, "passphrase"))
-    sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
-    return json.dumps(sb, indent=1).encode()
+    slots = dict(sb["slots"], passphrase=_slot(kdf.derive(new_passphrase, salt, params),
+                                                keys.master, keys.store_id, "passphrase"))
+    return _rewritten(sb, keys, kdf={**params.to_json(), "salt": salt.hex()}, slots=slots)
