@@ -384,18 +384,23 @@ async def test_renewal_whose_answer_was_lost_keeps_the_lock(tmp_path):
     assert await store_lock.read(store) is None
 
 
+def _head(seq: int) -> dict:
+    """A well-formed (format 1) head with sequence number *seq*."""
+    return {"format": 1, "seq": seq, "snapshot": "m/" + "0" * 32, "deltas": []}
+
+
 async def test_head_write_whose_answer_was_lost_is_not_a_lost_lock(tmp_path):
     backend = LandsThenFails(LocalBackend(str(tmp_path)), HEAD_KEY)
     store = ObjectStore(backend, KeyRing(os.urandom(32), b"s" * 16))
-    await store.write_head({"seq": 1})
+    await store.write_head(_head(1))
     backend.armed = True
     with pytest.raises(BackendUnavailable):
-        await store.write_head({"seq": 2})
-    await store.write_head({"seq": 3})
+        await store.write_head(_head(2))
+    await store.write_head(_head(3))
     assert (await store.read_head())["seq"] == 3
     other = ObjectStore(backend, store.keys)  # another writer replaces head
     await other.read_head()
-    await other.write_head({"seq": 4})
+    await other.write_head(_head(4))
     with pytest.raises(LockLost):
-        await store.write_head({"seq": 5})
+        await store.write_head(_head(5))
     assert (await other.read_head())["seq"] == 4
