@@ -36,8 +36,14 @@ async def unlock(backend: Backend, *, passphrase: bytes | None = None,
 
 
 async def create(backend: Backend, passphrase: bytes, *, block_size: int, force: bool,
-                 uid: int, gid: int, quota: int | None = None) -> tuple[ObjectStore, str]:
-    """Write a new, empty filesystem; return (store, printable recovery key)."""
+                 uid: int, gid: int, quota: int | None = None,
+                 before_commit=None) -> tuple[ObjectStore, str]:
+    """Write a new, empty filesystem; return (store, printable recovery key).
+
+    ``before_commit(recovery_key)`` is called right before the superblock, which makes
+    the filesystem exist, is written: mkfs prints the key there, so that no interruption
+    can leave a filesystem whose recovery key was never shown.
+    """
     existing = [k async for k in backend.list("")]
     if existing:
         if not force:
@@ -60,6 +66,8 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
     conn.close()
     await store.write_head({"format": 1, "seq": 1, "snapshot": key, "time": time.time(),
                             "host": "", "pid": 0})
+    if before_commit is not None:
+        before_commit(recovery)
     await backend.put(superblock.OBJECT_KEY, blob)
     await backend.sync()
     return store, recovery
