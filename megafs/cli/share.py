@@ -2,31 +2,52 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 
 import trio
 
-from megafs.backends import NoSuchObject, open_backend
-from megafs.errors import CorruptObject, MegafsError, NotMounted, ShareNotFound, UsageError
+from megafs.backends import NoSuchObject, open_backend, parse_url
+from megafs.errors import (
+    BackendUnavailable,
+    CorruptObject,
+    LocalIOError,
+    MegafsError,
+    NoFilesystem,
+    NoSuchPath,
+    NotMounted,
+    ShareNotFound,
+    StoreNotFound,
+    UsageError,
+)
 from megafs.store import envelope
 from megafs.store import share as share_format
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("share", help="print a link to a file or folder (only the link's"
-                                     " holder can decrypt it)")
-    p.add_argument("path", metavar="PATH")
+                                     " holder can decrypt it)",
+                       description="Print a link to PATH, a file or folder in a megafs mount:"
+                                   " it carries the key of what it shares and nothing else.")
+    p.add_argument("path", metavar="PATH", help="a file or folder inside a megafs mount")
     p.set_defaults(fn=_share)
-    p = sub.add_parser("shares", help="list the active share links of a mount")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p = sub.add_parser("shares", help="list the active share links of a mount",
+                       description="List the active share links of the mount on MOUNTPOINT,"
+                                   " one per line: path, a tab, the link.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     p.set_defaults(fn=_shares)
-    p = sub.add_parser("unshare", help="revoke a link: fresh downloads of it fail")
-    p.add_argument("target", metavar="LINK_OR_PATH")
+    p = sub.add_parser("unshare", help="revoke a link: fresh downloads of it fail",
+                       description="Revoke a share link, given as the link or as the shared"
+                                   " path: downloads of it started afterwards fail.")
+    p.add_argument("target", metavar="LINK_OR_PATH",
+                   help="the link (megafs+...), or the shared file or folder in a mount")
     p.set_defaults(fn=_unshare)
-    p = sub.add_parser("get", help="download what a link shares (no passphrase needed)")
-    p.add_argument("link", metavar="LINK")
+    p = sub.add_parser("get", help="download what a link shares (no passphrase needed)",
+                       description="Download, decrypt and verify the file or folder a link"
+                                   " shares; no passphrase and no mount are needed.")
+    p.add_argument("link", metavar="LINK", help="a link printed by 'megafs share'")
     p.add_argument("dest", metavar="DEST", nargs="?",
                    help="where to put it (default: its name, in the current directory)")
     p.set_defaults(fn=_get)
@@ -52,13 +73,33 @@ def _share(args) -> int:
         os.setxattr(args.path, "megafs.share", b"create")
         print(os.getxattr(args.path, "megafs.share").decode())
     except OSError as e:
-        raise MegafsError(f"cannot share {args.path}: {e.strerror}") from None
+        raise _share_error(f"cannot share {args.path}", e) from None
     return 0
+
+
+def _share_error(what: str, e: OSError) -> MegafsError:
+    """The error (and exit code) for a failed share control request."""
+    text = f"{what}: {e.strerror}"
+    if e.errno == errno.ENOENT:
+        return NoSuchPath(text)
+    if e.errno == errno.ENODATA:
+        return ShareNotFound(f"{what}: it is not shared")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return LocalIOError(text)
+    if e.errno == errno.EINVAL:
+        return UsageError(f"{what}: only files and folders can be shared")
+    if e.errno in (errno.ENOTCONN, errno.ENOTSUP):
+        return NotMounted(f"{what}: the megafs daemon does not answer ({e.strerror})")
+    return BackendUnavailable(text)
 
 
 def _shares(args) -> int:
     mnt = _mount_of(args.mountpoint)
-    for item in json.loads(os.getxattr(mnt, "megafs.shares")):
+    try:
+        listing = os.getxattr(mnt, "megafs.shares")
+    except OSError as e:
+        raise _share_error(f"cannot list the links of {mnt}", e) from None
+    for item in json.loads(listing):
         print(f"{item['path']}\t{item['link']}")
     return 0
 
@@ -71,14 +112,17 @@ def _unshare(args) -> int:
                 try:
                     os.setxattr(mnt, "megafs.unshare", share_id.encode())
                 except OSError as e:
-                    raise MegafsError(f"cannot revoke the link: {e.strerror}") from None
+                    if e.errno == errno.ENOENT:
+                        raise ShareNotFound("that link was already revoked or never"
+                                            " existed") from None
+                    raise _share_error("cannot revoke the link", e) from None
                 return 0
         raise NotMounted(f"mount {url} first: links are revoked by the mounted filesystem")
     _mount_of(args.target)
     try:
         os.setxattr(args.target, "megafs.share", b"revoke")
     except OSError as e:
-        raise MegafsError(f"cannot revoke the share of {args.target}: {e.strerror}") from None
+        raise _share_error(f"cannot revoke the share of {args.target}", e) from None
     return 0
 
 
@@ -86,19 +130,49 @@ def _get(args) -> int:
     url, share_id, key = share_format.parse_link(args.link)
     if key is None:
         raise UsageError("the link has no key (the part after '#' is missing)")
-    trio.run(download, url, share_id, key, args.dest, sys.stderr.isatty())
+    try:
+        trio.run(download, url, share_id, key, args.dest, sys.stderr.isatty())
+    except OSError as e:  # writing the download here: read-only, no permission, full...
+        where = f" {e.filename}" if e.filename else ""
+        raise LocalIOError(f"cannot write{where}: {e.strerror or e}") from None
     return 0
+
+
+async def _open_share_store(url: str):
+    """The backend of a link's store, checked first: an unreachable endpoint or a store
+    that does not exist fails at once, as in mkfs, not after a minute of retries."""
+    backend = open_backend(url)
+    try:
+        scheme, location = parse_url(url)
+        if scheme != "local":
+            await backend.check()
+        elif not os.path.isdir(location):  # (a download needs no write access: no check())
+            raise StoreNotFound(f"store directory {location} does not exist")
+    except BaseException:
+        await backend.aclose()
+        raise
+    return backend
+
+
+async def _missing_share(backend) -> MegafsError:
+    """Why a link's manifest is missing: no filesystem there at all, or revoked."""
+    try:
+        await backend.size("superblock")
+    except NoSuchObject:
+        return NoFilesystem(f"{backend.description} holds no megafs filesystem: the link"
+                            " points to a store that does not exist (any more)")
+    return ShareNotFound("this link was revoked or never existed")
 
 
 async def download(url: str, share_id: str, key: bytes, dest: str | None,
                    progress: bool = False) -> str:
     """Fetch, verify and write what a share contains; return the destination path."""
-    backend = open_backend(url)
+    backend = await _open_share_store(url)
     try:
         try:
             blob = await backend.get(share_format.object_key(share_id))
         except NoSuchObject:
-            raise ShareNotFound("this link was revoked or never existed") from None
+            raise await _missing_share(backend) from None
         manifest = share_format.open_manifest(key, share_id, blob)
         root = os.path.abspath(dest or manifest["name"])
         total = sum(e.get("size", 0) for e in manifest["entries"])
