@@ -40,6 +40,16 @@ mount)
     mnt=$(realpath -m "${3:-$here/megafs-demo/mnt}")
     mkdir -p "$store" "$mnt"
     if [ ! -e "$store/superblock" ]; then
+        # First use: ask once (twice to confirm) for both mkfs and the mount.
+        if [ -z "${MEGAFS_PASSPHRASE+set}" ] && [ -t 0 ]; then
+            read -rs -p "New passphrase: " MEGAFS_PASSPHRASE; echo >&2
+            read -rs -p "Repeat passphrase: " again; echo >&2
+            if [ "$MEGAFS_PASSPHRASE" != "$again" ]; then
+                echo "dev.sh: passphrases do not match" >&2
+                exit 2
+            fi
+            export MEGAFS_PASSPHRASE
+        fi
         .venv/bin/mkfs.megafs "local://$store"
     fi
     .venv/bin/mount.megafs "local://$store" "$mnt"

@@ -132,10 +132,25 @@ def _get(args) -> int:
         raise UsageError("the link has no key (the part after '#' is missing)")
     try:
         trio.run(download, url, share_id, key, args.dest, sys.stderr.isatty())
-    except OSError as e:  # writing the download here: read-only, no permission, full...
-        where = f" {e.filename}" if e.filename else ""
-        raise LocalIOError(f"cannot write{where}: {e.strerror or e}") from None
+    except (OSError, BaseExceptionGroup) as e:  # writing here: read-only, no permission...
+        error = _local_error(e)
+        if error is None:
+            raise
+        where = error.filename or args.dest or "the download"
+        raise LocalIOError(f"cannot write {where}: {error.strerror or error}") from None
     return 0
+
+
+def _local_error(e: BaseException) -> OSError | None:
+    """The OSError that *e* is or (from a nursery) holds, unless *e* also holds a
+    MegafsError or an interruption, which then say more."""
+    if isinstance(e, BaseExceptionGroup):
+        if e.subgroup((MegafsError, KeyboardInterrupt)) is not None:
+            return None
+        e = e.subgroup(OSError)
+        while isinstance(e, BaseExceptionGroup):
+            e = e.exceptions[0]
+    return e if isinstance(e, OSError) else None
 
 
 async def _open_share_store(url: str):
@@ -156,9 +171,7 @@ async def _open_share_store(url: str):
 
 async def _missing_share(backend) -> MegafsError:
     """Why a link's manifest is missing: no filesystem there at all, or revoked."""
-    try:
-        await backend.size("superblock")
-    except NoSuchObject:
+    if await backend.size("superblock") is None:
         return NoFilesystem(f"{backend.description} holds no megafs filesystem: the link"
                             " points to a store that does not exist (any more)")
     return ShareNotFound("this link was revoked or never existed")

@@ -1,0 +1,312 @@
+"""Bad input to every tool: one line on stderr, a distinct exit code, never a traceback.
+
+Each row of :data:`ROWS` is one invocation: the tool and its arguments, what the store
+or mount must look like first (a setup name from :data:`SETUPS`), extra environment,
+the exit code expected and a fragment of the one line the tool must print. A new
+option or command gets its rows here: add a ``row(...)`` line.
+
+Placeholders in arguments and environment values (filled in by :class:`Scene`):
+``{url}`` the store, ``{mnt}`` the mountpoint, ``{tmp}`` a scratch directory,
+``{file}`` a regular file, ``{ro}`` a read-only filesystem, ``{link}`` a share link to
+the file ``f`` of the mount, ``{nostore_link}`` / ``{empty_link}`` /
+``{refused_link}`` links to a store directory that does not exist, to an empty
+directory, and to an S3 endpoint that refuses connections, ``{wrong_key}`` a
+well-formed recovery key of no filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from helpers import BIN, LocalStore, MegaFS, assert_cli_error, mounted_paths
+
+from megafs.errors import ExitCode
+from megafs.store import share as share_format
+from megafs.store import superblock
+
+#: No bad input may take longer than this to be refused (a hang fails the row).
+ROW_TIMEOUT = 25
+NOT_UTF8 = "caf\udce9"  # the bytes b"caf\xe9" (Latin-1), as os.environ holds them
+
+
+@dataclass(frozen=True)
+class Row:
+    argv: tuple[str, ...]
+    code: ExitCode
+    says: str
+    setup: str = "none"
+    env: dict = field(default_factory=dict)
+
+
+def row(name: str, setup: str, *argv: str, code: ExitCode, says: str, env=None):
+    return pytest.param(Row(argv, code, says, setup, env or {}), id=name)
+
+
+U, T, C = ExitCode.USAGE, ExitCode.CORRUPT, ExitCode.CACHE_ERROR
+IO = ExitCode.LOCAL_IO
+
+ROWS = [
+    # mkfs.megafs
+    row("mkfs-unknown-option", "none", "mkfs.megafs", "--frobnicate", "{url}", code=U,
+        says="unrecognized arguments: --frobnicate"),
+    row("mkfs-quota-overflow", "none", "mkfs.megafs", "--quota", "99999999999P", "{url}",
+        code=U, says="too large"),
+    row("mkfs-quota-0", "none", "mkfs.megafs", "--quota", "0", "{url}", code=U,
+        says="more than 0"),
+    row("mkfs-block-size-huge", "none", "mkfs.megafs", "--block-size", "9" * 400, "{url}",
+        code=U, says="too large"),
+    row("mkfs-passphrase-not-utf8", "none", "mkfs.megafs", "{url}", code=U,
+        says="MEGAFS_PASSPHRASE is not valid UTF-8", env={"MEGAFS_PASSPHRASE": NOT_UTF8}),
+    row("mkfs-s3-unclosed-ipv6", "none", "mkfs.megafs", "s3://[::1/bucket", code=U,
+        says="bad storage URL"),
+    row("mkfs-s3-bad-ipv6", "none", "mkfs.megafs", "s3://[zz]/bucket", code=U,
+        says="bad storage URL"),
+    row("mkfs-s3-empty-port", "none", "mkfs.megafs", "s3://host:/bucket", code=U,
+        says="invalid port"),
+    row("mkfs-s3+http-unclosed-ipv6", "none", "mkfs.megafs", "s3+http://[::1:8333/b", code=U,
+        says="bad storage URL"),
+    # mount.megafs
+    row("mount-o-cache_size-abc", "mkfs", "mount.megafs", "-o", "cache_size=abc", "{url}",
+        "{mnt}", code=U, says="cache_size"),
+    row("mount-o-cache_size-0", "mkfs", "mount.megafs", "-o", "cache_size=0", "{url}",
+        "{mnt}", code=U, says="more than 0"),
+    row("mount-o-garbage", "mkfs", "mount.megafs", "-o", "ro,garbage", "{url}", "{mnt}",
+        code=U, says="unknown mount option 'garbage'"),
+    row("mount-cache-size-0", "mkfs", "mount.megafs", "--cache-size", "0", "{url}", "{mnt}",
+        code=U, says="--cache-size"),
+    row("mount-upload-delay-negative", "mkfs", "mount.megafs", "--upload-delay", "-1",
+        "{url}", "{mnt}", code=U, says="--upload-delay"),
+    row("mount-upload-delay-inf", "mkfs", "mount.megafs", "--upload-delay", "inf", "{url}",
+        "{mnt}", code=U, says="--upload-delay"),
+    row("mount-timeout-negative", "mkfs", "mount.megafs", "--timeout", "-3", "{url}",
+        "{mnt}", code=U, says="--timeout"),
+    row("mount-timeout-nan", "mkfs", "mount.megafs", "--timeout", "nan", "{url}", "{mnt}",
+        code=U, says="--timeout"),
+    row("mount-timeout-0", "mkfs", "mount.megafs", "--timeout", "0", "{url}", "{mnt}",
+        code=U, says="more than 0"),
+    row("mount-metadata-interval-0", "mkfs", "mount.megafs", "--metadata-interval", "0",
+        "{url}", "{mnt}", code=U, says="--metadata-interval"),
+    row("mount-cache-dir-is-mountpoint", "mkfs", "mount.megafs", "--cache-dir", "{mnt}",
+        "{url}", "{mnt}", code=U, says="must not be the mountpoint"),
+    row("mount-cache-dir-inside-mountpoint", "mkfs", "mount.megafs", "--cache-dir",
+        "{mnt}/cache", "{url}", "{mnt}", code=U, says="must not be the mountpoint"),
+    row("mount-cache-dir-is-a-file", "mkfs", "mount.megafs", "--cache-dir", "{file}", "{url}",
+        "{mnt}", code=C, says="is not a directory"),
+    row("mount-cache-dir-under-a-file", "mkfs", "mount.megafs", "--cache-dir", "{file}/c",
+        "{url}", "{mnt}", code=C, says="is not a directory"),
+    row("mount-cache-dir-read-only", "mkfs", "mount.megafs", "--cache-dir", "{ro}/cache",
+        "{url}", "{mnt}", code=C, says="read-only filesystem"),
+    row("mount-cache-dir-shared-sticky", "mkfs", "mount.megafs", "--cache-dir", "{sticky}",
+        "{url}", "{mnt}", code=C, says="is shared"),
+    row("mount-passphrase-not-utf8", "mkfs", "mount.megafs", "{url}", "{mnt}", code=U,
+        says="not valid UTF-8", env={"MEGAFS_PASSPHRASE": NOT_UTF8}),
+    row("mount-wrong-passphrase", "mkfs", "mount.megafs", "{url}", "{mnt}",
+        code=ExitCode.WRONG_PASSPHRASE, says="wrong passphrase",
+        env={"MEGAFS_PASSPHRASE": "not it"}),
+    row("mount-s3-empty-port", "none", "mount.megafs", "s3://host:/bucket", "{mnt}", code=U,
+        says="invalid port"),
+    # a provider's edits of the superblock: refused before Argon2id runs
+    row("mount-sb-lanes-negative", "sb:kdf.lanes=-1", "mount.megafs", "{url}", "{mnt}",
+        code=T, says="kdf lanes"),
+    row("mount-sb-kdf-unknown", "sb:kdf=\"x\"", "mount.megafs", "{url}", "{mnt}", code=T,
+        says="unknown KDF"),
+    row("mount-sb-memory-2**31", f"sb:kdf.memory_kib={2**31}", "mount.megafs", "{url}",
+        "{mnt}", code=T, says="kdf memory_kib"),
+    row("mount-sb-iterations-10**6", f"sb:kdf.iterations={10**6}", "mount.megafs", "{url}",
+        "{mnt}", code=T, says="kdf iterations"),
+    row("mount-sb-iterations-string", "sb:kdf.iterations=\"3\"", "mount.megafs", "{url}",
+        "{mnt}", code=T, says="kdf iterations"),
+    row("mount-sb-salt-short", "sb:kdf.salt=\"abcd\"", "mount.megafs", "{url}", "{mnt}",
+        code=T, says="kdf salt"),
+    row("mount-sb-wrapped-short", "sb:slots.passphrase.wrapped=\"00\"", "mount.megafs",
+        "{url}", "{mnt}", code=T, says="passphrase slot key"),
+    row("mount-sb-block-size-0", "sb:block_size=0", "mount.megafs", "{url}", "{mnt}",
+        code=T, says="block_size"),
+    row("mount-sb-quota-huge", f"sb:quota={2**70}", "mount.megafs", "{url}", "{mnt}",
+        code=T, says="quota"),
+    # Same-shape edits of salt, parameters or slot cannot be told from a wrong
+    # passphrase without the master key (docs/format.md §3): the line says both.
+    row("mount-sb-salt-changed", "sb:kdf.salt=\"" + "ab" * 16 + "\"", "mount.megafs",
+        "{url}", "{mnt}", code=ExitCode.WRONG_PASSPHRASE, says="key parameters were changed"),
+    row("mount-sb-iterations-changed", "sb:kdf.iterations=2", "mount.megafs", "{url}",
+        "{mnt}", code=ExitCode.WRONG_PASSPHRASE, says="key parameters were changed"),
+    # umount.megafs
+    row("umount-unknown-option", "none", "umount.megafs", "--frobnicate", "{mnt}", code=U,
+        says="unrecognized arguments"),
+    row("umount-not-a-mount", "none", "umount.megafs", "{tmp}", code=ExitCode.NOT_MOUNTED,
+        says="not a megafs mount"),
+    # fsck.megafs
+    row("fsck-unknown-option", "none", "fsck.megafs", "--frobnicate", "{url}", code=U,
+        says="unrecognized arguments"),
+    row("fsck-sb-lanes-negative", "sb:kdf.lanes=-1", "fsck.megafs", "{url}", code=T,
+        says="kdf lanes"),
+    row("fsck-sb-iterations-10**6", f"sb:kdf.iterations={10**6}", "fsck.megafs", "{url}",
+        code=T, says="kdf iterations"),
+    row("fsck-s3-bad-ipv6", "none", "fsck.megafs", "s3://[zz]/bucket", code=U,
+        says="bad storage URL"),
+    # megafs
+    row("megafs-no-command", "none", "megafs", code=U, says="required: COMMAND"),
+    row("megafs-unknown-command", "none", "megafs", "frobnicate", code=U,
+        says="invalid choice"),
+    row("quota-overflow", "mkfs", "megafs", "quota", "{url}", "99999999999P", code=U,
+        says="too large"),
+    row("quota-0", "mkfs", "megafs", "quota", "{url}", "0", code=U, says="'none'"),
+    row("quota-abc", "mkfs", "megafs", "quota", "{url}", "abc", code=U, says="invalid size"),
+    row("passphrase-not-utf8", "mkfs", "megafs", "passphrase", "{url}", code=U,
+        says="not valid UTF-8", env={"MEGAFS_PASSPHRASE": NOT_UTF8}),
+    row("passphrase-new-not-utf8", "mkfs", "megafs", "passphrase", "{url}", code=U,
+        says="MEGAFS_NEW_PASSPHRASE is not valid UTF-8",
+        env={"MEGAFS_NEW_PASSPHRASE": NOT_UTF8}),
+    row("recover-wrong-key", "mkfs", "megafs", "recover", "{url}",
+        code=ExitCode.WRONG_PASSPHRASE, says="wrong recovery key",
+        env={"MEGAFS_RECOVERY_KEY": "{wrong_key}", "MEGAFS_NEW_PASSPHRASE": "new"}),
+    row("recover-not-a-key", "mkfs", "megafs", "recover", "{url}",
+        code=ExitCode.WRONG_PASSPHRASE, says="not a megafs recovery key",
+        env={"MEGAFS_RECOVERY_KEY": "hello", "MEGAFS_NEW_PASSPHRASE": "new"}),
+    row("recover-key-not-utf8", "mkfs", "megafs", "recover", "{url}", code=U,
+        says="MEGAFS_RECOVERY_KEY is not valid UTF-8",
+        env={"MEGAFS_RECOVERY_KEY": NOT_UTF8, "MEGAFS_NEW_PASSPHRASE": "new"}),
+    row("stat-not-a-mount", "none", "megafs", "stat", "{tmp}", code=ExitCode.NOT_MOUNTED,
+        says="not a megafs mount"),
+    row("ctrl-cachesize-0", "mounted", "megafs", "ctrl", "{mnt}", "cachesize", "0", code=U,
+        says="more than 0"),
+    row("share-missing-path", "mounted", "megafs", "share", "{mnt}/missing",
+        code=ExitCode.NO_SUCH_PATH, says="No such file"),
+    row("unshare-not-shared", "mounted", "megafs", "unshare", "{mnt}/f",
+        code=ExitCode.SHARE_NOT_FOUND, says="not shared"),
+    row("unshare-missing-path", "mounted", "megafs", "unshare", "{mnt}/missing",
+        code=ExitCode.NO_SUCH_PATH, says="No such file"),
+    row("shares-not-a-mount", "none", "megafs", "shares", "{tmp}", code=ExitCode.NOT_MOUNTED,
+        says="not inside a megafs mount"),
+    row("get-to-proc-version", "shared", "megafs", "get", "{link}", "/proc/version", code=IO,
+        says="/proc/version"),
+    row("get-to-read-only-fs", "shared", "megafs", "get", "{link}", "{ro}/f", code=IO,
+        says="Read-only file system"),
+    row("get-store-does-not-exist", "none", "megafs", "get", "{nostore_link}",
+        code=ExitCode.STORE_NOT_FOUND, says="does not exist"),
+    row("get-store-without-filesystem", "none", "megafs", "get", "{empty_link}",
+        code=ExitCode.NO_FILESYSTEM, says="holds no megafs filesystem"),
+    row("get-connection-refused", "none", "megafs", "get", "{refused_link}",
+        code=ExitCode.BACKEND_UNAVAILABLE, says="Connection refused"),
+    row("get-not-a-link", "none", "megafs", "get", "https://example.com/x", code=U,
+        says="not a megafs link"),
+    row("get-s3-bad-ipv6", "none", "megafs", "get", "{badhost_link}", code=U,
+        says="bad storage URL"),
+]
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _link(url: str) -> str:
+    share_id, key = share_format.new_share()
+    return share_format.make_link(url, share_id, key)
+
+
+class Scene:
+    """The store, mount and scratch files one row runs against (local store)."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
+        self.values: dict[str, str] = {
+            "url": self.fs.url, "mnt": str(self.fs.mnt), "tmp": str(tmp_path / "scratch"),
+        }
+        (tmp_path / "scratch").mkdir()
+        self.ro: Path | None = None
+
+    def prepare(self, setup: str, needs: str) -> None:
+        fs = self.fs
+        if setup != "none":
+            fs.mkfs()
+        if setup.startswith("sb:"):
+            self._tamper(setup[3:])
+        if setup in ("mounted", "shared"):
+            fs.mount()
+            (fs.mnt / "f").write_bytes(b"shared bytes\n")
+        if setup == "shared":
+            self.values["link"] = fs.run("megafs", "share", fs.mnt / "f").stdout.strip()
+        if "{file}" in needs:
+            (self.tmp / "plain-file").write_text("not a directory\n")
+            self.values["file"] = str(self.tmp / "plain-file")
+        if "{ro}" in needs:
+            self.ro = self.tmp / "ro"
+            self.ro.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "megafs-test-ro",
+                            str(self.ro)], check=True, capture_output=True)
+            self.values["ro"] = str(self.ro)
+        if "{sticky}" in needs:
+            sticky = self.tmp / "sticky"
+            sticky.mkdir()
+            os.chmod(sticky, 0o1777)
+            self.values["sticky"] = str(sticky)
+        if "{nostore_link}" in needs:
+            self.values["nostore_link"] = _link(f"local://{self.tmp}/no-such-store")
+        if "{empty_link}" in needs:
+            (self.tmp / "empty-store").mkdir()
+            self.values["empty_link"] = _link(f"local://{self.tmp}/empty-store")
+        if "{refused_link}" in needs:
+            self.values["refused_link"] = _link(
+                f"s3+http://127.0.0.1:{_closed_port()}/bucket")
+        if "{badhost_link}" in needs:
+            self.values["badhost_link"] = _link("s3://[zz]/bucket")
+        if "{wrong_key}" in needs:
+            self.values["wrong_key"] = superblock.format_recovery_key(os.urandom(32))
+
+    def _tamper(self, edit: str) -> None:
+        """``a.b=JSON``: set a field of the stored superblock, as a provider could."""
+        path, _, value = edit.partition("=")
+        sb = json.loads(self.fs.store.read(superblock.OBJECT_KEY))
+        *parents, last = path.split(".")
+        node = sb
+        for name in parents:
+            node = node[name]
+        node[last] = json.loads(value)
+        self.fs.store.write(superblock.OBJECT_KEY, json.dumps(sb).encode())
+
+    def fill(self, text: str) -> str:
+        return text.format(**self.values)
+
+    def close(self) -> None:
+        self.fs.cleanup()
+        if self.ro is not None and str(self.ro) in mounted_paths():
+            subprocess.run(["umount", str(self.ro)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    s = Scene(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("case", ROWS)
+def test_bad_input(scene, case: Row):
+    needs = " ".join(case.argv) + " " + " ".join(case.env.values())
+    scene.prepare(case.setup, needs)
+    env = dict(scene.fs.env, **{k: scene.fill(v) for k, v in case.env.items()})
+    tool, *args = case.argv
+    start = time.monotonic()
+    proc = subprocess.run([str(BIN / tool), *map(scene.fill, args)], capture_output=True,
+                          text=True, env=env, timeout=ROW_TIMEOUT, stdin=subprocess.DEVNULL,
+                          cwd=scene.values["tmp"])
+    line = assert_cli_error(proc, tool, case.code)
+    assert case.says.lower() in line.lower(), line
+    assert time.monotonic() - start < ROW_TIMEOUT
+    if tool == "mount.megafs":
+        assert not scene.fs.is_mounted()
+    if case.setup == "shared":  # nothing was written where the download was refused
+        assert not (scene.tmp / "ro" / "f").exists()
