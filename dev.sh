@@ -28,7 +28,9 @@ setup() {
         python3 -m venv .venv
     fi
     if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+        # compat: a plain path in a .pth file, no import hook that slows every start
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' \
+            --config-settings editable_mode=compat
         touch .venv/.installed
     fi
 }

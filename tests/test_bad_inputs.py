@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +47,21 @@ class Row:
     says: str
     setup: str = "none"
     env: dict = field(default_factory=dict)
+    #: run as user nobody, in a mount namespace where /dev/fuse is root's alone
+    no_dev_fuse: bool = False
 
 
-def row(name: str, setup: str, *argv: str, code: ExitCode, says: str, env=None):
-    return pytest.param(Row(argv, code, says, setup, env or {}), id=name)
+def row(name: str, setup: str, *argv: str, code: ExitCode, says: str, env=None,
+        no_dev_fuse: bool = False):
+    return pytest.param(Row(argv, code, says, setup, env or {}, no_dev_fuse), id=name)
+
+
+NOBODY = 65534
+#: Runs "$@" as nobody with an inaccessible file bound over /dev/fuse ($0), whatever
+#: this machine's /dev/fuse allows (root only, or everyone).
+WITHOUT_DEV_FUSE = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /dev/fuse && exec setpriv'
+                    f' --reuid={NOBODY} --regid={NOBODY} --clear-groups "$@"']
 
 
 U, T, C = ExitCode.USAGE, ExitCode.CORRUPT, ExitCode.CACHE_ERROR
@@ -110,6 +125,8 @@ ROWS = [
     row("mount-wrong-passphrase", "mkfs", "mount.megafs", "{url}", "{mnt}",
         code=ExitCode.WRONG_PASSPHRASE, says="wrong passphrase",
         env={"MEGAFS_PASSPHRASE": "not it"}),
+    row("mount-without-dev-fuse", "none", "mount.megafs", "{url}", "{public_dir}", code=IO,
+        says="cannot use /dev/fuse", no_dev_fuse=True),
     row("mount-s3-empty-port", "none", "mount.megafs", "s3://host:/bucket", "{mnt}", code=U,
         says="invalid port"),
     # a provider's edits of the superblock: refused before Argon2id runs
@@ -225,6 +242,7 @@ class Scene:
         }
         (tmp_path / "scratch").mkdir()
         self.ro: Path | None = None
+        self.public: Path | None = None
 
     def prepare(self, setup: str, needs: str) -> None:
         fs = self.fs
@@ -251,6 +269,10 @@ class Scene:
             sticky.mkdir()
             os.chmod(sticky, 0o1777)
             self.values["sticky"] = str(sticky)
+        if "{public_dir}" in needs:  # a directory user nobody may use
+            self.public = Path(tempfile.mkdtemp(prefix="megafs-test-"))
+            os.chmod(self.public, 0o755)
+            self.values["public_dir"] = str(self.public)
         if "{nostore_link}" in needs:
             self.values["nostore_link"] = _link(f"local://{self.tmp}/no-such-store")
         if "{empty_link}" in needs:
@@ -280,6 +302,11 @@ class Scene:
 
     def close(self) -> None:
         self.fs.cleanup()
+        if self.public is not None:
+            if str(self.public) in mounted_paths():
+                subprocess.run(["fusermount3", "-u", "-z", str(self.public)],
+                               capture_output=True)
+            shutil.rmtree(self.public)
         if self.ro is not None and str(self.ro) in mounted_paths():
             subprocess.run(["umount", str(self.ro)], check=True, capture_output=True)
 
@@ -300,7 +327,13 @@ def test_bad_input(scene, case: Row):
     env = dict(scene.fs.env, **{k: scene.fill(v) for k, v in case.env.items()})
     tool, *args = case.argv
     start = time.monotonic()
-    proc = subprocess.run([str(BIN / tool), *map(scene.fill, args)], capture_output=True,
+    argv = [str(BIN / tool), *map(scene.fill, args)]
+    if case.no_dev_fuse:
+        denied = scene.tmp / "no-fuse-device"
+        denied.write_bytes(b"")
+        os.chmod(denied, 0o600)
+        argv = [*WITHOUT_DEV_FUSE, str(denied), *argv]
+    proc = subprocess.run(argv, capture_output=True,
                           text=True, env=env, timeout=ROW_TIMEOUT, stdin=subprocess.DEVNULL,
                           cwd=scene.values["tmp"])
     line = assert_cli_error(proc, tool, case.code)
@@ -310,3 +343,158 @@ def test_bad_input(scene, case: Row):
         assert not scene.fs.is_mounted()
     if case.setup == "shared":  # nothing was written where the download was refused
         assert not (scene.tmp / "ro" / "f").exists()
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------
+
+#: Seconds after the start at which SIGINT arrives: while Python starts, while the tool's
+#: modules load, and once it waits for the passphrase.
+SIGINT_DELAYS = (0.0, 0.02, 0.05, 0.1, 0.4)
+#: (tool, arguments) that wait for ever: on the passphrase file, a FIFO nobody writes;
+#: umount.megafs on the flush of a mount whose every storage request takes 0.3 s.
+SIGINT_TOOLS = {
+    "mkfs.megafs": ("--passphrase-file", "{fifo}", "local:///nonexistent"),
+    "mount.megafs": ("--passphrase-file", "{fifo}", "local:///nonexistent", "{mnt}"),
+    "fsck.megafs": ("--passphrase-file", "{fifo}", "local:///nonexistent"),
+    "megafs": ("quota", "--passphrase-file", "{fifo}", "local:///nonexistent"),
+    "umount.megafs": ("{mnt}",),
+}
+#: What Python prints when Ctrl-C hits its own start (the site module), before the first
+#: line of a megafs launcher runs: the one window megafs cannot close.
+PYTHON_STARTING = "Fatal Python error: init_import_site"
+SIGINT_ROWS = [pytest.param(tool, delay, id=f"{tool}-{delay}s") for tool in SIGINT_TOOLS
+               for delay in SIGINT_DELAYS]
+
+
+@pytest.mark.parametrize("tool, delay", SIGINT_ROWS)
+def test_ctrl_c_at_start(tool, delay, tmp_path):
+    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
+    fifo = tmp_path / "passphrase"
+    os.mkfifo(fifo)
+    values = {"fifo": str(fifo), "mnt": str(fs.mnt)}
+    env = dict(os.environ, MEGAFS_INSECURE_TEST_KDF="1")
+    env.pop("MEGAFS_PASSPHRASE", None)
+    try:
+        if tool == "umount.megafs":
+            fs.mkfs()
+            fs.env["MEGAFS_FAULTS"] = "latency=0.3"
+            fs.mount()
+            (fs.mnt / "data").write_bytes(os.urandom(300_000))
+        proc = subprocess.Popen(
+            [str(BIN / tool), *(a.format(**values) for a in SIGINT_TOOLS[tool])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        fs.cleanup()
+    if proc.returncode == -signal.SIGINT and (out, err) == ("", ""):
+        return  # before the interpreter had set up its handlers: nothing ran at all
+    if err.startswith(PYTHON_STARTING):
+        return  # in the interpreter's own start, before the launcher's first line
+    assert "Traceback" not in err, err
+    assert proc.returncode == ExitCode.INTERRUPTED, (proc.returncode, err)
+    assert err == f"{tool}: interrupted\n"
+
+
+# -- the recovery key and mkfs ---------------------------------------------------------
+
+
+def test_recovery_key_is_shown_before_the_filesystem_exists(tmp_path):
+    """Ctrl-C between writing the superblock and printing the recovery key cannot happen:
+    the key is printed (and flushed) first. Every request waits 0.3 s here, so a
+    superblock written before the key was printed would be seen."""
+    store = LocalStore(tmp_path / "store")
+    fs = MegaFS(store, tmp_path)
+    env = dict(fs.env, MEGAFS_FAULTS="latency=0.3")
+    proc = subprocess.Popen([str(BIN / "mkfs.megafs"), store.url], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("    "):  # the key line
+            break
+    assert lines and lines[-1].startswith("    "), lines
+    assert store.read(superblock.OBJECT_KEY) is None, "superblock written before the key"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert err == "mkfs.megafs: interrupted\n"
+    assert store.read(superblock.OBJECT_KEY) is None  # no filesystem: nothing lost
+
+    # Uninterrupted, the key printed before the commit opens the filesystem made.
+    done = fs.run("mkfs.megafs", "--force", store.url, env=env)
+    key = done.stdout.strip().splitlines()[-1].strip()
+    fs.run("megafs", "recover", store.url,
+           env=dict(fs.env, MEGAFS_RECOVERY_KEY=key, MEGAFS_NEW_PASSPHRASE="after recovery"))
+    fs.run("fsck.megafs", "--dry-run", store.url,
+           env=dict(fs.env, MEGAFS_PASSPHRASE="after recovery"))
+
+
+# -- MEGAFS_INSECURE_TEST_KDF outside the tests ------------------------------------------
+
+
+def test_insecure_test_kdf_is_loud_outside_tests(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    fs = MegaFS(store, tmp_path)
+    outside = {k: v for k, v in fs.env.items() if k != "PYTEST_CURRENT_TEST"}
+    assert outside["MEGAFS_INSECURE_TEST_KDF"] == "1"
+    proc = fs.run("mkfs.megafs", store.url, env=outside)
+    assert "WARNING: MEGAFS_INSECURE_TEST_KDF=1" in proc.stderr, proc.stderr
+    proc = fs.run("megafs", "passphrase", store.url,
+                  env=dict(outside, MEGAFS_NEW_PASSPHRASE="new one"))
+    assert "WARNING: MEGAFS_INSECURE_TEST_KDF=1" in proc.stderr, proc.stderr
+    proc = fs.run("megafs", "passphrase", store.url,
+                  env=dict(fs.env, MEGAFS_PASSPHRASE="new one", MEGAFS_NEW_PASSPHRASE="3rd"))
+    assert proc.stderr == ""  # inside the test suite it is set on purpose
+    quiet = {k: v for k, v in outside.items() if k != "MEGAFS_INSECURE_TEST_KDF"}
+    proc = fs.run("megafs", "passphrase", store.url,
+                  env=dict(quiet, MEGAFS_PASSPHRASE="3rd", MEGAFS_NEW_PASSPHRASE="4th"))
+    assert proc.stderr == ""
+
+
+# -- quota bounds --------------------------------------------------------------------------
+
+
+def test_largest_quota_keeps_df_working(tmp_path):
+    """The largest quota accepted (1024P) still fits statfs: df shows it, no EIO."""
+    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
+    try:
+        fs.mkfs("--quota", "1024P")
+        fs.mount()
+        st = os.statvfs(fs.mnt)
+        assert st.f_blocks * st.f_frsize == 1 << 60
+        fs.umount()
+        assert fs.run("megafs", "quota", fs.url, "none").stdout.startswith("quota: none")
+        assert fs.run("megafs", "quota", fs.url).stdout.strip() == "quota: none"
+    finally:
+        fs.cleanup()
+
+
+# -- help ----------------------------------------------------------------------------------
+
+
+def test_every_subcommand_explains_itself():
+    from megafs.cli.common import subparsers
+    from megafs.cli.tool import build_parser
+
+    for name, sub, summary in subparsers(build_parser()):
+        assert summary, f"megafs {name}: no one-line help"
+        assert sub.description, f"megafs {name} --help has no description"
+        for action in sub._actions:
+            if not action.option_strings and action.dest != "action":
+                assert action.help, f"megafs {name}: {action.metavar} has no help"
+
+
+def test_mount_help_lists_every_option_of_the_readme():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("Options understood in `-o`"):]
+    section = section[:section.index("\n*")]
+    options = re.findall(r"`([a-z_]+=?)`", section)
+    assert len(options) >= 6, options
+    proc = subprocess.run([str(BIN / "mount.megafs"), "--help"], capture_output=True,
+                          text=True, check=True)
+    text = " ".join(proc.stdout.split())
+    for option in options:
+        assert option in text, f"mount.megafs --help does not mention {option}"

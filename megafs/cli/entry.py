@@ -2,14 +2,20 @@
 
 Importing a tool pulls in trio, cryptography and apsw, which takes a few tenths of a
 second. Ctrl-C in that time must not print a KeyboardInterrupt traceback, so this
-module imports nothing heavy: it first installs a SIGINT handler that prints one line
-and exits 130, then imports the tool, and only then hands SIGINT back to Python
-(as KeyboardInterrupt), which the tool's top level (:func:`megafs.cli.common.run`)
-turns into the same line.
+module imports nothing heavy: when it is imported it installs a SIGINT handler that
+prints one line and exits 130, then imports the tool, and only then hands SIGINT back
+to Python (as KeyboardInterrupt), which the tool's top level
+(:func:`megafs.cli.common.run`) turns into the same line.
+
+What remains is the interpreter's own start (the ``site`` module, and the first
+imports of the console-script wrapper): a few milliseconds in which Python, not
+megafs, prints a traceback. An editable install in setuptools' default mode adds
+~25 ms of imports to ``site``; dev.sh installs in ``compat`` mode, which does not.
 """
 
+# _signal, the C module: "import signal" first loads enum, functools, collections (~10 ms)
+import _signal
 import os
-import signal
 import sys
 
 #: ExitCode.INTERRUPTED, spelled out so that nothing is imported before the handler.
@@ -23,9 +29,15 @@ def _exit_interrupted(prog: str):
     return handler
 
 
+# At import, before the script that imports us goes on: it still has work to do
+# (setuptools' console-script wrapper compiles a regular expression, ~10 ms).
+_signal.signal(_signal.SIGINT, _exit_interrupted(os.path.basename(sys.argv[0]) or "megafs"))
+
+
 def _start(prog: str, module: str) -> int:
-    signal.signal(signal.SIGINT, _exit_interrupted(prog))
+    _signal.signal(_signal.SIGINT, _exit_interrupted(prog))
     import importlib
+    import signal
 
     tool = importlib.import_module(module)
     signal.signal(signal.SIGINT, signal.default_int_handler)

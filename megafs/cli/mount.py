@@ -152,12 +152,12 @@ def _config(args) -> MountConfig:
         else:
             raise UsageError(f"unknown mount option {opt.strip()!r} in -o (see"
                              " mount.megafs --help)")
+    check_dev_fuse()
     mountpoint = os.path.abspath(args.mountpoint)
     check_mountpoint(mountpoint, nonempty_ok=nonempty)
     cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else None
     if cache_dir is not None:
         check_cache_dir(cache_dir, mountpoint)
-    check_dev_fuse()
     return MountConfig(
         url=args.storage_url, mountpoint=mountpoint,
         passphrase=read_passphrase(args.passphrase_file),
