@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -498,3 +499,62 @@ def test_mount_help_lists_every_option_of_the_readme():
     text = " ".join(proc.stdout.split())
     for option in options:
         assert option in text, f"mount.megafs --help does not mention {option}"
+
+
+# -- the cache directory is private -------------------------------------------------------
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode)
+            for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("where", ["given-0755", "default-xdg"])
+def test_cache_directory_is_private_whatever_the_umask(where, tmp_path):
+    """Under umask 0, in a 0755 --cache-dir (the README's /var/cache/megafs) or the
+    default one: the directory ends up 0700, everything in it 0600 (folders 0700)."""
+    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
+    try:
+        fs.mkfs(block_size="1M")  # blocks past 128 KiB are files in the cache, not memory
+        args = [fs.url, fs.mnt]
+        if where == "given-0755":
+            cache = tmp_path / "var-cache-megafs"
+            cache.mkdir()
+            os.chmod(cache, 0o755)
+            (cache / "megafs.log").write_text("an old log\n")
+            os.chmod(cache / "megafs.log", 0o644)
+            args = ["--cache-dir", cache, *args]
+        proc = subprocess.run([str(BIN / "mount.megafs"), *map(str, args)], env=fs.env,
+                              capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: os.umask(0))
+        assert proc.returncode == 0, proc.stderr
+        fs.pids.add(fs.pid())
+        (fs.mnt / "secret-name.txt").write_bytes(os.urandom(3 << 20))  # dirty blocks
+        if where == "default-xdg":
+            (cache,) = (tmp_path / "xdg-cache" / "megafs").glob("*/metadata.db")
+            cache = cache.parent
+        modes = _modes(cache)
+        assert {"metadata.db", "metadata.db-wal", "megafs.log", "blocks"} <= set(modes), modes
+        assert any(name.startswith("blocks/") for name in modes), modes
+        for name, mode in modes.items():
+            is_dir = (cache / name).is_dir()
+            assert mode == (0o700 if is_dir else 0o600), (name, oct(mode))
+        fs.flush()
+        fs.umount()
+    finally:
+        fs.cleanup()
+
+
+# -- S3 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_get_names_the_missing_s3_store(store, tmp_path):
+    """On S3 the store is checked over the network: a missing bucket, and a bucket
+    without a filesystem, say so instead of 'revoked'."""
+    fs = MegaFS(store, tmp_path)
+    for url, code, says in [(store.missing_url(), ExitCode.STORE_NOT_FOUND, "does not exist"),
+                            (store.url, ExitCode.NO_FILESYSTEM, "holds no megafs filesystem")]:
+        proc = fs.run("megafs", "get", _link(url), tmp_path / "dest", check=False)
+        line = assert_cli_error(proc, "megafs", code)
+        assert says in line, line
