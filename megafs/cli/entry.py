@@ -31,7 +31,9 @@ def _exit_interrupted(prog: str):
 
 # At import, before the script that imports us goes on: it still has work to do
 # (setuptools' console-script wrapper compiles a regular expression, ~10 ms).
-_signal.signal(_signal.SIGINT, _exit_interrupted(os.path.basename(sys.argv[0]) or "megafs"))
+_PROG = os.path.basename(sys.argv[0])
+_signal.signal(_signal.SIGINT, _exit_interrupted(
+    "megafs" if not _PROG or _PROG.endswith(".py") else _PROG))  # (python -m megafs: __main__.py)
 
 
 def _start(prog: str, module: str) -> int:
