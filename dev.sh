@@ -28,7 +28,9 @@ setup() {
         python3 -m venv .venv
     fi
     if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+        # compat: a plain path in a .pth file, no import hook that slows every start
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' \
+            --config-settings editable_mode=compat
         touch .venv/.installed
     fi
 }
@@ -40,6 +42,16 @@ mount)
     mnt=$(realpath -m "${3:-$here/megafs-demo/mnt}")
     mkdir -p "$store" "$mnt"
     if [ ! -e "$store/superblock" ]; then
+        # First use: ask once (twice to confirm) for both mkfs and the mount.
+        if [ -z "${MEGAFS_PASSPHRASE+set}" ] && [ -t 0 ]; then
+            read -rs -p "New passphrase: " MEGAFS_PASSPHRASE; echo >&2
+            read -rs -p "Repeat passphrase: " again; echo >&2
+            if [ "$MEGAFS_PASSPHRASE" != "$again" ]; then
+                echo "dev.sh: passphrases do not match" >&2
+                exit 2
+            fi
+            export MEGAFS_PASSPHRASE
+        fi
         .venv/bin/mkfs.megafs "local://$store"
     fi
     .venv/bin/mount.megafs "local://$store" "$mnt"

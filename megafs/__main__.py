@@ -1,5 +1,5 @@
 """``python -m megafs`` runs the ``megafs`` tool."""
 
-from megafs.cli.tool import main
+from megafs.cli.entry import megafs
 
-raise SystemExit(main())
+raise SystemExit(megafs())

@@ -33,7 +33,7 @@ from megafs.errors import (
     MegafsError,
 )
 from megafs.fs.operations import Operations
-from megafs.osutil import set_fuse_readahead
+from megafs.osutil import private_dir, set_fuse_readahead
 from megafs.store import lifecycle
 from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
@@ -182,7 +182,7 @@ class Daemon:
         store, sb = await lifecycle.unlock(backend, passphrase=cfg.passphrase)
         cache_dir = cfg.cache_dir or default_cache_dir(sb["store_id"])
         try:
-            os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+            private_dir(cache_dir)
             lockfile = stack.enter_context(open(os.path.join(cache_dir, "lock"), "w"))
         except OSError as e:
             raise CacheError(f"cache directory {cache_dir}: {e.strerror}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _UMOUNT_NOFOLLOW = 8  # as fusermount3: never follow a symlink swapped in for the path
@@ -85,3 +86,29 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) 
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
                 and mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def private_dir(path: str) -> None:
+    """Make *path* a directory only its owner can enter (0700), creating it or tightening
+    an existing one, and make what it holds at its top private too (files 0600, folders
+    0700): a cache directory holds file names, metadata and share keys in clear.
+
+    Refuses (CacheError) a directory that is not this user's own or has the sticky bit
+    (such as /tmp): tightening a shared directory would break it for everyone else.
+    """
+    from megafs.errors import CacheError
+
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & stat.S_ISVTX:
+        raise CacheError(f"cache directory {path} is shared (another owner, or sticky like"
+                         " /tmp): give a directory of its own")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+            if entry.is_dir(follow_symlinks=False) and mode & 0o077:
+                os.chmod(entry.path, mode & 0o700)
+            elif entry.is_file(follow_symlinks=False) and mode & 0o077:
+                os.chmod(entry.path, mode & 0o600)

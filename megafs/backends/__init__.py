@@ -25,7 +25,10 @@ def parse_url(url: str) -> tuple[str, str]:
     ``s3://HOST[:PORT]/BUCKET[/PREFIX]`` (HTTPS) and ``s3+http://...`` (plain
     HTTP) give ("s3", normalized URL) and ("s3+http", normalized URL).
     """
-    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError as e:  # such as an unclosed [IPv6 literal
+        raise UsageError(f"bad storage URL {url!r}: {e}") from None
     if parsed.scheme == "local":
         if parsed.netloc or not parsed.path.startswith("/"):
             raise UsageError(f"bad storage URL {url!r}: use local:///absolute/path")

@@ -116,7 +116,11 @@ def parse_location(url: str) -> S3Location:
     def bad(why: str) -> UsageError:
         return UsageError(f"bad storage URL {url!r}: {why}; {URL_HELP}")
 
-    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        hostname = parsed.hostname  # raises ValueError for a bad [IPv6] literal
+    except ValueError as e:
+        raise bad(f"invalid host ({e})") from None
     if parsed.scheme not in ("s3", "s3+http"):
         raise bad("not an s3 URL")
     if parsed.query or parsed.fragment or url.endswith(("?", "#")):
@@ -124,13 +128,13 @@ def parse_location(url: str) -> S3Location:
     if "@" in parsed.netloc:
         raise bad("credentials do not belong in the URL (set AWS_ACCESS_KEY_ID and "
                   "AWS_SECRET_ACCESS_KEY, or use an authinfo file)")
-    if not parsed.hostname:
+    if not hostname:
         raise bad("missing host")
     try:
         port = parsed.port
     except ValueError:
         raise bad("invalid port") from None
-    if port == 0:
+    if port == 0 or (port is None and parsed.netloc.endswith(":")):
         raise bad("invalid port")
     parts = [p for p in parsed.path.split("/") if p]
     if not parts:

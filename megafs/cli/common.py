@@ -13,7 +13,7 @@ import threading
 import time
 
 from megafs import __version__
-from megafs.errors import ExitCode, MegafsError, UsageError
+from megafs.errors import ExitCode, LocalIOError, MegafsError, UsageError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 #: ``--debug`` without a value: debug messages of every module.
@@ -24,12 +24,58 @@ SYSLOG_SOCKET = "/dev/log"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+#: No size option means anything beyond this (1 EiB); statfs counts in 64 bits.
+MAX_SIZE = 1 << 60
+#: Longest delay or timeout any option takes, in seconds (a day).
+MAX_SECONDS = 86400.0
+
+
 def parse_size(text: str) -> int:
-    """``"4G"``, ``"512MiB"``, ``"1048576"`` -> bytes (binary units)."""
+    """``"4G"``, ``"512MiB"``, ``"1048576"`` -> bytes (binary units), at most 1024P."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", text.lower())
     if not m:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 4G, 512M, 65536)")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    value = float(m.group(1)) * _UNITS[m.group(2)]
+    if not value <= MAX_SIZE:  # also inf
+        raise argparse.ArgumentTypeError(f"size {text!r} is too large (at most 1024P)")
+    return int(value)
+
+
+def positive_size(text: str) -> int:
+    """:func:`parse_size`, refusing 0."""
+    value = parse_size(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be more than 0")
+    return value
+
+
+def parse_quota(text: str) -> int | None:
+    """A quota: a size of at least 1 byte, or ``none`` (no limit) -> None."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = positive_size(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"invalid quota: {e} (write 'none' for no limit)") from None
+    return value
+
+
+def seconds(lo: float, *, allow_lo: bool = True, hi: float = MAX_SECONDS):
+    """An argparse type: a finite number of seconds in [lo, hi] (or (lo, hi])."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (lo <= value <= hi and (allow_lo or value > lo)):  # nan fails every test
+            bound = f"{'at least' if allow_lo else 'more than'} {lo:g}"
+            raise argparse.ArgumentTypeError(
+                f"invalid number of seconds {text!r} (must be {bound} and at most {hi:g})")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
 
 
 # -- parsers -------------------------------------------------------------------------
@@ -59,6 +105,15 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kw):
         kw.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kw)
+
+    def error(self, message: str):
+        """A bad command line: one line ``<tool>: <message>`` and exit 2 (argparse's
+        default prints the whole usage first)."""
+        tool = self.prog.split()[0]
+        sub = self.prog[len(tool):].strip()
+        where = f"{sub}: " if sub else ""
+        self.exit(int(ExitCode.USAGE),
+                  f"{tool}: {where}{message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -130,7 +185,7 @@ def read_passphrase(path: str | None, *, confirm: bool = False,
         except OSError as e:
             raise UsageError(f"cannot read passphrase file {path}: {e.strerror}") from None
     elif "MEGAFS_PASSPHRASE" in os.environ:
-        value = os.environ["MEGAFS_PASSPHRASE"].encode()
+        value = env_text("MEGAFS_PASSPHRASE").encode()
     elif sys.stdin.isatty():
         value = getpass.getpass(prompt).encode()
         if confirm and getpass.getpass("Repeat passphrase: ").encode() != value:
@@ -140,6 +195,31 @@ def read_passphrase(path: str | None, *, confirm: bool = False,
     if not value:
         raise UsageError("the passphrase is empty")
     return value
+
+
+def env_text(name: str) -> str:
+    """The environment variable *name*, which must be valid UTF-8 (passphrases and keys
+    must give the same bytes whether they come from the environment or a prompt)."""
+    value = os.environ[name]
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{name} is not valid UTF-8") from None
+    return value
+
+
+#: Set by pytest in the environment of a running test (and so of the tools it runs).
+TEST_RUNNER_VARIABLE = "PYTEST_CURRENT_TEST"
+
+
+def warn_insecure_kdf(prog: str) -> None:
+    """Say loudly that ``MEGAFS_INSECURE_TEST_KDF`` makes a passphrase cheap to guess
+    (except inside the test suite, which sets it on purpose)."""
+    if (os.environ.get("MEGAFS_INSECURE_TEST_KDF") == "1"
+            and TEST_RUNNER_VARIABLE not in os.environ):
+        print(f"{prog}: WARNING: MEGAFS_INSECURE_TEST_KDF=1 is set: the passphrase is protected by"
+              " test-only key derivation parameters and is cheap to guess; unset it and run"
+              " 'megafs passphrase' again", file=sys.stderr)
 
 
 # -- logging -------------------------------------------------------------------------
@@ -315,7 +395,7 @@ def run(prog: str, fn, *args) -> int:
         return int(ExitCode.INTERRUPTED)
     except PermissionError as e:
         print(f"{prog}: permission denied: {e.filename or e}", file=sys.stderr)
-        return int(ExitCode.FAILURE)
+        return int(LocalIOError.exit_code)
 
 
 def leaf_error(eg: BaseExceptionGroup) -> BaseException:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from megafs.cli.common import LEVELS, Progress, parse_size
+from megafs.cli.common import LEVELS, Progress, positive_size
 from megafs.cli.umount import daemon_pid, flush_mount, megafs_mountpoint
 from megafs.errors import NotMounted, UsageError
 
@@ -34,7 +34,7 @@ def add_command(sub) -> None:
                    help="comma-separated logger names, such as megafs.core.cache")
     a = actions.add_parser("cachesize", help="change the upper bound of the local block cache"
                                              " (the --cache-size of mount.megafs)")
-    a.add_argument("size", metavar="SIZE", type=parse_size, help="such as 512M or 8G")
+    a.add_argument("size", metavar="SIZE", type=positive_size, help="such as 512M or 8G")
     p.set_defaults(fn=ctrl)
 
 

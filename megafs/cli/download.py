@@ -26,13 +26,16 @@ import sys
 
 import trio
 
-from megafs.backends import NoSuchObject, open_backend
+from megafs.backends import NoSuchObject, open_backend, parse_url
 from megafs.errors import (
     AlreadyExists,
     CorruptObject,
     LocalIOError,
+    MegafsError,
+    NoFilesystem,
     NoSuchPath,
     ShareNotFound,
+    StoreNotFound,
     UsageError,
 )
 from megafs.store import envelope
@@ -319,15 +322,39 @@ def _verify_and_write(fd: int, block: Block, block_size: int, blob: bytes, shown
         raise LocalIOError(f"cannot write {shown}: {e.strerror}") from None
 
 
+async def _open_share_store(url: str):
+    """The backend of a link's store, checked first: an unreachable endpoint or a store
+    that does not exist fails at once, as in mkfs, not after a minute of retries."""
+    backend = open_backend(url)
+    try:
+        scheme, location = parse_url(url)
+        if scheme != "local":
+            await backend.check()
+        elif not os.path.isdir(location):  # (a download needs no write access: no check())
+            raise StoreNotFound(f"store directory {location} does not exist")
+    except BaseException:
+        await backend.aclose()
+        raise
+    return backend
+
+
+async def _missing_share(backend) -> MegafsError:
+    """Why a link's manifest is missing: no filesystem there at all, or revoked."""
+    if await backend.size("superblock") is None:
+        return NoFilesystem(f"{backend.description} holds no megafs filesystem: the link"
+                            " points to a store that does not exist (any more)")
+    return ShareNotFound("this link was revoked or never existed")
+
+
 async def download(link: share_format.Link, dest: str | None, *, force: bool = False,
                    progress: bool = False, warn=None) -> str:
     """Fetch, verify and write what a share contains; return the path written."""
-    backend = open_backend(link.url)
+    backend = await _open_share_store(link.url)
     try:
         try:
             blob = await backend.get(share_format.object_key(link.share_id))
         except NoSuchObject:
-            raise ShareNotFound("this link was revoked or never existed") from None
+            raise await _missing_share(backend) from None
         raw = share_format.open_manifest(link.key, link.share_id, blob, link.public_key)
         manifest = manifest_format.parse(raw)
         if link.public_key is None and warn is not None:

@@ -7,40 +7,59 @@ import sys
 
 import trio
 
-from megafs.cli.common import add_passphrase_option, read_passphrase
+from megafs.cli.common import (
+    add_passphrase_option,
+    env_text,
+    parse_quota,
+    read_passphrase,
+    warn_insecure_kdf,
+)
 from megafs.errors import UsageError
 from megafs.store import lifecycle, superblock
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("passphrase", help="change the passphrase (data is not re-encrypted)")
+    p = sub.add_parser("passphrase", help="change the passphrase (data is not re-encrypted)",
+                       description="Change the passphrase of the filesystem in STORAGE_URL:"
+                                   " only the superblock is rewritten, mounted or not.")
     add_passphrase_option(p)
     p.add_argument("--new-passphrase-file", metavar="F",
                    help="read the new passphrase from F (default: $MEGAFS_NEW_PASSPHRASE,"
                         " else ask)")
-    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.add_argument("storage_url", metavar="STORAGE_URL", help=URL_HELP)
     p.set_defaults(fn=_passphrase)
 
-    p = sub.add_parser("quota", help="show or change the storage quota (next mount uses it)")
+    p = sub.add_parser("quota", help="show or change the storage quota (next mount uses it)",
+                       description="Show the quota of the filesystem in STORAGE_URL, or set"
+                                   " it to SIZE (bytes stored after deduplication and"
+                                   " compression); a mount uses it from its next mount.")
     add_passphrase_option(p)
-    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.add_argument("storage_url", metavar="STORAGE_URL", help=URL_HELP)
     p.add_argument("size", nargs="?", metavar="SIZE|none",
-                   help="new quota (e.g. 50G), or 'none' for no limit; omit to show it")
+                   help="new quota, 1 byte to 1024P (e.g. 50G), or 'none' for no limit;"
+                        " omit to show it")
     p.set_defaults(fn=_quota)
 
-    p = sub.add_parser("recover", help="set a new passphrase using the recovery key from mkfs")
+    p = sub.add_parser("recover", help="set a new passphrase using the recovery key from mkfs",
+                       description="Set a new passphrase for the filesystem in STORAGE_URL,"
+                                   " unlocking it with the recovery key mkfs.megafs printed.")
     p.add_argument("--recovery-key-file", metavar="F",
                    help="read the recovery key from F (default: $MEGAFS_RECOVERY_KEY, else ask)")
-    p.add_argument("--new-passphrase-file", metavar="F")
-    p.add_argument("storage_url", metavar="STORAGE_URL")
+    p.add_argument("--new-passphrase-file", metavar="F",
+                   help="read the new passphrase from F (default: $MEGAFS_NEW_PASSPHRASE,"
+                        " else ask)")
+    p.add_argument("storage_url", metavar="STORAGE_URL", help=URL_HELP)
     p.set_defaults(fn=_recover)
+
+
+URL_HELP = "where the filesystem is stored (local:///PATH or s3://HOST/BUCKET[/PREFIX])"
 
 
 def _new_passphrase(path: str | None) -> bytes:
     import os
 
     if not path and "MEGAFS_NEW_PASSPHRASE" in os.environ:
-        value = os.environ["MEGAFS_NEW_PASSPHRASE"].encode()
+        value = env_text("MEGAFS_NEW_PASSPHRASE").encode()
         if not value:
             raise UsageError("the new passphrase is empty")
         return value
@@ -65,18 +84,9 @@ async def _rewrap(url: str, *, passphrase: bytes | None, recovery_key: bytes | N
 
 
 def _quota(args) -> int:
-    from megafs.cli.common import parse_size
-
+    # new: None (show), 0 (set no limit) or the new quota in bytes
+    new = None if args.size is None else (parse_quota(args.size) or 0)
     passphrase = read_passphrase(args.passphrase_file)
-    if args.size is None:
-        new = None
-    elif args.size.lower() == "none":
-        new = 0
-    else:
-        try:
-            new = parse_size(args.size)
-        except Exception as e:  # argparse.ArgumentTypeError
-            raise UsageError(str(e)) from None
 
     async def go():
         backend = await lifecycle.connect(args.storage_url)
@@ -97,6 +107,7 @@ def _quota(args) -> int:
 
 
 def _passphrase(args) -> int:
+    warn_insecure_kdf("megafs")
     old = read_passphrase(args.passphrase_file, prompt="Current passphrase: ")
     new = _new_passphrase(args.new_passphrase_file)
     trio.run(lambda: _rewrap(args.storage_url, passphrase=old, recovery_key=None, new=new))
@@ -114,11 +125,12 @@ def _recover(args) -> int:
         except OSError as e:
             raise UsageError(f"cannot read {args.recovery_key_file}: {e.strerror}") from None
     elif "MEGAFS_RECOVERY_KEY" in os.environ:
-        text = os.environ["MEGAFS_RECOVERY_KEY"]
+        text = env_text("MEGAFS_RECOVERY_KEY")
     elif sys.stdin.isatty():
         text = getpass.getpass("Recovery key: ")
     else:
         raise UsageError("no recovery key: use --recovery-key-file or MEGAFS_RECOVERY_KEY")
+    warn_insecure_kdf("megafs")
     key = superblock.parse_recovery_key(text)
     new = _new_passphrase(args.new_passphrase_file)
     trio.run(lambda: _rewrap(args.storage_url, passphrase=None, recovery_key=key, new=new))

@@ -37,8 +37,10 @@ TOOLS = (
 EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.FAILURE: "unexpected internal error (a bug; the daemon log has details)",
-    ExitCode.USAGE: "bad command line or option value",
-    ExitCode.WRONG_PASSPHRASE: "wrong passphrase or recovery key",
+    ExitCode.USAGE: "bad command line or option value (unknown option, value out of range,"
+                    " malformed storage URL)",
+    ExitCode.WRONG_PASSPHRASE: "wrong passphrase or recovery key (a changed salt, KDF"
+                               " parameter or key slot of the superblock looks the same)",
     ExitCode.NO_FILESYSTEM: "the store location holds no megafs filesystem",
     ExitCode.STORE_NOT_FOUND: "the store location does not exist or is not accessible",
     ExitCode.ALREADY_EXISTS:
@@ -46,7 +48,8 @@ EXIT_CODES: dict[ExitCode, str] = {
         " existing file of the same name (use `--force`)",
     ExitCode.BAD_MOUNTPOINT:
         "bad mountpoint: missing, not a directory, not empty, already mounted",
-    ExitCode.CORRUPT: "an object failed authentication: tampered with or damaged",
+    ExitCode.CORRUPT: "an object failed authentication, or the superblock holds fields out of"
+                      " range: tampered with or damaged",
     ExitCode.UNSUPPORTED_FORMAT: "the store uses a format version this megafs does not read",
     ExitCode.BACKEND_UNAVAILABLE: "the storage backend is unreachable or failing",
     ExitCode.NOT_MOUNTED: "not a megafs mount point (or its daemon does not answer)",
@@ -54,7 +57,8 @@ EXIT_CODES: dict[ExitCode, str] = {
                           " among them files with damaged ranges (listed: they stay"
                           " unreadable until overwritten, truncated or removed)",
     ExitCode.CACHE_ERROR:
-        "the cache directory is unusable (permissions, in use, wrong filesystem)",
+        "the cache directory is unusable (not a directory, read-only, shared with others,"
+        " in use, wrong filesystem)",
     ExitCode.LOCKED: "the store is in use: its lock is held by a live mount (here or"
                      " elsewhere); `--force` never displaces one",
     ExitCode.ROLLBACK: "the store serves older metadata than this machine has seen, metadata"
@@ -62,11 +66,12 @@ EXIT_CODES: dict[ExitCode, str] = {
                        " head records (rollback or fork; fsck.megafs: changed nothing)",
     ExitCode.BAD_CREDENTIALS: "storage credentials missing, unreadable, refused by the server,"
                               " or in a group/world-readable authinfo file",
-    ExitCode.SHARE_NOT_FOUND: "the share link was revoked or never existed",
+    ExitCode.SHARE_NOT_FOUND: "the share link was revoked or never existed, or the path is"
+                              " not shared",
     ExitCode.FSCK_REPAIRED: "`fsck.megafs` found problems and repaired them",
     ExitCode.NO_SUCH_PATH: "a local file or directory named on the command line does not exist",
     ExitCode.LOCAL_IO: "a local file or directory cannot be read or written (permission"
-                       " denied, read-only, disk full)",
+                       " denied, read-only, disk full), or /dev/fuse cannot be opened",
     ExitCode.LOCK_LOST: "another mount took over this store's lock: this one stopped writing",
     ExitCode.INTERRUPTED: "interrupted",
 }

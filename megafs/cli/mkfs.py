@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -10,11 +11,13 @@ import trio
 from megafs.cli.common import (
     Progress,
     add_passphrase_option,
+    parse_quota,
     parse_size,
     parser,
     read_passphrase,
     run,
     setup_logging,
+    warn_insecure_kdf,
 )
 from megafs.core.snapshot import initial_image
 from megafs.errors import UsageError
@@ -48,13 +51,21 @@ def build_parser():
     add_passphrase_option(p)
     p.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE, metavar="SIZE",
                    help="size of the blocks files are split into (default 1M, 64K..64M)")
-    p.add_argument("--quota", type=parse_size, metavar="SIZE",
+    p.add_argument("--quota", type=quota_option, metavar="SIZE",
                    help="limit the bytes stored (after deduplication and compression), e.g."
-                        " 50G; df shows it; change it with 'megafs quota'")
+                        " 50G (1 byte to 1024P, or 'none', the default); df shows it;"
+                        " change it with 'megafs quota'")
     p.add_argument("--force", action="store_true",
                    help="overwrite whatever the store holds (destroys an existing filesystem)")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="e.g. local:///srv/megafs-store")
     return p
+
+
+def quota_option(text: str) -> int | None:
+    try:
+        return parse_quota(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("invalid quota: ")) from None
 
 
 def _main(argv=None) -> int:
@@ -62,23 +73,28 @@ def _main(argv=None) -> int:
     setup_logging(args.debug)
     if not (64 << 10) <= args.block_size <= (64 << 20):
         raise UsageError("--block-size must be between 64K and 64M")
+    warn_insecure_kdf("mkfs.megafs")
     passphrase = read_passphrase(args.passphrase_file, confirm=True)
 
-    async def go():
-        backend = await lifecycle.connect(args.storage_url)
-        try:
-            return await lifecycle.create(
-                backend, passphrase, block_size=args.block_size, force=args.force,
-                initial_metadata=lambda: initial_image(os.getuid(), os.getgid()),
-                quota=args.quota)
-        finally:
-            await backend.aclose()
+    with Progress("mkfs.megafs", "deriving the key (Argon2id) and writing the superblock") as p:
+        def show_recovery_key(recovery: str) -> None:
+            # Before the superblock is written: from then on the filesystem exists, and
+            # an interruption must not be able to lose its only recovery key.
+            p.print(f"Creating a megafs filesystem in {args.storage_url}; its recovery key"
+                    " (shown once; it restores access if you lose the passphrase):\n"
+                    f"    {recovery}")
 
-    with Progress("mkfs.megafs", "deriving the key (Argon2id) and writing the superblock"):
-        _, recovery = trio.run(go)
-    print(f"Created a megafs filesystem in {args.storage_url}.")
-    print("Recovery key (shown once; it restores access if you lose the passphrase):")
-    print(f"    {recovery}")
+        async def go():
+            backend = await lifecycle.connect(args.storage_url)
+            try:
+                return await lifecycle.create(
+                    backend, passphrase, block_size=args.block_size, force=args.force,
+                    initial_metadata=lambda: initial_image(os.getuid(), os.getgid()),
+                    quota=args.quota, before_commit=show_recovery_key)
+            finally:
+                await backend.aclose()
+
+        trio.run(go)
     sys.stdout.flush()
     return 0
 

@@ -14,15 +14,27 @@ from megafs.cli.common import (
     add_passphrase_option,
     log_to_file,
     logging_buffered,
-    parse_size,
     parser,
+    positive_size,
     read_passphrase,
     run,
+    seconds,
     setup_logging,
 )
-from megafs.errors import ExitCode, MegafsError
+from megafs.errors import CacheError, ExitCode, LocalIOError, MegafsError, UsageError
 from megafs.mount import Daemon, MountConfig, check_mountpoint
-from megafs.osutil import tune_malloc
+from megafs.osutil import private_dir, tune_malloc
+
+#: FUSE options passed on to libfuse (``name`` or ``name=``): any other -o is refused.
+FUSE_OPTIONS = {"allow_other", "allow_root", "auto_unmount", "default_permissions", "ro",
+                "dirsync", "sync", "blkdev", "debug", "fsname=", "subtype=", "max_read=",
+                "blksize=", "context=", "fscontext=", "defcontext=", "rootcontext="}
+#: What -o understands besides FUSE_OPTIONS (the man page and --help list them).
+MEGAFS_OPTIONS = ("cache_dir=DIR", "cache_size=SIZE", "passphrase_file=F", "nonempty",
+                  "noatime", "nodiratime")
+DEV_FUSE = "/dev/fuse"
+#: Shortest --metadata-interval: less only burns CPU in an idle daemon.
+MIN_METADATA_INTERVAL = 0.1
 
 #: mount(8) options that mean nothing to a FUSE filesystem daemon.
 _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
@@ -85,22 +97,27 @@ def build_parser():
     add_passphrase_option(p)
     p.add_argument("--fg", action="store_true", help="stay in the foreground, log to stderr")
     p.add_argument("--cache-dir", metavar="DIR",
-                   help="local cache directory (default ~/.cache/megafs/STORE_ID)")
-    p.add_argument("--cache-size", type=parse_size, default="4G", metavar="SIZE",
+                   help="local cache directory of this store (default"
+                        " ~/.cache/megafs/STORE_ID); made private (mode 0700)")
+    p.add_argument("--cache-size", type=positive_size, default="4G", metavar="SIZE",
                    help="upper bound of the local block cache (default 4G)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options: FUSE options (allow_other, ro, ...)"
-                        " and cache_dir=, cache_size=, passphrase_file=")
+                   help="comma-separated mount options: " + ", ".join(MEGAFS_OPTIONS)
+                        + "; FUSE options (" + ", ".join(sorted(FUSE_OPTIONS)) + "); and"
+                        " mount(8) options that mean nothing here (_netdev, nofail, x-*...),"
+                        " which are ignored")
     for flag in ("-n", "-s", "-v"):  # passed by mount(8); meaningless here
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--upload-delay", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--upload-delay", type=seconds(0), default=5.0, metavar="SECONDS",
                    help="upload a block once it has not been written for this long (default 5);"
                         " on S3 a full block goes as soon as the writer has moved on to the next"
                         " one")
-    p.add_argument("--metadata-interval", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--metadata-interval", type=seconds(MIN_METADATA_INTERVAL), default=2.0,
+                   metavar="SECONDS",
                    help="upload metadata changes this often (default 2); with the upload"
                         " delay this bounds how far the store lags behind the mount")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds(0, allow_lo=False), default=60.0,
+                   metavar="SECONDS",
                    help="retry a failing storage request this long; then a read of data not in"
                         " the cache fails with EIO (uploads keep retrying; default 60)")
     p.add_argument("--force", action="store_true",
@@ -122,7 +139,10 @@ def _config(args) -> MountConfig:
         if name == "cache_dir":
             args.cache_dir = value
         elif name == "cache_size":
-            args.cache_size = parse_size(value)
+            try:
+                args.cache_size = positive_size(value)
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"-o cache_size: {e}") from None
         elif name == "passphrase_file":
             args.passphrase_file = value
         elif name == "nonempty":
@@ -131,17 +151,51 @@ def _config(args) -> MountConfig:
             atime[name[2:]] = False
         elif name in _IGNORED or name.startswith(("x-", "comment=")):
             continue
-        else:
+        elif (name + ("=" if _ else "")) in FUSE_OPTIONS:
             fuse.add(opt.strip())
+        else:
+            raise UsageError(f"unknown mount option {opt.strip()!r} in -o (see"
+                             " mount.megafs --help)")
+    check_dev_fuse()
     mountpoint = os.path.abspath(args.mountpoint)
     check_mountpoint(mountpoint, nonempty_ok=nonempty)
+    cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else None
+    if cache_dir is not None:
+        check_cache_dir(cache_dir, mountpoint)
     return MountConfig(
         url=args.storage_url, mountpoint=mountpoint,
         passphrase=read_passphrase(args.passphrase_file),
-        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
+        cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
         **atime)
+
+
+def check_cache_dir(cache_dir: str, mountpoint: str) -> None:
+    """--cache-dir must be a writable directory (or creatable) outside the mountpoint."""
+    real_cache, real_mnt = os.path.realpath(cache_dir), os.path.realpath(mountpoint)
+    if os.path.commonpath([real_cache, real_mnt]) == real_mnt:
+        raise UsageError(f"the cache directory {cache_dir} must not be the mountpoint or"
+                         " inside it")
+    existing = cache_dir
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "" if existing == cache_dir else f" ({existing})"
+        raise CacheError(f"cache directory {cache_dir}{where} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = ("read-only filesystem" if os.statvfs(existing).f_flag & os.ST_RDONLY
+               else "permission denied")
+        where = "" if existing == cache_dir else f" (in {existing})"
+        raise CacheError(f"cache directory {cache_dir}{where} is not writable: {why}")
+
+
+def check_dev_fuse() -> None:
+    """A clear line when this user cannot open /dev/fuse (instead of libfuse's failure)."""
+    if not os.access(DEV_FUSE, os.R_OK | os.W_OK):
+        why = "it does not exist" if not os.path.exists(DEV_FUSE) else "permission denied"
+        raise LocalIOError(f"cannot use {DEV_FUSE} ({why}): load the fuse module, or give this"
+                           " user access to it (usually mode 0666), or mount as root")
 
 
 def _serve(cfg: MountConfig, ready, opened=None) -> None:
@@ -155,6 +209,7 @@ def _serve(cfg: MountConfig, ready, opened=None) -> None:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # the cache directory's files (metadata, blocks, log) are private
     cfg = _config(args)
     if args.fg:
         setup_logging(args.debug, level=logging.INFO)
@@ -199,7 +254,7 @@ def _daemonize(cfg: MountConfig, debug: bool) -> int:
         # is known once the superblock is read: until then records wait in memory.
         logfile = os.path.join(cfg.cache_dir, "megafs.log") if cfg.cache_dir else None
         if logfile:
-            os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
+            private_dir(cfg.cache_dir)
         setup_logging(debug, logfile, buffer=not logfile, syslog="mount.megafs")
         _serve(cfg, lambda: report("ok"), opened=_log_in_cache_dir)
     except BaseException as e:  # noqa: BLE001 - the daemon reports and exits

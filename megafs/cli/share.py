@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -11,23 +12,40 @@ import sys
 import trio
 
 from megafs.cli.download import download
-from megafs.errors import MegafsError, NotMounted, UsageError
+from megafs.errors import (
+    BackendUnavailable,
+    LocalIOError,
+    MegafsError,
+    NoSuchPath,
+    NotMounted,
+    ShareNotFound,
+    UsageError,
+)
 from megafs.store import share as share_format
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("share", help="print a link to a file or folder (only the link's"
-                                     " holder can decrypt it)")
-    p.add_argument("path", metavar="PATH")
+                                     " holder can decrypt it)",
+                       description="Print a link to PATH, a file or folder in a megafs mount:"
+                                   " it carries the key of what it shares and nothing else.")
+    p.add_argument("path", metavar="PATH", help="a file or folder inside a megafs mount")
     p.set_defaults(fn=_share)
-    p = sub.add_parser("shares", help="list the active share links of a mount")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p = sub.add_parser("shares", help="list the active share links of a mount",
+                       description="List the active share links of the mount on MOUNTPOINT,"
+                                   " one per line: path, a tab, the link.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     p.set_defaults(fn=_shares)
-    p = sub.add_parser("unshare", help="revoke a link: fresh downloads of it fail")
-    p.add_argument("target", metavar="LINK_OR_PATH")
+    p = sub.add_parser("unshare", help="revoke a link: fresh downloads of it fail",
+                       description="Revoke a share link, given as the link or as the shared"
+                                   " path: downloads of it started afterwards fail.")
+    p.add_argument("target", metavar="LINK_OR_PATH",
+                   help="the link (megafs+...), or the shared file or folder in a mount")
     p.set_defaults(fn=_unshare)
-    p = sub.add_parser("get", help="download what a link shares (no passphrase needed)")
-    p.add_argument("link", metavar="LINK")
+    p = sub.add_parser("get", help="download what a link shares (no passphrase needed)",
+                       description="Download, decrypt and verify the file or folder a link"
+                                   " shares; no passphrase and no mount are needed.")
+    p.add_argument("link", metavar="LINK", help="a link printed by 'megafs share'")
     p.add_argument("dest", metavar="DEST", nargs="?",
                    help="where to put it: a new name, or an existing folder that receives"
                         " it under its own name (default: the current directory)")
@@ -56,13 +74,33 @@ def _share(args) -> int:
         os.setxattr(args.path, "megafs.share", b"create")
         print(os.getxattr(args.path, "megafs.share").decode())
     except OSError as e:
-        raise MegafsError(f"cannot share {args.path}: {e.strerror}") from None
+        raise _share_error(f"cannot share {args.path}", e) from None
     return 0
+
+
+def _share_error(what: str, e: OSError) -> MegafsError:
+    """The error (and exit code) for a failed share control request."""
+    text = f"{what}: {e.strerror}"
+    if e.errno == errno.ENOENT:
+        return NoSuchPath(text)
+    if e.errno == errno.ENODATA:
+        return ShareNotFound(f"{what}: it is not shared")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return LocalIOError(text)
+    if e.errno == errno.EINVAL:
+        return UsageError(f"{what}: only files and folders can be shared")
+    if e.errno in (errno.ENOTCONN, errno.ENOTSUP):
+        return NotMounted(f"{what}: the megafs daemon does not answer ({e.strerror})")
+    return BackendUnavailable(text)
 
 
 def _shares(args) -> int:
     mnt = _mount_of(args.mountpoint)
-    for item in json.loads(os.getxattr(mnt, "megafs.shares")):
+    try:
+        listing = os.getxattr(mnt, "megafs.shares")
+    except OSError as e:
+        raise _share_error(f"cannot list the links of {mnt}", e) from None
+    for item in json.loads(listing):
         print(f"{item['path']}\t{item['link']}")
     return 0
 
@@ -75,14 +113,17 @@ def _unshare(args) -> int:
                 try:
                     os.setxattr(mnt, "megafs.unshare", share_id.encode())
                 except OSError as e:
-                    raise MegafsError(f"cannot revoke the link: {e.strerror}") from None
+                    if e.errno == errno.ENOENT:
+                        raise ShareNotFound("that link was already revoked or never"
+                                            " existed") from None
+                    raise _share_error("cannot revoke the link", e) from None
                 return 0
         raise NotMounted(f"mount {url} first: links are revoked by the mounted filesystem")
     _mount_of(args.target)
     try:
         os.setxattr(args.target, "megafs.share", b"revoke")
     except OSError as e:
-        raise MegafsError(f"cannot revoke the share of {args.target}: {e.strerror}") from None
+        raise _share_error(f"cannot revoke the share of {args.target}", e) from None
     return 0
 
 
@@ -98,6 +139,25 @@ def _get(args) -> int:
     def warn(text: str) -> None:
         print(f"megafs: {text}", file=sys.stderr)
 
-    trio.run(functools.partial(download, link, args.dest, force=args.force,
-                               progress=sys.stderr.isatty(), warn=warn))
+    try:
+        trio.run(functools.partial(download, link, args.dest, force=args.force,
+                                   progress=sys.stderr.isatty(), warn=warn))
+    except (OSError, BaseExceptionGroup) as e:  # writing here: read-only, no permission...
+        error = _local_error(e)
+        if error is None:
+            raise
+        where = error.filename or args.dest or "the download"
+        raise LocalIOError(f"cannot write {where}: {error.strerror or error}") from None
     return 0
+
+
+def _local_error(e: BaseException) -> OSError | None:
+    """The OSError that *e* is or (from a nursery) holds, unless *e* also holds a
+    MegafsError or an interruption, which then say more."""
+    if isinstance(e, BaseExceptionGroup):
+        if e.subgroup((MegafsError, KeyboardInterrupt)) is not None:
+            return None
+        e = e.subgroup(OSError)
+        while isinstance(e, BaseExceptionGroup):
+            e = e.exceptions[0]
+    return e if isinstance(e, OSError) else None

@@ -53,10 +53,16 @@ async def _old_store(backend: Backend, passphrase: bytes) -> ObjectStore | None:
 
 
 async def create(backend: Backend, passphrase: bytes, *, block_size: int, force: bool,
-                 initial_metadata: Callable[[], bytes],
-                 quota: int | None = None) -> tuple[ObjectStore, str]:
+                 initial_metadata: Callable[[], bytes], quota: int | None = None,
+                 before_commit: Callable[[str], None] | None = None
+                 ) -> tuple[ObjectStore, str]:
     """Write a new, empty filesystem whose first metadata snapshot is
-    *initial_metadata()* (an image from the core); return (store, printable recovery key)."""
+    *initial_metadata()* (an image from the core); return (store, printable recovery key).
+
+    ``before_commit(recovery_key)`` is called right before the superblock, which makes
+    the filesystem exist, is written: mkfs prints the key there, so that no interruption
+    can leave a filesystem whose recovery key was never shown.
+    """
     existing = [k async for k in backend.list("")]
     if existing:
         if not force:
@@ -78,6 +84,8 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
                             "sb_version": superblock.version(superblock.parse(blob)),
                             "snapshot": key, "deltas": [], "objects": {key: [size, digest]},
                             "time": now, "host": "", "pid": 0})
+    if before_commit is not None:
+        before_commit(recovery)
     await backend.put(superblock.OBJECT_KEY, blob)
     await backend.sync()
     return store, recovery

@@ -28,6 +28,17 @@ OBJECT_KEY = "superblock"
 READABLE_FORMATS = (1, 2)
 LABEL_RECOVERY = b"megafs v1 recovery"
 
+#: Bounds of what a superblock may hold, checked before Argon2id runs: a provider's
+#: edit must fail at once, not exhaust memory or spin for hours (docs/format.md §3).
+MAX_KDF_ITERATIONS = 16
+MAX_KDF_MEMORY_KIB = 4 << 20  # 4 GiB
+MAX_KDF_LANES = 64
+MAX_KDF_WORK_KIB = 8 << 20  # iterations x memory: 8 GiB passes (RFC 9106's first: 2 GiB)
+SALT_BYTES = (16, 64)
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 64 << 10, 64 << 20
+#: Largest quota, in bytes: 1 EiB, far below what statfs's 64-bit counters overflow at.
+MAX_QUOTA = 1 << 60
+
 
 def _wrap_aad(store_id: bytes, slot: str) -> bytes:
     return b"megafs superblock v1|" + store_id + b"|" + slot.encode()
@@ -65,7 +76,14 @@ def _unwrap(kek: bytes, slot: dict, store_id: bytes, name: str) -> bytes:
         return AESGCM(kek).decrypt(bytes.fromhex(slot["nonce"]), bytes.fromhex(slot["wrapped"]),
                                    _wrap_aad(store_id, name))
     except InvalidTag:
-        raise WrongPassphrase("wrong passphrase") from None
+        if name == "recovery":
+            raise WrongPassphrase("wrong recovery key (or the superblock's recovery slot was"
+                                  " changed)") from None
+        # The KEK depends on the passphrase, salt and KDF parameters alike: without the
+        # master key a changed salt, parameter or slot looks exactly like a wrong
+        # passphrase (docs/format.md §3).
+        raise WrongPassphrase("wrong passphrase (or the superblock's key parameters were"
+                              " changed)") from None
 
 
 def create(passphrase: bytes, block_size: int,
@@ -112,6 +130,7 @@ def parse(blob: bytes) -> dict:
             f"the store has format version {version}; this megafs reads versions"
             f" {' and '.join(map(str, READABLE_FORMATS))}"
         )
+    _check_fields(sb)
     return sb
 
 
@@ -143,6 +162,53 @@ def _rewritten(sb: dict, keys: KeyRing, **changes) -> bytes:
     sb = dict(sb, **changes, format=FORMAT_VERSION, version=version(sb) + 1)
     sb["mac"] = hmac.digest(keys.sb_mac, _canonical(sb), "sha256").hex()
     return json.dumps(sb, indent=1).encode()
+def _hex(value, nbytes: tuple[int, int] | int, what: str) -> bytes:
+    lo, hi = (nbytes, nbytes) if isinstance(nbytes, int) else nbytes
+    try:
+        raw = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or not lo <= len(raw) <= hi:
+        raise CorruptObject(f"the superblock is damaged or tampered with ({what} is not"
+                            f" {lo}{'' if lo == hi else f'..{hi}'} bytes of hex)")
+    return raw
+
+
+def _int(d: dict, name: str, lo: int, hi: int, what: str) -> int:
+    value = d.get(name)
+    if type(value) is not int or not lo <= value <= hi:
+        raise CorruptObject(f"the superblock is damaged or tampered with ({what} {value!r}"
+                            f" is not a whole number in {lo}..{hi})")
+    return value
+
+
+def _check_fields(sb: dict) -> None:
+    """Types and bounds of every field, before any key derivation: CorruptObject (15)."""
+    if not isinstance(sb, dict):
+        raise CorruptObject("the superblock is damaged (not a JSON object)")
+    _hex(sb.get("store_id"), 16, "store_id")
+    _hex(sb.get("mac"), 32, "mac")
+    _int(sb, "block_size", MIN_BLOCK_SIZE, MAX_BLOCK_SIZE, "block_size")
+    if sb.get("quota") is not None:
+        _int(sb, "quota", 1, MAX_QUOTA, "quota")
+    k = sb.get("kdf")
+    if not isinstance(k, dict) or k.get("alg") != "argon2id":
+        alg = k.get("alg") if isinstance(k, dict) else k
+        raise CorruptObject(f"the superblock is damaged or tampered with (unknown KDF {alg!r})")
+    lanes = _int(k, "lanes", 1, MAX_KDF_LANES, "kdf lanes")
+    iterations = _int(k, "iterations", 1, MAX_KDF_ITERATIONS, "kdf iterations")
+    memory = _int(k, "memory_kib", 8 * lanes, MAX_KDF_MEMORY_KIB, "kdf memory_kib")
+    if iterations * memory > MAX_KDF_WORK_KIB:
+        raise CorruptObject("the superblock is damaged or tampered with (kdf iterations x"
+                            " memory is beyond any setting megafs writes)")
+    _hex(k.get("salt"), SALT_BYTES, "kdf salt")
+    slots = sb.get("slots")
+    for name in ("passphrase", "recovery"):
+        slot = slots.get(name) if isinstance(slots, dict) else None
+        if not isinstance(slot, dict):
+            raise CorruptObject(f"the superblock is damaged or tampered with (no {name} slot)")
+        _hex(slot.get("nonce"), 12, f"{name} slot nonce")
+        _hex(slot.get("wrapped"), 48, f"{name} slot key")
 
 
 def unlock(sb: dict, *, passphrase: bytes | None = None,
