@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import apsw
 
+#: Positions in a block reference (:meth:`BlockMap.ref_of`).
+REF_KEY, REF_HASH, REF_DAMAGE = range(3)
+
 
 class BlockMap:
     def __init__(self, conn: apsw.Connection):

@@ -41,7 +41,7 @@ import os
 import trio
 
 from megafs.core import directio
-from megafs.core.blockmap import BlockMap
+from megafs.core.blockmap import REF_DAMAGE, BlockMap
 from megafs.core.cacheindex import CacheIndex, Entry, cache_error
 from megafs.errors import CacheError, CorruptObject, MegafsError
 from megafs.store.objects import ObjectStore
@@ -186,7 +186,7 @@ class BlockCache(CacheIndex):
             if key in self.entries or key in self.loading:
                 continue
             ref = self.blockmap.ref_of(ino, b)
-            if ref is not None and ref[2] is None:  # (the reader reports damaged blocks)
+            if ref is not None and ref[REF_DAMAGE] is None:  # (the reader reports damaged blocks)
                 self.loading[key] = ev = trio.Event()
                 self.nursery.start_soon(self._prefetch, ino, b, ref, ev)
 

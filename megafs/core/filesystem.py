@@ -28,8 +28,16 @@ import trio
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
-from megafs.core.namespace import NAME_MAX, FsError, Namespace, now_ns
-from megafs.core.schema import commit_batch
+from megafs.core.namespace import (
+    ENTRY_COOKIE,
+    ENTRY_NAME,
+    ENTRY_ROW,
+    NAME_MAX,
+    FsError,
+    Namespace,
+    now_ns,
+)
+from megafs.core.schema import ATIME_NS, CTIME_NS, INO, MODE, MTIME_NS, NBLOCKS, SIZE, commit_batch
 from megafs.core.uploader import Uploader
 from megafs.errors import CacheError, MegafsError
 from megafs.osutil import syncfs
@@ -39,6 +47,11 @@ log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1 << 62
 DAY_NS = 86400 * 10**9
 DAMAGED_LISTED = 100  # damaged files named in the stats (an xattr value is at most 64 KiB)
+ALLOC_MASK = 4096 - 1  # st_blocks counts no more than the size rounded up to 4 KiB
+ST_BLOCKS_SHIFT = 9  # st_blocks is in 512-byte units
+#: Positions in a readdir row (cookie, name, inode row...) of the inode's columns.
+_ENTRY_INO = ENTRY_ROW + INO
+_ENTRY_NBLOCKS = ENTRY_ROW + NBLOCKS
 
 
 class Filesystem:
@@ -86,7 +99,7 @@ class Filesystem:
 
     # -- lookup counting --------------------------------------------------------
     def _ref(self, row: tuple) -> tuple:
-        ino = row[0]
+        ino = row[INO]
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
         return row
 
@@ -114,20 +127,21 @@ class Filesystem:
     # -- attributes handed out ---------------------------------------------------
     def _out(self, row: tuple) -> tuple:
         """*row* with its last column (nblocks) turned into st_blocks."""
-        n = row[10]
+        n = row[NBLOCKS]
         if self.unstored:
-            n += self.unstored.get(row[0], 0)
+            n += self.unstored.get(row[INO], 0)
         if not n:
             return row
-        return (*row[:10], min(n * self.bs, (row[4] + 4095) & ~4095) >> 9)
+        return (*row[:NBLOCKS],
+                min(n * self.bs, (row[SIZE] + ALLOC_MASK) & ~ALLOC_MASK) >> ST_BLOCKS_SHIFT)
 
     def _accessed(self, row: tuple) -> None:
         """relatime: set atime to now if it is not newer than mtime or ctime, or is more
         than a day old. Part of the open metadata batch, so it costs no commit."""
         t = now_ns()
-        a = row[6]
-        if a <= row[7] or a <= row[8] or t - a >= DAY_NS:
-            self.db.execute("UPDATE inodes SET atime_ns=? WHERE id=?", (t, row[0]))
+        a = row[ATIME_NS]
+        if a <= row[MTIME_NS] or a <= row[CTIME_NS] or t - a >= DAY_NS:
+            self.db.execute("UPDATE inodes SET atime_ns=? WHERE id=?", (t, row[INO]))
 
     # -- namespace --------------------------------------------------------------
     def getattr(self, ino: int) -> tuple:
@@ -167,7 +181,8 @@ class Filesystem:
             self._accessed(self.ns.get(ino))
         rows = self.ns.readdir(ino, after, limit)
         out = self._out
-        return [r if not r[12] and r[2] not in self.unstored else (r[0], r[1], *out(r[2:]))
+        return [r if not r[_ENTRY_NBLOCKS] and r[_ENTRY_INO] not in self.unstored
+                else (r[ENTRY_COOKIE], r[ENTRY_NAME], *out(r[ENTRY_ROW:]))
                 for r in rows]
 
     def ref_entry(self, row: tuple) -> None:
@@ -182,9 +197,9 @@ class Filesystem:
             if size > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
             old = self.ns.get(ino)
-            if not stat.S_ISREG(old[1]):
+            if not stat.S_ISREG(old[MODE]):
                 raise FsError(errno.EINVAL)
-            if size < old[4]:
+            if size < old[SIZE]:
                 await self._shrink(ino, size)
             fields.setdefault("mtime_ns", t)
         if fields:
@@ -222,7 +237,7 @@ class Filesystem:
         row = self.ns.get(ino)
         if self.atime:
             self._accessed(row)
-        fsize = row[4]
+        fsize = row[SIZE]
         if offset >= fsize:
             return b""
         end = min(offset + size, fsize)
@@ -295,7 +310,7 @@ class Filesystem:
         bs = self.bs
         pos = 0
         view = memoryview(data)
-        size = self.ns.get(ino)[4]
+        size = self.ns.get(ino)[SIZE]
         while pos < len(data):
             blk, within = divmod(offset + pos, bs)
             n = min(bs - within, len(data) - pos)

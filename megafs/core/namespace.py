@@ -8,15 +8,28 @@ is atomic with respect to every other filesystem request. Errors are raised as
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import time
 
 import apsw
 
-from megafs.core.schema import INODE_COLS
+from megafs.core.schema import GID, INODE_COLS, MODE, NLINK
 
 ROOT = 1
-NAME_MAX = 255
+NAME_MAX = 255  # bytes in a name (Linux NAME_MAX)
+
+#: renameat2 flags (linux/fs.h; the core does not import pyfuse3, whose
+#: RENAME_NOREPLACE and RENAME_EXCHANGE a test checks these against).
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
+
+#: A readdir row is (cookie, name, inode row...): positions of the cookie, the name
+#: and the first column of the inode row (``row[ENTRY_ROW:]`` is the inode row).
+ENTRY_COOKIE, ENTRY_NAME, ENTRY_ROW = 0, 1, 2
+_READDIR_COLS = ", ".join("i." + c.strip() for c in INODE_COLS.split(","))
 
 
 class FsError(Exception):
@@ -62,7 +75,7 @@ class Namespace:
         return row[0] if row else None
 
     def _check_dir(self, ino: int) -> None:
-        if not stat.S_ISDIR(self.get(ino)[1]):
+        if not stat.S_ISDIR(self.get(ino)[MODE]):
             raise FsError(errno.ENOTDIR)
 
     def _touch_dir(self, ino: int, t: int) -> None:
@@ -75,14 +88,14 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG)
         t = now_ns()
         with self.db:
-            pmode = self.get(parent)[1]
+            pmode = self.get(parent)[MODE]
             if not stat.S_ISDIR(pmode):
                 raise FsError(errno.ENOTDIR)
             if self._child(parent, name) is not None:
                 raise FsError(errno.EEXIST)
             is_dir = stat.S_ISDIR(mode)
             if pmode & stat.S_ISGID:
-                gid = self.get(parent)[3]
+                gid = self.get(parent)[GID]
                 if is_dir:
                     mode |= stat.S_ISGID
             size = len(target) if target is not None else 0
@@ -98,6 +111,7 @@ class Namespace:
             if is_dir:
                 self.ex("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (parent,))
             self._touch_dir(parent, t)
+        # The row as get() would read it (INODE_COLS order), without reading it back.
         return (ino, mode, uid, gid, size, 2 if is_dir else 1, t, t, t, rdev, 0)
 
     def link(self, ino: int, parent: int, name: bytes) -> tuple:
@@ -105,7 +119,7 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG)
         t = now_ns()
         with self.db:
-            if stat.S_ISDIR(self.get(ino)[1]):
+            if stat.S_ISDIR(self.get(ino)[MODE]):
                 raise FsError(errno.EPERM)
             self._check_dir(parent)
             if self._child(parent, name) is not None:
@@ -132,7 +146,7 @@ class Namespace:
             ino = self._child(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            mode = self.get(ino)[1]
+            mode = self.get(ino)[MODE]
             if rmdir:
                 if not stat.S_ISDIR(mode):
                     raise FsError(errno.ENOTDIR)
@@ -142,7 +156,7 @@ class Namespace:
                 raise FsError(errno.EISDIR)
             self._drop_entry(parent, name, ino, mode, t)
             self._touch_dir(parent, t)
-            return ino, self.get(ino)[5]
+            return ino, self.get(ino)[NLINK]
 
     def _drop_entry(self, parent: int, name: bytes, ino: int, mode: int, t: int) -> None:
         self.ex("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
@@ -168,13 +182,15 @@ class Namespace:
                flags: int = 0, uid: int = 0, gid: int = 0) -> int | None:
         """Rename; return the inode whose entry was replaced (for nlink handling) or None.
 
-        *flags* are renameat2's: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2) and
-        RENAME_WHITEOUT (4), which leaves a whiteout at the old name as ext4 does (a
+        *flags* are renameat2's: RENAME_NOREPLACE, RENAME_EXCHANGE and
+        RENAME_WHITEOUT, which leaves a whiteout at the old name as ext4 does (a
         character device 0/0 owned by *uid*/*gid*, for overlayfs)."""
         if len(n_new) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
-        noreplace, exchange, whiteout = flags & 1, flags & 2, flags & 4
-        if flags & ~7 or (exchange and (noreplace or whiteout)):
+        noreplace = flags & RENAME_NOREPLACE
+        exchange = flags & RENAME_EXCHANGE
+        whiteout = flags & RENAME_WHITEOUT
+        if flags & ~RENAME_FLAGS or (exchange and (noreplace or whiteout)):
             raise FsError(errno.EINVAL)
         t = now_ns()
         with self.db:
@@ -183,7 +199,7 @@ class Namespace:
                 raise FsError(errno.ENOENT)
             self._check_dir(p_new)
             dst = self._child(p_new, n_new)
-            src_mode = self.get(src)[1]
+            src_mode = self.get(src)[MODE]
             if src == dst:
                 return None
             if stat.S_ISDIR(src_mode) and p_old != p_new and self._is_ancestor(src, p_new):
@@ -191,7 +207,7 @@ class Namespace:
             if exchange:
                 if dst is None:
                     raise FsError(errno.ENOENT)
-                dst_mode = self.get(dst)[1]
+                dst_mode = self.get(dst)[MODE]
                 if stat.S_ISDIR(dst_mode) and p_old != p_new and self._is_ancestor(dst, p_old):
                     raise FsError(errno.EINVAL)
                 self.ex("UPDATE dentries SET inode=? WHERE parent=? AND name=?",
@@ -210,7 +226,7 @@ class Namespace:
             if dst is not None:
                 if noreplace:
                     raise FsError(errno.EEXIST)
-                dst_mode = self.get(dst)[1]
+                dst_mode = self.get(dst)[MODE]
                 if stat.S_ISDIR(src_mode):
                     if not stat.S_ISDIR(dst_mode):
                         raise FsError(errno.ENOTDIR)
@@ -236,7 +252,7 @@ class Namespace:
     def readdir(self, parent: int, after: int, limit: int = 256) -> list[tuple]:
         """Entries of *parent* with cookie > *after*: (cookie, name, inode row...)."""
         return self.ex(
-            f"SELECT d.id, d.name, {', '.join('i.' + c.strip() for c in INODE_COLS.split(','))}"
+            f"SELECT d.id, d.name, {_READDIR_COLS}"
             " FROM dentries d JOIN inodes i ON i.id = d.inode"
             " WHERE d.parent=? AND d.id>? ORDER BY d.id LIMIT ?",
             (parent, after, limit),
@@ -298,9 +314,9 @@ class Namespace:
         with self.db:
             exists = self.ex("SELECT 1 FROM xattrs WHERE inode=? AND name=?",
                              (ino, name)).fetchone()
-            if flags & 1 and exists:  # XATTR_CREATE
+            if flags & os.XATTR_CREATE and exists:
                 raise FsError(errno.EEXIST)
-            if flags & 2 and not exists:  # XATTR_REPLACE
+            if flags & os.XATTR_REPLACE and not exists:
                 raise FsError(errno.ENODATA)
             self.ex("INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?,?,?)",
                     (ino, name, value))

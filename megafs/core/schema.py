@@ -164,6 +164,12 @@ DELTA_SCHEMA = SCHEMA[:SCHEMA.index("CREATE TABLE state")].replace(
 #: into ``st_blocks`` (512-byte units) before a row leaves the core.
 INODE_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, rdev, nblocks"
 
+#: Positions of the columns in an inode row (``row[MODE]``), in :data:`INODE_COLS` order
+#: (a test checks each name against the column it stands for). Plain integers: naming
+#: a column costs nothing per row. ``NBLOCKS`` is ``st_blocks`` once the row leaves the core.
+(INO, MODE, UID, GID, SIZE, NLINK, ATIME_NS, MTIME_NS, CTIME_NS, RDEV,
+ NBLOCKS) = range(len(INODE_COLS.split(",")))
+
 
 def connect(path: str) -> apsw.Connection:
     """Open a metadata database with the pragmas the core relies on."""

@@ -14,6 +14,7 @@ their keyed dedup hash (a key no link holder has) and their hash recorded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -25,11 +26,15 @@ import trio
 
 from megafs.backends import NoSuchObject
 from megafs.core.namespace import FsError, Namespace
+from megafs.core.schema import INO, MODE, MTIME_NS, SIZE
 from megafs.errors import CorruptObject
 from megafs.store import share as share_format
 from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
+#: A manifest lists a file's blocks as [blockno, object key, block key, size, sha256]:
+#: the positions of the object key and the SHA-256 (None until recorded).
+_BLOCK_OBJKEY, _BLOCK_SHA256 = 1, 4
 
 
 class Shares:
@@ -59,9 +64,9 @@ class Shares:
 
     async def create(self, ino: int) -> str:
         """Share *ino* (idempotent: one link per file or folder)."""
-        mode = self.ns.get(ino)[1]
+        mode = self.ns.get(ino)[MODE]
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise FsError(22)  # EINVAL: only files and folders
+            raise FsError(errno.EINVAL)  # only files and folders
         existing = self.of_inode(ino)
         if existing:
             return existing
@@ -77,12 +82,12 @@ class Shares:
         if share_id is None:
             row = self.db.execute("SELECT id FROM shares WHERE inode=?", (ino,)).fetchone()
             if row is None:
-                raise FsError(61)  # ENODATA: not shared
+                raise FsError(errno.ENODATA)  # not shared
             share_id = row[0]
         with self.db:
             self.db.execute("DELETE FROM shares WHERE id=?", (share_id,))
             if self.db.changes() == 0:
-                raise FsError(2)  # ENOENT
+                raise FsError(errno.ENOENT)
         await self.store.backend.delete(share_format.object_key(share_id))
 
     async def republish(self) -> None:
@@ -101,8 +106,8 @@ class Shares:
 
     async def _publish(self, share_id: str, key: bytes, ino: int, digest) -> None:
         manifest = self.manifest(ino)
-        unhashed = [block[1] for entry in manifest["entries"]
-                    for block in entry.get("blocks", ()) if block[4] is None]
+        unhashed = [block[_BLOCK_OBJKEY] for entry in manifest["entries"]
+                    for block in entry.get("blocks", ()) if block[_BLOCK_SHA256] is None]
         if unhashed:
             await self._record_hashes(unhashed)
             manifest = self.manifest(ino)
@@ -141,7 +146,7 @@ class Shares:
 
     # -- manifests ----------------------------------------------------------------
     def _file(self, row: tuple, path: str) -> dict:
-        ino, mode, _uid, _gid, size, _nlink, _atime, mtime = row[:8]
+        ino, mode, size, mtime = row[INO], row[MODE], row[SIZE], row[MTIME_NS]
         entry = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": mtime}
         if stat.S_ISDIR(mode):
             entry["type"] = "dir"
@@ -165,7 +170,7 @@ class Shares:
         root = self.ns.get(ino)
         name = self.ns.path_of(ino).rsplit("/", 1)[-1] or "megafs"
         entries = []
-        if stat.S_ISDIR(root[1]):
+        if stat.S_ISDIR(root[MODE]):
             entries.append(self._file(root, ""))
             todo = [(ino, "")]
             while todo:
@@ -175,9 +180,9 @@ class Shares:
                     entry = self._file(tuple(row), path)
                     if entry:
                         entries.append(entry)
-                    if stat.S_ISDIR(row[1]):
-                        todo.append((row[0], path + "/"))
+                    if stat.S_ISDIR(row[MODE]):
+                        todo.append((row[INO], path + "/"))
         else:
             entries.append(self._file(root, ""))
         return {"v": share_format.MANIFEST_VERSION, "name": name, "block_size": self.bs,
-                "kind": "dir" if stat.S_ISDIR(root[1]) else "file", "entries": entries}
+                "kind": "dir" if stat.S_ISDIR(root[MODE]) else "file", "entries": entries}

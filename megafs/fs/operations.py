@@ -27,7 +27,8 @@ import pyfuse3
 import trio
 
 from megafs.core.filesystem import Filesystem
-from megafs.core.namespace import ROOT, FsError
+from megafs.core.namespace import ENTRY_COOKIE, ENTRY_NAME, ENTRY_ROW, NAME_MAX, ROOT, FsError
+from megafs.core.schema import INO, MODE
 from megafs.errors import MegafsError
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ UNSHARE_ATTR = b"megafs.unshare"  # on the root: revoke the share with this id
 STATS_ATTR = b"megafs.stats"  # on the root: figures for `megafs stat` (JSON)
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
+SYMLINK_MAX = 4095  # bytes in a symlink target: PATH_MAX (4096) less the terminating NUL
 
 
 def _attrs(row: tuple) -> pyfuse3.EntryAttributes:
     a = pyfuse3.EntryAttributes()
+    # Unpacked in INODE_COLS order, the last column being st_blocks (a test checks it).
     (a.st_ino, a.st_mode, a.st_uid, a.st_gid, a.st_size, a.st_nlink, a.st_atime_ns,
      a.st_mtime_ns, a.st_ctime_ns, a.st_rdev, a.st_blocks) = row
     a.generation = 0
@@ -166,7 +169,7 @@ class Operations(pyfuse3.Operations):
     @_writes
     @_errors
     async def symlink(self, parent_inode, name, target, ctx):
-        if len(target) > 4095:
+        if len(target) > SYMLINK_MAX:
             raise FsError(errno.ENAMETOOLONG)
         mode = stat.S_IFLNK | 0o777
         return _attrs(self.fs.make(parent_inode, name, mode, ctx.uid, ctx.gid, target=target))
@@ -196,8 +199,8 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         row = self.fs.make(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid,
                            ctx.gid)
-        self.fs.open(row[0])
-        return pyfuse3.FileInfo(fh=row[0], keep_cache=True), _attrs(row)
+        self.fs.open(row[INO])
+        return pyfuse3.FileInfo(fh=row[INO], keep_cache=True), _attrs(row)
 
     @_errors
     async def read(self, fh, off, size):
@@ -224,7 +227,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode, ctx):
-        if not stat.S_ISDIR(self.fs.getattr(inode)[1]):
+        if not stat.S_ISDIR(self.fs.getattr(inode)[MODE]):
             raise FsError(errno.ENOTDIR)
         return inode
 
@@ -235,10 +238,11 @@ class Operations(pyfuse3.Operations):
             if not rows:
                 return
             for row in rows:
-                if not pyfuse3.readdir_reply(token, row[1], _attrs(row[2:]), row[0]):
+                if not pyfuse3.readdir_reply(token, row[ENTRY_NAME], _attrs(row[ENTRY_ROW:]),
+                                             row[ENTRY_COOKIE]):
                     return
-                self.fs.ref_entry(row[2:])
-                start_id = row[0]
+                self.fs.ref_entry(row[ENTRY_ROW:])
+                start_id = row[ENTRY_COOKIE]
 
     async def releasedir(self, fh):
         pass
@@ -258,7 +262,7 @@ class Operations(pyfuse3.Operations):
         s.f_bfree = s.f_bavail = total - used // STATFS_BLOCK
         s.f_files = files + (1 << 31)
         s.f_ffree = s.f_favail = 1 << 31
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         return s
 
     # -- xattrs (plus the control channel on the root) --------------------------
@@ -290,6 +294,9 @@ class Operations(pyfuse3.Operations):
             return
         if name.startswith(b"system."):
             raise FsError(errno.EOPNOTSUPP)
+        # No flags: pyfuse3 (3.5) does not pass setxattr's XATTR_CREATE / XATTR_REPLACE to
+        # this handler. It enforces them itself by calling getxattr first (EEXIST /
+        # ENODATA), which is atomic here as neither handler awaits in between.
         self.fs.setxattr(inode, name, value, 0)
 
     @_errors
