@@ -32,42 +32,6 @@ TOOLS = (
     ("megafs", 1, "megafs.cli.tool"),
 )
 
-#: What each exit code means: the single source of docs/exit-codes.md and of the
-#: EXIT STATUS section of every man page.
-EXIT_CODES: dict[ExitCode, str] = {
-    ExitCode.OK: "success",
-    ExitCode.FAILURE: "unexpected internal error (a bug; the daemon log has details)",
-    ExitCode.USAGE: "bad command line or option value",
-    ExitCode.WRONG_PASSPHRASE: "wrong passphrase or recovery key",
-    ExitCode.NO_FILESYSTEM: "the store location holds no megafs filesystem",
-    ExitCode.STORE_NOT_FOUND: "the store location does not exist or is not accessible",
-    ExitCode.ALREADY_EXISTS:
-        "`mkfs.megafs` found an existing filesystem or other data, or `megafs get` an"
-        " existing file of the same name (use `--force`)",
-    ExitCode.BAD_MOUNTPOINT:
-        "bad mountpoint: missing, not a directory, not empty, already mounted",
-    ExitCode.CORRUPT: "an object failed authentication: tampered with or damaged",
-    ExitCode.UNSUPPORTED_FORMAT: "the store uses a format version this megafs does not read",
-    ExitCode.BACKEND_UNAVAILABLE: "the storage backend is unreachable or failing",
-    ExitCode.NOT_MOUNTED: "not a megafs mount point (or its daemon does not answer)",
-    ExitCode.FSCK_ERRORS: "`fsck.megafs` found problems it did not (or could not) repair,"
-                          " among them files with damaged ranges (listed: they stay"
-                          " unreadable until overwritten, truncated or removed)",
-    ExitCode.CACHE_ERROR:
-        "the cache directory is unusable (permissions, in use, wrong filesystem)",
-    ExitCode.LOCKED: "the store is mounted elsewhere",
-    ExitCode.ROLLBACK: "the store serves older metadata than this machine has seen (rollback)",
-    ExitCode.BAD_CREDENTIALS: "storage credentials missing, unreadable, refused by the server,"
-                              " or in a group/world-readable authinfo file",
-    ExitCode.SHARE_NOT_FOUND: "the share link was revoked or never existed",
-    ExitCode.FSCK_REPAIRED: "`fsck.megafs` found problems and repaired them",
-    ExitCode.NO_SUCH_PATH: "a local file or directory named on the command line does not exist",
-    ExitCode.LOCAL_IO: "a local file or directory cannot be read or written (permission"
-                       " denied, read-only, disk full)",
-    ExitCode.LOCK_LOST: "another mount took over this store's lock: this one stopped writing",
-    ExitCode.INTERRUPTED: "interrupted",
-}
-
 EXIT_CODES_INTRO = """\
 Every megafs tool prints failures as one line, `<tool>: <message>`, on standard
 error and exits with one of these codes (`megafs/errors.py`, `ExitCode`)."""
@@ -331,8 +295,8 @@ def render(name: str, section: int, module: str) -> str:
     if subparsers(p):
         out += [".SH COMMANDS", *_commands(p, [name], mv)]
     out += [".SH EXIT STATUS", *_prose(EXIT_CODES_INTRO.replace("\n", " "))]
-    for code, text in EXIT_CODES.items():
-        out += [".TP", f".B {int(code)}", _line(_inline(text))]
+    for code in ExitCode:
+        out += [".TP", f".B {int(code)}", _line(_inline(code.description))]
     if manual.get("environment"):
         out.append(".SH ENVIRONMENT")
         for var in manual["environment"]:
@@ -359,10 +323,10 @@ def pages() -> dict[str, str]:
 
 
 def exit_codes_markdown() -> str:
-    rows = "\n".join(f"| {int(code)} | {text} |" for code, text in EXIT_CODES.items())
+    rows = "\n".join(f"| {int(code)} | {code.description} |" for code in ExitCode)
     return (f"# Exit codes\n\n{EXIT_CODES_INTRO}\n\n| code | meaning |\n|---:|---|\n{rows}\n\n"
-            "This table is generated from `megafs/cli/manpage.py` (`EXIT_CODES`), like the EXIT\n"
-            "STATUS section of the man pages: `python -m megafs.cli.manpage --all`.\n")
+            "This table is generated from the descriptions on `ExitCode` in `megafs/errors.py`,\n"
+            "like the EXIT STATUS section of the man pages: `python -m megafs.cli.manpage --all`.\n")
 
 
 # -- bash completion -------------------------------------------------------------------------
