@@ -12,8 +12,9 @@ setup() {
     local need=()
     local pkgs=(fuse3 libfuse3-dev pkg-config)
     # The test suite also drives these tools (man pages, rsync round trips, git,
-    # sqlite3, xattr and ACL utilities).
-    [ "${1:-}" = test ] && pkgs+=(man-db groff-base rsync git sqlite3 attr acl util-linux)
+    # sqlite3, xattr and ACL utilities, shellcheck of the bash completion).
+    [ "${1:-}" = test ] && pkgs+=(man-db groff-base rsync git sqlite3 attr acl util-linux
+                                  shellcheck)
     for pkg in "${pkgs[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
@@ -61,7 +62,7 @@ mount)
 test)
     shift
     setup test
-    .venv/bin/ruff check megafs tests contrib
+    .venv/bin/ruff check megafs tests contrib tools
     exec .venv/bin/pytest "$@"
     ;;
 *)

@@ -2,7 +2,7 @@
 
 * ``store``: where a filesystem's objects live, parametrized by backend kind: ``local``
   (a directory) and ``s3`` (a fresh key prefix in the bucket of a SeaweedFS server that
-  the session starts on first use and stops at its end, see ``seaweed.py``). Every test
+  the session starts on first use and stops at its end, see ``contrib/seaweed.py``). Every test
   using ``store`` / ``store_url`` / ``megafs`` / ``mounted`` runs against both; the s3
   runs carry the ``s3`` marker (``-m "not s3"`` skips them; without the ``weed`` binary
   they are skipped). A test for one kind only says

@@ -1,6 +1,6 @@
 """Backend conformance: one suite, run against every backend stack.
 
-The S3 stacks run against a SeaweedFS server (``tests/seaweed.py``) started once
+The S3 stacks run against a SeaweedFS server (``contrib/seaweed.py``) started once
 per session; every test gets its own key prefix in the shared bucket.
 """
 

@@ -1,6 +1,7 @@
 """Man pages, the exit-code table and the bash completion are generated from the tools'
-parsers (megafs/cli/manpage.py): the committed files must be what it renders, the pages
-must render without warnings, and every tool (and subcommand) answers --version."""
+parsers (tools/manpages.py): the committed files must be what it renders, the pages
+must render without warnings, the completion passes shellcheck, and every tool (and
+subcommand) answers --version."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from megafs import __version__
-from megafs.cli import common, manpage
+from megafs.cli import common
 from megafs.errors import ExitCode
+from tools import manpages as manpage
 
 ROOT = Path(__file__).resolve().parent.parent
-REGENERATE = "python -m megafs.cli.manpage --all  (from the repository root)"
+REGENERATE = "python -m tools.manpages --all  (from the repository root)"
 
 
 def _parser(module: str) -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def test_man_pages_are_up_to_date():
 def test_regenerating_writes_the_committed_files(tmp_path):
     """The command named in the failure messages writes what the tests compare with."""
     proc = subprocess.run(
-        [sys.executable, "-m", "megafs.cli.manpage", "--write", str(tmp_path / "man"),
+        [sys.executable, "-m", "tools.manpages", "--write", str(tmp_path / "man"),
          "--exit-codes", str(tmp_path / "exit-codes.md"), "--completion", str(tmp_path / "c.bash")],
         capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -68,9 +70,13 @@ def test_regenerating_writes_the_committed_files(tmp_path):
         ROOT / "contrib/megafs-completion.bash").read_text()
 
 
+def test_every_exit_code_has_a_description():
+    missing = [c.name for c in ExitCode if not getattr(c, "description", "").strip()]
+    assert not missing, f"describe {missing} on ExitCode in megafs/errors.py"
+    assert len({int(c) for c in ExitCode}) == len(ExitCode), "two exit codes share a number"
+
+
 def test_exit_code_doc_is_up_to_date():
-    missing = [c.name for c in ExitCode if c not in manpage.EXIT_CODES]
-    assert not missing, f"describe {missing} in EXIT_CODES in megafs/cli/manpage.py"
     assert (ROOT / "docs/exit-codes.md").read_text() == manpage.exit_codes_markdown(), (
         f"docs/exit-codes.md out of date: run {REGENERATE}")
 
@@ -78,6 +84,23 @@ def test_exit_code_doc_is_up_to_date():
 def test_completion_is_up_to_date():
     assert (ROOT / "contrib/megafs-completion.bash").read_text() == \
         manpage.completion_script(), f"contrib/megafs-completion.bash out of date: run {REGENERATE}"
+
+
+@pytest.mark.parametrize("script", ["tools/completion.bash", "contrib/megafs-completion.bash"])
+def test_completion_passes_shellcheck(script):
+    """The hand-written program and the generated file users install (``./dev.sh test``
+    installs shellcheck, so this only skips on machines set up otherwise)."""
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (Debian package shellcheck)")
+    out = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", script],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_completion_program_is_the_generated_files_tail():
+    generated = (ROOT / "contrib/megafs-completion.bash").read_text()
+    assert manpage._completion_code() in generated
+    assert "_megafs_complete()" in manpage._completion_code()
 
 
 # -- the pages render and say what --help says ------------------------------------------------
@@ -110,10 +133,18 @@ def test_man_page_renders_without_warnings(page):
         assert f"\n       {int(code)} " in text, f"{page}: exit code {int(code)} missing"
 
 
-def test_every_exit_code_in_the_doc():
+def test_every_exit_code_in_the_doc_and_the_man_pages():
+    """docs/exit-codes.md and each page's EXIT STATUS say what the enum says, code by code."""
     doc = (ROOT / "docs/exit-codes.md").read_text()
-    for code, text in manpage.EXIT_CODES.items():
-        assert f"| {int(code)} | {text} |" in doc
+    for code in ExitCode:
+        assert f"| {int(code)} | {code.description} |" in doc, f"docs/exit-codes.md: {code.name}"
+    for page in manpage.pages():
+        roff = (ROOT / "man" / page).read_text()
+        status = roff.split(".SH EXIT STATUS\n", 1)[1].split("\n.SH ", 1)[0]
+        entries = [e.split("\n", 2) for e in status.split(".TP\n")[1:]]
+        assert [(b, t) for b, t, *_ in entries] == [
+            (f".B {int(c)}", manpage._line(manpage._inline(c.description))) for c in ExitCode
+        ], f"man/{page}: EXIT STATUS differs from ExitCode"
 
 
 # -- --version and --debug everywhere -----------------------------------------------------------

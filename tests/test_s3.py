@@ -1,6 +1,6 @@
 """The S3 backend: URLs, credentials, error mapping, streaming, cancellation, retries.
 
-Most tests run against a real SeaweedFS server (``tests/seaweed.py``). Faults
+Most tests run against a real SeaweedFS server (``contrib/seaweed.py``). Faults
 that a real server does not produce on demand (a lost response, a stalled
 connection, a 503) come from :class:`FlakyProxy`, a TCP proxy placed between the
 backend and SeaweedFS: requests still reach the real server.

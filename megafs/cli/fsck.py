@@ -22,7 +22,7 @@ from megafs.mount import default_cache_dir
 from megafs.store import lifecycle, superblock
 from megafs.store import lock as store_lock
 
-#: Prose of the man page fsck.megafs(8) (see megafs.cli.manpage), next to the options.
+#: Prose of the man page fsck.megafs(8) (see tools/manpages.py), next to the options.
 MANUAL = {
     "summary": "check a megafs filesystem",
     "description": """\

@@ -25,7 +25,7 @@ from megafs.store import lifecycle
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 
-#: Prose of the man page mkfs.megafs(8) (see megafs.cli.manpage), next to the options.
+#: Prose of the man page mkfs.megafs(8) (see tools/manpages.py), next to the options.
 MANUAL = {
     "summary": "create an encrypted megafs filesystem in a store",
     "description": """\

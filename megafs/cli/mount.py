@@ -41,7 +41,7 @@ _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofa
             "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "atime", "relatime",
             "nonempty"}
 
-#: Prose of the man page mount.megafs(8) (see megafs.cli.manpage), next to the options.
+#: Prose of the man page mount.megafs(8) (see tools/manpages.py), next to the options.
 MANUAL = {
     "summary": "mount a megafs filesystem",
     "description": """\

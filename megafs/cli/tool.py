@@ -10,7 +10,7 @@ from megafs.cli.common import finish, parser, run, setup_logging
 from megafs.cli.umount import daemon_pid, megafs_mountpoint
 from megafs.errors import NotMounted
 
-#: Prose of the man page megafs(1) (see megafs.cli.manpage), next to the options.
+#: Prose of the man page megafs(1) (see tools/manpages.py), next to the options.
 MANUAL = {
     "summary": "manage megafs filesystems and running mounts",
     "description": """\

@@ -14,7 +14,7 @@ from megafs.cli.common import Progress, parser, run, setup_logging
 from megafs.errors import BadMountpoint, LockLost, MegafsError, NotMounted
 from megafs.osutil import umount
 
-#: Prose of the man page umount.megafs(8) (see megafs.cli.manpage), next to the options.
+#: Prose of the man page umount.megafs(8) (see tools/manpages.py), next to the options.
 MANUAL = {
     "summary": "unmount a megafs filesystem after uploading all its data",
     "description": """\

@@ -1,4 +1,9 @@
-"""Start and stop a throw-away SeaweedFS server (``weed mini``) for tests.
+"""Start and stop a throw-away SeaweedFS server (``weed mini``) for the tests and the
+benchmark (contrib/benchmark.py).
+
+Both import it as ``seaweed`` without touching ``sys.path``: pytest has contrib/ on its
+``pythonpath`` (pyproject.toml), and ``python contrib/benchmark.py`` runs with contrib/ as
+the script's directory. It is not part of the installed package.
 
 Everything listens on 127.0.0.1 on ports chosen free at start-up and passed
 explicitly; bucket auto-creation and telemetry are off; WebDAV, the admin UI and

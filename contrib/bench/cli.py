@@ -1,0 +1,211 @@
+"""The command line of contrib/benchmark.py: options, the runs, the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from .common import CREATE_FILES, DEFAULT_BLOCK_SIZE, RAW_WORKERS, MiB, log, parse_size, split_cpus
+from .report import print_s3_table, print_table, summarize, summarize_s3
+from .run import Profiler, run_target
+from .s3 import S3_WORKLOADS, run_s3, split_objects
+from .targets import TARGETS, Seaweed
+from .workloads import WORKLOADS, Inputs, build_tarball, warm_up
+
+DESCRIPTION = "Benchmark megafs against a plain directory on the same disk."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="runs per target (median; default 3)")
+    p.add_argument("--size", type=parse_size, default=1 << 30,
+                   help="size of the write/read file (default 1G)")
+    p.add_argument("--workloads",
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all), or"
+                        f" with --target megafs-s3 also of {','.join(S3_WORKLOADS)} (its"
+                        " default: those)")
+    p.add_argument("--target", default="megafs-local",
+                   choices=[t for t in TARGETS if t != "plain"],
+                   help="what to compare with the plain directory (default megafs-local);"
+                        " megafs-s3 starts its own SeaweedFS")
+    p.add_argument("--dir", help="scratch directory for the plain dir and the megafs store,"
+                                 " cache and mount point (default: a new dir in /var/tmp)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    p.add_argument("--bin-dir", help="where mkfs/mount/umount.megafs (and py-spy) are"
+                                     " (default: next to this Python, then $PATH)")
+    p.add_argument("--cache-size", type=parse_size, default=None,
+                   help="megafs --cache-size (default max(4G, 2*SIZE))")
+    p.add_argument("--share-cpus", action="store_true",
+                   help="run SeaweedFS on the same CPUs as megafs and the raw client (default:"
+                   " the server gets half of the CPUs and the clients the other half, as if"
+                   " the store were another machine)")
+    p.add_argument("--s3-pause", type=float, default=10.0, metavar="SECONDS",
+                   help="pause after the sync that starts each timed S3 phase (default 10)")
+    p.add_argument("--block-size", help="mkfs.megafs --block-size (default: mkfs's)")
+    p.add_argument("--untar-tool", choices=("tar", "python"), default="tar",
+                   help="extract with tar -xf (default) or Python's tarfile")
+    p.add_argument("--tarball", default=os.path.join(tempfile.gettempdir(),
+                   f"megafs-bench-src-py{sys.version_info[0]}{sys.version_info[1]}.tar"),
+                   help="source tarball for untar (built from the stdlib if missing)")
+    p.add_argument("--no-settle", dest="settle", action="store_false",
+                   help="do not wait for uploads/writeback between workloads")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the data read back (the check is never timed)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip writing and deleting 3 x SIZE in DIR before the first run")
+    p.add_argument("--real-kdf", action="store_true",
+                   help="use the real Argon2id parameters (default: MEGAFS_INSECURE_TEST_KDF=1)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the scratch directories (default: remove them at the end)")
+    p.add_argument("--profile", metavar="WORKLOAD",
+                   help="run py-spy record (raw format) on the megafs daemon during WORKLOAD")
+    p.add_argument("--profile-dir", default=tempfile.gettempdir(),
+                   help="where --profile writes its output (default: the temp dir)")
+    p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked, with what follows from them: the workloads split into those
+    against the plain directory and those against raw S3, the raw object size, the CPUs."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    s3 = args.target == "megafs-s3"
+    if args.workloads is None:
+        args.workloads = ",".join(S3_WORKLOADS if s3 else WORKLOADS)
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    known = [*WORKLOADS, *S3_WORKLOADS] if s3 else list(WORKLOADS)
+    bad = [w for w in chosen if w not in known]
+    if bad or not chosen:
+        p.error(f"unknown workload(s) {bad}; choose from {','.join(known)}")
+    args.workloads = [w for w in chosen if w in WORKLOADS]  # against the plain directory
+    args.s3_workloads = [w for w in chosen if w in S3_WORKLOADS]  # against raw S3 requests
+    args.raw_block = parse_size(args.block_size) if args.block_size else DEFAULT_BLOCK_SIZE
+    args.all_cpus = os.sched_getaffinity(0)
+    split = None if args.share_cpus else split_cpus()
+    Seaweed.cpus, args.client_cpus = split if split else (None, None)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if args.cache_size is None:
+        args.cache_size = max(4 << 30, 2 * args.size)
+    return args
+
+
+def open_scratch(args: argparse.Namespace) -> bool:
+    """Create (or take) the scratch directory args.dir; True if this run created it."""
+    if args.dir is None:
+        args.dir = tempfile.mkdtemp(prefix="megafs-bench-", dir="/var/tmp")
+        return True
+    os.makedirs(args.dir, exist_ok=True)
+    args.dir = os.path.abspath(args.dir)
+    return False
+
+
+def remove_scratch(args: argparse.Namespace, own_dir: bool) -> None:
+    if args.keep:
+        return
+    if own_dir:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    else:
+        for name in os.listdir(args.dir):
+            if name.startswith(tuple(f"{t}-run" for t in TARGETS)):
+                shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Every run: (results per target of the plain-directory workloads, S3 runs)."""
+    st = os.statvfs(args.dir)
+    need = args.runs * (3 * args.size + (256 << 20))
+    if st.f_bavail * st.f_frsize < need:
+        log(f"warning: {args.dir} has less than the ~{need >> 30} GiB free this needs")
+    log(f"generating {args.size / MiB:.0f} MiB of random data and {CREATE_FILES} small files")
+    inputs = Inputs(args.size)
+    if "untar" in args.workloads:
+        inputs.tarball = args.tarball
+        inputs.tar_files = build_tarball(args.tarball)
+        log(f"tarball {args.tarball}: {inputs.tar_files} files")
+    if args.warmup:
+        warm_up(args.dir, inputs.data, 3)
+    profiler = Profiler(args)
+    runs: dict[str, list[dict]] = {"plain": [], args.target: []}
+    s3_runs: list[dict] = []
+    objects = split_objects(inputs.data, args.raw_block) if args.s3_workloads else []
+    for run in range(1, args.runs + 1):
+        if args.workloads:
+            for tname in runs:
+                runs[tname].append(run_target(TARGETS[tname], args.dir, run, inputs, args,
+                                              profiler))
+        if args.s3_workloads:
+            s3_runs.append(run_s3(args.dir, run, inputs, objects, args, profiler))
+    return runs, s3_runs
+
+
+def make_summary(args: argparse.Namespace, runs: dict[str, list[dict]],
+                 s3_runs: list[dict]) -> dict:
+    summary = summarize(runs, args) if args.workloads else {"workloads": {}, "pass": True}
+    if args.s3_workloads:
+        summary["s3"] = summarize_s3(s3_runs, args)
+        summary["pass"] = summary["pass"] and summary["s3"]["pass"]
+    summary["config"] = {"runs": args.runs, "size": args.size, "target": args.target,
+                         "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
+                         "warmup": args.warmup, "pythonpath": os.environ.get("PYTHONPATH"),
+                         "runs_raw": runs, "s3_runs_raw": s3_runs,
+                         "s3_raw_object_size": args.raw_block, "s3_raw_workers": RAW_WORKERS,
+                         "s3_server_cpus": sorted(Seaweed.cpus) if Seaweed.cpus else "all",
+                         "s3_client_cpus": sorted(args.client_cpus) if args.client_cpus
+                         else "all"}
+    return summary
+
+
+def report(summary: dict, args: argparse.Namespace) -> None:
+    """The tables on stdout (on stderr with ``--json -``, the JSON then on stdout)."""
+
+    def show(f):
+        if args.workloads:
+            print_table(summary, args, f)
+        if args.s3_workloads:
+            print_s3_table(summary["s3"], args, f)
+
+    if args.json == "-":
+        show(sys.stderr)
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        show(sys.stdout)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(summary, f, indent=2)
+
+
+def main(argv=None) -> int:
+    """Exit status: 0 all floors met, 1 some missed, 2 error (130 interrupted)."""
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        log("warning: not root: the page cache cannot be dropped")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    own_dir = open_scratch(args)
+    try:
+        runs, s3_runs = run_all(args)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        log(f"failed: {e}")
+        return 2
+    finally:
+        Seaweed.stop()
+        remove_scratch(args, own_dir)
+    summary = make_summary(args, runs, s3_runs)
+    report(summary, args)
+    return 0 if summary["pass"] else 1

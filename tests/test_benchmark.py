@@ -1,0 +1,42 @@
+"""contrib/benchmark.py stays runnable as documented (docs/performance.md): its package
+contrib/bench/ and the SeaweedFS launcher contrib/seaweed.py import without sys.path
+edits. The benchmark itself is run by hand, never timed in tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_from_any_directory(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "contrib/benchmark.py"), "--help"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: benchmark.py ")
+    assert "Benchmark megafs against a plain directory on the same disk." in out.stdout
+    assert "--target {megafs-local,megafs-s3}" in out.stdout
+
+
+def test_options_and_workloads():
+    from bench import cli
+
+    args = cli.parse_args(["--target", "megafs-s3", "--workloads", "write,s3-copy",
+                           "--size", "8M", "--share-cpus"])
+    assert (args.workloads, args.s3_workloads, args.size) == (["write"], ["s3-copy"], 8 << 20)
+    assert args.cache_size == 4 << 30 and args.client_cpus is None
+    assert cli.parse_args([]).workloads == ["write", "read", "create", "untar"]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--workloads", "s3-copy"])  # an S3 workload needs --target megafs-s3
+
+
+def test_seaweed_launcher_is_shared():
+    import seaweed
+    from bench import targets
+
+    assert Path(seaweed.__file__).resolve() == ROOT / "contrib/seaweed.py"
+    assert Path(targets.__file__).resolve().parent.parent == ROOT / "contrib"
