@@ -11,7 +11,11 @@
   umount, fsck, kill -9 of the daemon, remount with a fresh or the same cache
   directory). Its teardown always unmounts what is still mounted
   (``fusermount3 -u -z``) and kills leftover daemons by pid.
-* ``mounted``: ``megafs`` after ``mkfs.megafs --block-size 64K`` and a mount.
+* ``mounted``: ``megafs`` after ``mkfs.megafs --block-size 64K`` and a mount. Extra
+  arguments come from the ``mkfs_args`` and ``mount_args`` fixtures (empty by default): a
+  module overrides them with a fixture of the same name, or a test parametrizes them.
+  A module whose tests all need a local store says
+  ``pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)``.
 """
 
 from __future__ import annotations
@@ -68,8 +72,20 @@ def megafs(store, tmp_path) -> Iterator[MegaFS]:
 
 
 @pytest.fixture
-def mounted(megafs) -> MegaFS:
+def mkfs_args() -> tuple[str, ...]:
+    """Extra arguments of the ``mounted`` fixture's mkfs.megafs (override to change)."""
+    return ()
+
+
+@pytest.fixture
+def mount_args() -> tuple[str, ...]:
+    """Extra arguments of the ``mounted`` fixture's mount.megafs (override to change)."""
+    return ()
+
+
+@pytest.fixture
+def mounted(megafs, mkfs_args, mount_args) -> MegaFS:
     """A fresh filesystem with 64 KiB blocks, mounted on ``megafs.mnt``."""
-    megafs.mkfs()
-    megafs.mount()
+    megafs.mkfs(*mkfs_args)
+    megafs.mount(args=mount_args)
     return megafs

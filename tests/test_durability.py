@@ -117,12 +117,9 @@ def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
 
 
 @pytest.fixture
-def local_fs(tmp_path):
-    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    try:
-        yield fs
-    finally:
-        fs.cleanup()
+def local_fs(megafs: MegaFS) -> MegaFS:
+    """``megafs`` on a local store (the tests using it parametrize ``store`` to local)."""
+    return megafs
 
 
 def _two_files(fs: MegaFS) -> dict[str, Path]:
@@ -159,6 +156,7 @@ def _damage(store: LocalStore, key: str, how: str, other: str) -> None:
         other_path.write_bytes(data)
 
 
+@pytest.mark.parametrize("store", ["local"], indirect=True)
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete", "swap"])
 def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
     objects = _two_files(local_fs)
@@ -200,6 +198,7 @@ def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
             assert path.read_bytes()[:1000] == name.name.upper().encode() * 1000
 
 
+@pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_rollback_of_metadata_is_detected(local_fs, tmp_path):
     fs = local_fs
     fs.mkfs()

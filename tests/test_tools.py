@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LocalStore, MegaFS, assert_same_tree
+from helpers import MegaFS, assert_same_tree
 
 import megafs
 
@@ -28,16 +28,13 @@ BS = 64 * 1024
 MiB = 1 << 20
 
 
+pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)
+
+
 @pytest.fixture
-def fs(tmp_path):
+def fs(mounted: MegaFS) -> MegaFS:
     """A fresh local-store filesystem (64 KiB blocks) mounted on ``fs.mnt``."""
-    m = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    try:
-        m.mkfs()
-        m.mount()
-        yield m
-    finally:
-        m.cleanup()
+    return mounted
 
 
 def tool(name: str) -> str:
