@@ -11,6 +11,10 @@
   umount, fsck, kill -9 of the daemon, remount with a fresh or the same cache
   directory). Its teardown always unmounts what is still mounted
   (``fusermount3 -u -z``) and kills leftover daemons by pid.
+* Every test fails when a daemon log of its filesystems gains an ERROR record or the
+  "a bug: please report it" line, unless the test expects it:
+  ``@pytest.mark.expect_log_errors("regex", ...)`` allows the lines that match one of the
+  regular expressions (``re.search``).
 * ``mounted``: ``megafs`` after ``mkfs.megafs --block-size 64K`` and a mount. Extra
   arguments come from the ``mkfs_args`` and ``mount_args`` fixtures (empty by default): a
   module overrides them with a fixture of the same name, or a test parametrizes them.
@@ -20,17 +24,34 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import seaweed as seaweed_server
-from helpers import LocalStore, MegaFS, S3Store, Store
+from helpers import LocalStore, MegaFS, S3Store, Store, daemon_log_errors, daemon_log_sizes
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "s3: runs against the S3 backend on a SeaweedFS server started by the session")
+
+
+@pytest.fixture(autouse=True)
+def _daemon_logs_clean(request) -> Iterator[None]:
+    """Fail on unexpected ERROR / bug lines in the daemon logs written during the test
+    (checked after the other fixtures' teardown: daemons have stopped by then)."""
+    before = daemon_log_sizes()
+    yield
+    allowed = [re.compile(pattern) for mark in request.node.iter_markers("expect_log_errors")
+               for pattern in mark.args]
+    bad = [line for line in daemon_log_errors(before)
+           if not any(p.search(line) for p in allowed)]
+    if bad:
+        pytest.fail(f"{len(bad)} unexpected error line(s) in the daemon log "
+                    f"(declare expected ones with @pytest.mark.expect_log_errors):\n"
+                    + "\n".join(bad[:20]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

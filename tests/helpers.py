@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import time
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,11 +269,13 @@ class MegaFS:
         self.mnt = tmp_path / "mnt"
         self.mnt.mkdir()
         self.cache_dir: Path | None = None
+        self.cache_dirs: set[Path] = set()  # every one used: their megafs.log are checked
         self._caches = 0
         self.pids: set[int] = set()
         self.mountpoints: set[Path] = {self.mnt}
         self.env = tool_env(XDG_CACHE_HOME=str(tmp_path / "xdg-cache"))
         become_subreaper()
+        _instances.add(self)
 
     # plumbing
     def run(self, tool: str, *args, check: bool = True, env: dict | None = None,
@@ -287,7 +291,9 @@ class MegaFS:
 
     def new_cache_dir(self) -> Path:
         self._caches += 1
-        return self.tmp / f"cache{self._caches}"
+        path = self.tmp / f"cache{self._caches}"
+        self.cache_dirs.add(path)
+        return path
 
     # lifecycle
     def mkfs(self, *args, block_size: str | None = SMALL_BLOCK, check: bool = True):
@@ -301,6 +307,7 @@ class MegaFS:
             cache_dir = self.new_cache_dir() if fresh_cache or not self.cache_dir \
                 else self.cache_dir
         self.cache_dir = cache_dir
+        self.cache_dirs.add(cache_dir)
         mnt = mnt or self.mnt
         self.mountpoints.add(mnt)
         proc = self.run("mount.megafs", "--cache-dir", cache_dir, *args, self.url, mnt,
@@ -367,6 +374,12 @@ class MegaFS:
             return (self.cache_dir / "megafs.log").read_text(errors="replace")[-4000:]
         return ""
 
+    def log_files(self) -> list[Path]:
+        """Every daemon log this filesystem may have written: one per cache directory,
+        and the default one (a daemon that failed before it knew its cache directory)."""
+        return [d / "megafs.log" for d in sorted(self.cache_dirs)] + \
+            [self.tmp / "xdg-cache" / "megafs" / "megafs.log"]
+
     def cleanup(self) -> None:
         for mnt in self.mountpoints:
             if str(mnt) in mounted_paths():
@@ -386,6 +399,41 @@ class MegaFS:
                 os.waitpid(pid, os.WNOHANG)  # collect our sub-reaped zombie
             except ChildProcessError:
                 pass
+
+
+# -- daemon logs ----------------------------------------------------------------------
+
+_instances: weakref.WeakSet[MegaFS] = weakref.WeakSet()
+
+# A record of the daemon's log file (megafs/cli/common.py _FILE_FORMAT) at level ERROR
+# or above; the lines of a traceback that follow it do not match.
+_ERROR_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ \d+ \S+ (?:ERROR|CRITICAL): ")
+BUG_LINE = "a bug: please report it"
+
+
+def daemon_log_sizes() -> dict[Path, int]:
+    """Size of every daemon log of the live :class:`MegaFS` instances, by path."""
+    sizes = {}
+    for fs in list(_instances):
+        for path in fs.log_files():
+            try:
+                sizes[path] = path.stat().st_size
+            except FileNotFoundError:
+                pass
+    return sizes
+
+
+def daemon_log_errors(since: dict[Path, int]) -> list[str]:
+    """ERROR (or worse) records and "a bug: please report it" lines written to the daemon
+    logs after the sizes in *since* (all of a log that is not there)."""
+    found = []
+    for path in sorted(daemon_log_sizes()):
+        with open(path, "rb") as f:
+            f.seek(since.get(path, 0))
+            text = f.read().decode(errors="replace")
+        found += [line for line in text.splitlines()
+                  if _ERROR_RECORD.match(line) or BUG_LINE in line]
+    return found
 
 
 # -- tree snapshots -------------------------------------------------------------------
