@@ -410,6 +410,23 @@ _instances: weakref.WeakSet[MegaFS] = weakref.WeakSet()
 _ERROR_RECORD = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ \d+ \S+ (?:ERROR|CRITICAL): ")
 BUG_LINE = "a bug: please report it"
 
+# What the daemon logs when a read meets a damaged, missing or forged data block (first
+# time: the block's own error; later: the damage record fsck left), for
+# ``@pytest.mark.expect_log_errors(DAMAGED_READ)``.
+DAMAGED_READ = (r"ERROR: read of /\S+ \(inode \d+\) at offset \d+ failed: "
+                r"(data block b/[0-9a-f]+ |block \d+ is recorded as damaged \(data block )")
+
+
+def rows_expecting_log_errors(rows, expected: dict[str, tuple[str, ...]]) -> list:
+    """Parameters for the rows *rows* (ids), those in *expected* carrying
+    ``pytest.mark.expect_log_errors(*expected[row])``."""
+    import pytest
+
+    unknown = set(expected) - set(rows)
+    assert not unknown, f"no such rows: {unknown}"
+    return [pytest.param(row, id=row, marks=pytest.mark.expect_log_errors(*expected[row]))
+            if row in expected else pytest.param(row, id=row) for row in rows]
+
 
 def daemon_log_sizes() -> dict[Path, int]:
     """Size of every daemon log of the live :class:`MegaFS` instances, by path."""

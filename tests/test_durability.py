@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LocalStore, MegaFS, assert_cli_error, oserror
+from helpers import DAMAGED_READ, LocalStore, MegaFS, assert_cli_error, oserror
 
 from megafs.errors import ExitCode
 
@@ -156,6 +156,7 @@ def _damage(store: LocalStore, key: str, how: str, other: str) -> None:
         other_path.write_bytes(data)
 
 
+@pytest.mark.expect_log_errors(DAMAGED_READ)
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete", "swap"])
 def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):

@@ -70,6 +70,9 @@ def test_cache_disk_full(offline_fs, small_disk):
         assert (fs.mnt / f"f{i}").read_bytes() == _content(i), i
 
 
+@pytest.mark.expect_log_errors(
+    r"ERROR: upload failed \(attempt \d+\): .*: injected: backend offline",
+    r"ERROR: write to /big \(inode \d+\) at offset \d+ failed: cache full: ")
 def test_cache_limit_with_storage_down(offline_fs):
     fs = offline_fs
     fs.mkfs()

@@ -453,7 +453,8 @@ LOCK_HOLDER = textwrap.dedent("""
 def hold_lock(path: Path, kind: str, hold: float) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path), kind, str(hold)],
                          stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline() == "locked\n"
+    with p.stdout:  # nothing more comes from it
+        assert p.stdout.readline() == "locked\n"
     return p
 
 
