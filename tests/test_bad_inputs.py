@@ -203,7 +203,8 @@ ROWS = [
         code=ExitCode.NO_SUCH_PATH, says="No such file"),
     row("shares-not-a-mount", "none", "megafs", "shares", "{tmp}", code=ExitCode.NOT_MOUNTED,
         says="not inside a megafs mount"),
-    row("get-to-proc-version", "shared", "megafs", "get", "{link}", "/proc/version", code=IO,
+    row("get-to-proc-version", "shared", "megafs", "get", "--force", "{link}", "/proc/version",
+        code=IO,
         says="/proc/version"),
     row("get-to-read-only-fs", "shared", "megafs", "get", "{link}", "{ro}/f", code=IO,
         says="Read-only file system"),
@@ -229,7 +230,7 @@ def _closed_port() -> int:
 
 def _link(url: str) -> str:
     share_id, key = share_format.new_share()
-    return share_format.make_link(url, share_id, key)
+    return share_format.make_link(url, share_id, key, None)  # no signing key: an old link
 
 
 class Scene:
