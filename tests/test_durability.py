@@ -96,8 +96,9 @@ def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
             assert line, f"writer died at point {point}:\n{megafs.log()}"
             last = int(line)
         megafs.kill9()
-        for line in writer.stdout:  # records acknowledged before the kill landed
-            last = int(line)
+        with writer.stdout:
+            for line in writer.stdout:  # records acknowledged before the kill landed
+                last = int(line)
         writer.wait(timeout=30)
         acked = last
         megafs.mount(args=args)  # same cache dir: recovery runs automatically

@@ -223,6 +223,7 @@ def _timed_read(path, offset: int, size: int, limit: float) -> tuple[str, int, f
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass  # stuck in the kernel until the daemon answers: reaped by the fixtures
+        proc.stdout.close()
         return "hung", 0, took
     return out[0], int(out[1]), float(out[2])
 
@@ -251,8 +252,9 @@ class StderrLines:
         self.thread.start()
 
     def _read(self, proc):
-        for line in proc.stderr:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
+        with proc.stderr:
+            for line in proc.stderr:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
 
     def text(self) -> str:
         return "\n".join(line for _, line in self.lines)
@@ -266,6 +268,13 @@ WAITING = re.compile(r"^umount\.megafs: still waiting after \d+s: \d+\.\d MiB le
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
+@pytest.mark.expect_log_errors(  # storage requests failing (or unanswered) for --timeout
+    r"ERROR: read of /uncached \(inode \d+\) at offset \d+ failed: s3\+http://\S+: "
+    r"GET b/[0-9a-f]+ (failed|got no answer) for \d+s",
+    r"ERROR: upload failed \(attempt \d+\): s3\+http://\S+: PUT b/[0-9a-f]+ "
+    r"(failed|got no answer) for \d+s",
+    r"ERROR: metadata upload failed: s3\+http://\S+: PUT m/[0-9a-f]+ "
+    r"(failed|got no answer) for \d+s")
 def test_endpoint_outage_while_mounted(megafs, store, second_fs, outage, tmp_path):
     args = ("--timeout", TIMEOUT, "--cache-size", CACHE_SIZE, "--upload-delay", "0.5")
     fs = outage.attach(megafs, store)
