@@ -24,13 +24,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import seaweed as seaweed_server
 from helpers import LocalStore, MegaFS, S3Store, Store, daemon_log_errors, daemon_log_sizes
+from posixlib import _KINDS, Target, allow_other_mount
 
 
 def pytest_configure(config):
@@ -110,3 +113,25 @@ def mounted(megafs, mkfs_args, mount_args) -> MegaFS:
     megafs.mkfs(*mkfs_args)
     megafs.mount(args=mount_args)
     return megafs
+
+
+# -- the POSIX conformance tests' directory (tests/test_posix_*.py) --------------------
+
+@pytest.fixture(params=_KINDS)
+def target(request, tmp_path) -> Iterator[Target]:
+    """The directory under test of the POSIX tests: a megafs mount with allow_other (and, with
+    MEGAFS_POSIX_ON_LOCAL_DISK=1, a local-disk directory)."""
+    other = tmp_path / "other-fs"
+    other.mkdir()
+    if request.param == "local-disk":
+        root = tmp_path / "local"
+        root.mkdir()
+        os.chmod(root, 0o777)
+        yield Target(root, Path("/dev/shm"), None)
+        return
+    fs = allow_other_mount(tmp_path)
+    try:
+        os.chmod(fs.mnt, 0o777)
+        yield Target(fs.mnt, other, fs, ("-o", "allow_other"))
+    finally:
+        fs.cleanup()

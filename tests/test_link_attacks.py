@@ -32,7 +32,7 @@ from helpers import (
     assert_cli_error,
     rows_expecting_log_errors,
 )
-from test_posix import ALICE, as_user
+from posixlib import ALICE, as_user
 
 from megafs.cli.download import PART_MARK
 from megafs.crypto.keys import KeyRing
