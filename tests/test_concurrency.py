@@ -15,21 +15,24 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import LocalStore, MegaFS
+from helpers import MegaFS
 
 BS = 64 * 1024
 
 
+pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)
+
+
 @pytest.fixture
-def fs(tmp_path):
+def mount_args():
+    """Blocks uploaded as soon as they are written."""
+    return ("--upload-delay", "0")
+
+
+@pytest.fixture
+def fs(mounted: MegaFS) -> MegaFS:
     """Local store, 64 KiB blocks, blocks uploaded as soon as they are written."""
-    m = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    try:
-        m.mkfs()
-        m.mount(args=("--upload-delay", "0"))
-        yield m
-    finally:
-        m.cleanup()
+    return mounted
 
 
 def remount(fs: MegaFS) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LocalStore, MegaFS, assert_cli_error, oserror
+from helpers import DAMAGED_READ, LocalStore, MegaFS, assert_cli_error, oserror
 
 from megafs.errors import ExitCode
 
@@ -96,8 +96,9 @@ def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
             assert line, f"writer died at point {point}:\n{megafs.log()}"
             last = int(line)
         megafs.kill9()
-        for line in writer.stdout:  # records acknowledged before the kill landed
-            last = int(line)
+        with writer.stdout:
+            for line in writer.stdout:  # records acknowledged before the kill landed
+                last = int(line)
         writer.wait(timeout=30)
         acked = last
         megafs.mount(args=args)  # same cache dir: recovery runs automatically
@@ -117,12 +118,9 @@ def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
 
 
 @pytest.fixture
-def local_fs(tmp_path):
-    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    try:
-        yield fs
-    finally:
-        fs.cleanup()
+def local_fs(megafs: MegaFS) -> MegaFS:
+    """``megafs`` on a local store (the tests using it parametrize ``store`` to local)."""
+    return megafs
 
 
 def _two_files(fs: MegaFS) -> dict[str, Path]:
@@ -159,6 +157,8 @@ def _damage(store: LocalStore, key: str, how: str, other: str) -> None:
         other_path.write_bytes(data)
 
 
+@pytest.mark.expect_log_errors(DAMAGED_READ)
+@pytest.mark.parametrize("store", ["local"], indirect=True)
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete", "swap"])
 def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
     objects = _two_files(local_fs)
@@ -200,6 +200,7 @@ def test_damaged_object_gives_eio_and_names_the_file(local_fs, how):
             assert path.read_bytes()[:1000] == name.name.upper().encode() * 1000
 
 
+@pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_rollback_of_metadata_is_detected(local_fs, tmp_path):
     fs = local_fs
     fs.mkfs()

@@ -11,7 +11,7 @@ import socket
 import apsw
 import pytest
 import trio
-from helpers import PASSPHRASE, LocalStore, MegaFS, assert_cli_error
+from helpers import PASSPHRASE, MegaFS, assert_cli_error
 
 from megafs.core import schema, snapshot
 from megafs.core.blockmap import BlockMap
@@ -22,19 +22,17 @@ from megafs.store import lock as store_lock
 JUNK = "b/ab/ab" + "0" * 30  # where the local backend keeps object b/ab000...
 
 
+pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)
+
+
 @pytest.fixture
-def fs(tmp_path):
-    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    fs.mkfs()
-    fs.mount()
-    (fs.mnt / "dir").mkdir()
-    (fs.mnt / "dir" / "file").write_bytes(b"x" * 100_000)
-    (fs.mnt / "other").write_bytes(b"y" * 5000)
-    fs.umount()
-    try:
-        yield fs
-    finally:
-        fs.cleanup()
+def fs(mounted: MegaFS) -> MegaFS:
+    """A local-store filesystem with a few files, unmounted."""
+    (mounted.mnt / "dir").mkdir()
+    (mounted.mnt / "dir" / "file").write_bytes(b"x" * 100_000)
+    (mounted.mnt / "other").write_bytes(b"y" * 5000)
+    mounted.umount()
+    return mounted
 
 
 def _edit(fs: MegaFS, *statements: str) -> None:

@@ -9,18 +9,17 @@ import os
 import subprocess
 
 import pytest
-from helpers import LocalStore, MegaFS, oserror
+from helpers import MegaFS, oserror
+
+pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)
 
 
 @pytest.fixture
-def offline_fs(tmp_path):
-    fs = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    fs.offline = tmp_path / "offline"
-    fs.env = dict(fs.env, MEGAFS_FAULTS=f"offline={fs.offline}")
-    try:
-        yield fs
-    finally:
-        fs.cleanup()
+def offline_fs(megafs: MegaFS, tmp_path) -> MegaFS:
+    """A local store that the daemon sees offline while the file ``fs.offline`` exists."""
+    megafs.offline = tmp_path / "offline"
+    megafs.env = dict(megafs.env, MEGAFS_FAULTS=f"offline={megafs.offline}")
+    return megafs
 
 
 @pytest.fixture
@@ -71,6 +70,9 @@ def test_cache_disk_full(offline_fs, small_disk):
         assert (fs.mnt / f"f{i}").read_bytes() == _content(i), i
 
 
+@pytest.mark.expect_log_errors(
+    r"ERROR: upload failed \(attempt \d+\): .*: injected: backend offline",
+    r"ERROR: write to /big \(inode \d+\) at offset \d+ failed: cache full: ")
 def test_cache_limit_with_storage_down(offline_fs):
     fs = offline_fs
     fs.mkfs()

@@ -25,6 +25,7 @@ from helpers import (
     assert_cli_error,
     mounted_paths,
     pid_alive,
+    rows_expecting_log_errors,
     tool_env,
     wait_pid_gone,
 )
@@ -251,7 +252,15 @@ LOCK_ROWS = {
 }
 
 
-@pytest.mark.parametrize("attack", list(LOCK_ROWS))
+@pytest.mark.parametrize("attack", rows_expecting_log_errors(list(LOCK_ROWS), {
+    "holder-that-lost-its-lock-stops-writing": (
+        r"megafs.store.lock ERROR: the store's lock was taken over by elsewhere\.example pid "
+        r"4242: stopped writing$",
+        r"ERROR: setxattr: the store's lock was taken over by elsewhere\.example pid 4242; "
+        r"this mount stopped writing$",
+        r"megafs.mount ERROR: the store's lock was taken over by elsewhere\.example pid 4242: "
+        r"the changes not yet uploaded stay in the cache directory$"),
+}))
 def test_lock_attack(fs, attack):
     LOCK_ROWS[attack](fs)
 
@@ -333,7 +342,10 @@ UMOUNT_ROWS = {
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
-@pytest.mark.parametrize("case", list(UMOUNT_ROWS))
+@pytest.mark.parametrize("case", rows_expecting_log_errors(list(UMOUNT_ROWS), {
+    # MEGAFS_FAULT_TASK: the daemon's last word on the task that failed
+    "task-failure-releases-lock-and-cache": (r" megafs ERROR: daemon failed$",),
+}))
 def test_umount_and_teardown(fs, case):
     UMOUNT_ROWS[case](fs)
 

@@ -171,7 +171,8 @@ def _on_pty(argv, env) -> tuple[int, str]:
         elif proc.poll() is not None:
             break
     os.close(master)
-    proc.stdout.read()
+    with proc.stdout:
+        proc.stdout.read()
     return proc.wait(timeout=60), shown.decode(errors="replace")
 
 

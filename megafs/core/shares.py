@@ -27,7 +27,7 @@ import trio
 from megafs.backends import NoSuchObject
 from megafs.core.namespace import FsError, Namespace
 from megafs.core.schema import INO, MODE, MTIME_NS, SIZE
-from megafs.errors import CorruptObject
+from megafs.errors import CorruptObject, MegafsError
 from megafs.store import share as share_format
 from megafs.store.objects import ObjectStore
 
@@ -140,9 +140,19 @@ class Shares:
                 self.db.execute("UPDATE objects SET sha256=? WHERE key=?",
                                 (hashlib.sha256(blob).digest(), objkey))
 
-        async with trio.open_nursery() as nursery:
-            for objkey in dict.fromkeys(object_keys):
-                nursery.start_soon(one, objkey)
+        try:
+            async with trio.open_nursery() as nursery:
+                for objkey in dict.fromkeys(object_keys):
+                    nursery.start_soon(one, objkey)
+        except BaseExceptionGroup as eg:
+            # A damaged object (or a storage error) is reported as itself, not as a group
+            # the FUSE handlers would take for a bug: the first one, when all are ours.
+            ours, rest = eg.split(MegafsError)
+            if ours is None or rest is not None:
+                raise
+            while isinstance(ours, BaseExceptionGroup):
+                ours = ours.exceptions[0]
+            raise ours from None
 
     # -- manifests ----------------------------------------------------------------
     def _file(self, row: tuple, path: str) -> dict:
