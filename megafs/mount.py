@@ -9,6 +9,7 @@ the mount is usable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -32,6 +33,7 @@ from megafs.errors import (
     LockLost,
     MegafsError,
 )
+from megafs.fs import control
 from megafs.fs.operations import Operations
 from megafs.osutil import private_dir, set_fuse_readahead
 from megafs.store import lifecycle
@@ -82,7 +84,6 @@ class Control:
     (``megafs ctrl``); anything else fails with EINVAL.
     """
 
-    EINVAL, ENODATA = 22, 61
     LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR, "critical": logging.CRITICAL}
 
@@ -90,26 +91,30 @@ class Control:
         self.daemon = daemon
 
     def getxattr(self, name: bytes) -> bytes:
-        if name == b"pid":
+        full = control.PREFIX + name
+        if full == control.PID.encode():
             return str(os.getpid()).encode()
-        if name == b"status":
-            fs = self.daemon.fs
-            return (f"dirty_bytes={fs.cache.dirty_bytes} cache_bytes={fs.cache.total}"
-                    f" cache_max={fs.cache.max_bytes}"
-                    f" log_level={logging.getLevelName(logging.getLogger().level).lower()}"
-                    f" upload_error={self._error()}"
-                    f" lock_lost={int(bool(self.daemon.lease.lost))}").encode()
-        raise pyfuse3.FUSEError(self.ENODATA)
+        if full == control.STATUS.encode():
+            return control.encode(self.status())
+        raise pyfuse3.FUSEError(errno.ENODATA)
 
-    def _error(self) -> str:
-        """The storage error uploads are stuck on, as one space-free field."""
+    def status(self) -> dict:
+        """The ``megafs.status`` fields (:data:`megafs.fs.control.STATUS_FIELDS`)."""
         fs = self.daemon.fs
-        text = fs.uploader.last_error or getattr(fs.store.backend, "failing", None) or ""
-        return text.replace(" ", "\u00a0")
+        return {
+            "dirty_bytes": fs.cache.dirty_bytes,
+            "cache_bytes": fs.cache.total,
+            "cache_max": fs.cache.max_bytes,
+            "log_level": logging.getLevelName(logging.getLogger().level).lower(),
+            "upload_error": (fs.uploader.last_error
+                             or getattr(fs.store.backend, "failing", None) or ""),
+            "lock_lost": bool(self.daemon.lease.lost),
+        }
 
     async def setxattr(self, name: bytes, value: bytes) -> None:
         try:
-            action, *args = value.decode("ascii").split() if name == b"ctrl" else [""]
+            is_ctrl = control.PREFIX + name == control.CTRL.encode()
+            action, *args = value.decode("ascii").split() if is_ctrl else [""]
         except (UnicodeDecodeError, ValueError):
             action, args = "", []
         if action == "flush" and not args:
@@ -122,12 +127,12 @@ class Control:
         elif action == "cachesize" and len(args) == 1 and args[0].isdigit() and int(args[0]):
             self._cache_size(int(args[0]))
         else:
-            raise pyfuse3.FUSEError(self.EINVAL)
+            raise pyfuse3.FUSEError(errno.EINVAL)
 
     def _log_level(self, level: str, modules: str | None = None) -> None:
         number = self.LEVELS.get(level.lower())
         if number is None:
-            raise pyfuse3.FUSEError(self.EINVAL)
+            raise pyfuse3.FUSEError(errno.EINVAL)
         names = [m for m in (modules or "").split(",") if m] or [""]
         for name in names:
             logging.getLogger(name or None).setLevel(number)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 from megafs.cli import ctrl, keys, share
 from megafs.cli.common import finish, parser, run, setup_logging
-from megafs.cli.umount import daemon_pid, megafs_mountpoint
-from megafs.errors import NotMounted
+from megafs.fs import control
 
 #: Prose of the man page megafs(1) (see tools/manpages.py), next to the options.
 MANUAL = {
@@ -46,12 +42,9 @@ Set a new passphrase with the recovery key printed by mkfs.megafs:
 
 
 def _stat(args) -> int:
-    mnt = megafs_mountpoint(args.mountpoint)
-    pid = daemon_pid(mnt)
-    try:
-        s = json.loads(os.getxattr(mnt, "megafs.stats"))
-    except OSError as e:
-        raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})") from None
+    mnt = control.megafs_mountpoint(args.mountpoint)
+    pid = control.daemon_pid(mnt)
+    s = control.read_json(mnt, control.STATS)
 
     def size(n):
         if n is None:
