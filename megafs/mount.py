@@ -79,7 +79,7 @@ def check_mountpoint(path: str, *, nonempty_ok: bool = False) -> None:
 class Control:
     """Answers the control channel on the mount's root (see megafs.fs.operations).
 
-    ``getxattr``: ``pid``, ``status``. ``setxattr("ctrl", ACTION)`` with ACTION one of
+    ``getxattr``: ``megafs.pid``, ``megafs.status``. ``setxattr("megafs.ctrl", ACTION)`` with ACTION one of
     ``flush``, ``dropcache``, ``log-level LEVEL [MODULES]``, ``cachesize BYTES``
     (``megafs ctrl``); anything else fails with EINVAL.
     """
@@ -91,10 +91,9 @@ class Control:
         self.daemon = daemon
 
     def getxattr(self, name: bytes) -> bytes:
-        full = control.PREFIX + name
-        if full == control.PID.encode():
+        if name == control.PID.encode():
             return str(os.getpid()).encode()
-        if full == control.STATUS.encode():
+        if name == control.STATUS.encode():
             return control.encode(self.status())
         raise pyfuse3.FUSEError(errno.ENODATA)
 
@@ -113,7 +112,7 @@ class Control:
 
     async def setxattr(self, name: bytes, value: bytes) -> None:
         try:
-            is_ctrl = control.PREFIX + name == control.CTRL.encode()
+            is_ctrl = name == control.CTRL.encode()
             action, *args = value.decode("ascii").split() if is_ctrl else [""]
         except (UnicodeDecodeError, ValueError):
             action, args = "", []

@@ -290,7 +290,7 @@ class Operations(pyfuse3.Operations):
             await self.shares.revoke(value.decode(errors="replace"))
             return
         if inode == ROOT and name.startswith(CTRL_PREFIX):
-            await self.control.setxattr(name[len(CTRL_PREFIX):], value)
+            await self.control.setxattr(name, value)
             return
         if name.startswith(b"system."):
             raise FsError(errno.EOPNOTSUPP)
@@ -312,7 +312,7 @@ class Operations(pyfuse3.Operations):
         if inode == ROOT and name == SHARES_ATTR and self.shares:
             return control.encode(self.shares.listing())
         if inode == ROOT and name.startswith(CTRL_PREFIX):
-            return self.control.getxattr(name[len(CTRL_PREFIX):])
+            return self.control.getxattr(name)
         return self.fs.getxattr(inode, name)
 
     @_errors
