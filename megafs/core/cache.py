@@ -150,11 +150,11 @@ class BlockCache(CacheIndex):
         *ev* is registered; wake waiters at the end."""
         try:
             while True:
-                objkey, digest, damage = ref
+                objkey, digest, damage, where = ref
                 if damage is not None:
                     raise CorruptObject(f"block {blk} is recorded as damaged ({damage});"
                                         f" the object {objkey} was moved aside by fsck")
-                data = await self.store.get_block(objkey, digest)
+                data = await self.store.get_block(objkey, digest, where)
                 now = self.blockmap.ref_of(ino, blk)
                 if now == ref:
                     break

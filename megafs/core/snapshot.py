@@ -223,7 +223,8 @@ class Snapshotter:
                 set_state(db, "delta_bytes", 0)
             else:
                 set_state(db, "delta_bytes", int(get_state(db, "delta_bytes", 0)) + size)
-            dead += [k for obj, k in garbage if self.blockmap.forget_if_garbage(obj)]
+            dead += [k for obj, k in garbage if self.blockmap.forget_if_garbage(obj) and k]
+            dead += self.blockmap.take_empty_packs()
         commit_batch(db)
         self.uploaded_changes = db.total_changes()
         self.last_size = size
