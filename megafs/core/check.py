@@ -224,8 +224,9 @@ class Checker:
             users = self.db.execute("SELECT inode, blockno FROM blocks WHERE object=?",
                                     (obj,)).fetchall()
             fixed = "recorded as damaged" + (
-                f", object copied aside to {quarantine_key(key)}" if (pack or key) in stored
-                else "")
+                "" if (pack or key) not in stored else
+                f", object moved aside to {quarantine_key(key)}" if pack is None else
+                f", its envelope copied aside to {quarantine_key(key)} (pack {pack} kept)")
             for ino, blockno in users:
                 self.problem(f"{self.ns.path_of(ino)}: bytes {blockno * bs}-{(blockno + 1) * bs}"
                              f" unreadable: {reason}", fixed=fixed)
