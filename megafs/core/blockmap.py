@@ -143,11 +143,21 @@ class BlockMap:
         return self.ex("SELECT id, CASE WHEN pack IS NULL THEN key END FROM objects"
                        " WHERE refcount=0").fetchall()
 
-    def take_empty_packs(self) -> list[str]:
-        """Forget the packs no object row names any more; return their keys (to delete
-        from the store once the metadata without them is committed)."""
-        keys = [k for (k,) in self.ex("SELECT key FROM packs WHERE NOT EXISTS (SELECT 1 FROM"
-                                      " objects o WHERE o.pack = packs.key)").fetchall()]
+    def garbage_packs(self) -> list[str]:
+        """The packs holding no referenced block, taken with :meth:`garbage` (in the same
+        step as the metadata image an upload ships): the packs that upload may delete."""
+        return [k for (k,) in self.ex(
+            "SELECT key FROM packs WHERE NOT EXISTS (SELECT 1 FROM objects o"
+            " WHERE o.pack = packs.key AND o.refcount > 0)").fetchall()]
+
+    def take_empty_packs(self, candidates: list[str]) -> list[str]:
+        """Forget those of *candidates* (:meth:`garbage_packs`, taken before the upload)
+        that no object row names any more; return their keys, to delete from the store
+        now that a head without them is written. A pack that was not garbage when the
+        upload started (its blocks moved by compaction since) waits for the next one,
+        whose head names the blocks' new places."""
+        keys = [k for k in candidates if self.ex(
+            "SELECT 1 FROM objects WHERE pack=? LIMIT 1", (k,)).fetchone() is None]
         for key in keys:
             self.ex("DELETE FROM packs WHERE key=?", (key,))
         return keys

@@ -154,7 +154,13 @@ class BlockCache(CacheIndex):
                 if damage is not None:
                     raise CorruptObject(f"block {blk} is recorded as damaged ({damage});"
                                         f" the object {objkey} was moved aside by fsck")
-                data = await self.store.get_block(objkey, digest, where)
+                try:
+                    data = await self.store.get_block(objkey, digest, where)
+                except CorruptObject:
+                    # Moved by compaction (or rewritten) while we read, and its old pack
+                    # gone? Then read it as it is now; otherwise it is damage.
+                    if self.blockmap.ref_of(ino, blk) == ref:
+                        raise
                 now = self.blockmap.ref_of(ino, blk)
                 if now == ref:
                     break
