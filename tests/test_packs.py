@@ -54,6 +54,12 @@ def _wait_until(what: str, check, timeout: float = 90.0) -> None:
         time.sleep(0.2)
 
 
+def _this_mount(fs: MegaFS) -> str:
+    """The log of the running daemon (after the last clean exit of an earlier one)."""
+    text = (fs.cache_dir / "megafs.log").read_text(errors="replace")
+    return text[text.rfind("clean exit"):]
+
+
 def _assert_files(fs: MegaFS, files: dict[str, bytes]) -> None:
     assert sorted(os.listdir(fs.mnt)) == sorted(files)
     for name, data in files.items():
@@ -91,17 +97,29 @@ def test_compaction_reclaims_dead_space(megafs):
     assert r.stdout.strip().endswith("no problems"), r.stdout
 
 
-@pytest.mark.parametrize("after", [0.3, 1.0, 2.5], ids=["early", "mid", "late"])
+#: When to kill the daemon: (line its log must show first, then seconds to wait).
+KILL_POINTS = {
+    "while-reading-live-blocks": ("compacting ", 0.3),
+    "new-pack-committed-not-uploaded": ("compacted ", 0.0),
+    "after-upload-of-the-new-map": ("compacted ", 3.0),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
 @pytest.mark.parametrize("store", ["local"], indirect=True)
-def test_kill9_during_compaction_loses_nothing(megafs, after):
+def test_kill9_during_compaction_loses_nothing(megafs, point):
     fs = megafs
+    line, after = KILL_POINTS[point]
     fs.mkfs()
     fs.mount(args=NO_COMPACTION)
     files = _write_and_delete_half(fs)
     fs.umount()
     fs.env["MEGAFS_FAULTS"] = "latency=0.02"  # every request 20 ms: compaction takes a while
     fs.mount(args=("--compact-interval", "0.1"))
+    _wait_until(f"'{line}' in the log", lambda: line in _this_mount(fs))
     time.sleep(after)
+    if point == "while-reading-live-blocks":
+        assert "compacted " not in _this_mount(fs), "compaction ended before the kill"
     fs.kill9()
     del fs.env["MEGAFS_FAULTS"]
     fs.mount()  # the same cache directory

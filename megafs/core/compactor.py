@@ -101,6 +101,7 @@ class Compactor:
         if not chosen:
             return 0
         self.busy = True
+        log.info("compacting %d packs (%d live bytes)", len(chosen), sum(n for _, n in chosen))
         try:
             return await self._rewrite([key for key, _ in chosen])
         finally:
