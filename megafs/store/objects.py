@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from megafs.backends import Backend, NoSuchObject, ObjectChanged
 from megafs.crypto.keys import KeyRing
@@ -185,8 +186,8 @@ class ObjectStore:
         """Seal and store a snapshot or delta; return its stored size and SHA-256 (hex),
         which the head that names it records."""
         kind = envelope.KIND_DELTA if delta else envelope.KIND_METADATA
-        blob = await _run(envelope.seal, self.keys.meta, kind, object_key, payload,
-                          size=len(payload))
+        blob = await _run(partial(envelope.seal, coarse=True), self.keys.meta, kind,
+                          object_key, payload, size=len(payload))
         await self.backend.put(object_key, blob)
         return len(blob), hashlib.sha256(blob).hexdigest()
 
@@ -212,7 +213,8 @@ class ObjectStore:
         body = {k: v for k, v in head.items() if k != "hash"}
         version = 2 if body.get("format", 1) >= 2 else 1
         blob = envelope.seal(self.keys.meta, envelope.KIND_HEAD, HEAD_KEY,
-                             json.dumps(body, sort_keys=True).encode(), version=version)
+                             json.dumps(body, sort_keys=True).encode(), version=version,
+                             coarse=True)
         return blob, head_hash(body)
 
     async def write_head(self, head: dict, sealed: tuple[bytes, str] | None = None) -> str:
