@@ -247,10 +247,15 @@ DAMAGE = [("snapshot", _truncate), ("delta", _truncate), ("delta", _grow),
 def test_damaged_metadata_named_by_head_stops_the_mount(made, target, damage):
     fs = made
     write_and_umount(fs, "second", "two deltas now")
+    if damage is _swap:  # a delta in another size bucket than the snapshot (§2)
+        fs.mount()  # one change of 60 KB that does not compress: a delta of 128 KiB
+        os.setxattr(fs.mnt / "second", "user.big", os.urandom(60_000))
+        fs.umount()
     head = read_head(fs)
     assert len(head["deltas"]) >= 2, head
     key = head["snapshot"] if target == "snapshot" else head["deltas"][-1]
     other = head["deltas"][-1]  # swapped with the snapshot: another size
+    assert damage is not _swap or len(get(fs, key)) != len(get(fs, other))
     damage(fs, key, other)
     head_bytes = get(fs, "head")
     r = fs.mount(check=False)  # the same machine, whose local copy is current
