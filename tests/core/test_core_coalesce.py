@@ -9,6 +9,7 @@ import errno
 import os
 
 import pytest
+import trio
 from corelib import async_errno
 
 from megafs.backends.base import BackendWrapper
@@ -70,3 +71,49 @@ async def test_damaged_neighbour_fails_alone(core, victim):
     # the checker the fixture runs at the end must see the damage: repair it by
     # removing the file (its block is then unreferenced dead space)
     core.unlink(names[victim])
+
+
+class Paused(BackendWrapper):
+    """Holds the first range read until *go* is set (a reader caught mid-fetch)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.started, self.go = trio.Event(), trio.Event()
+
+    async def get_range(self, key, offset, length):
+        if not self.started.is_set():
+            self.started.set()
+            await self.go.wait()
+        return await self.inner.get_range(key, offset, length)
+
+
+async def test_compaction_never_pulls_a_block_from_under_a_reader(core):
+    """A reader fetching a block from its pack while the compactor moves it and the old
+    pack is deleted (as the garbage path does after the next head) reads it at its new
+    place: no EIO, the right bytes."""
+    keep, gone = os.urandom(50_000), os.urandom(50_000)
+    await core.create("keep", keep)
+    await core.create("gone", gone)
+    await core.fs.uploader.flush()
+    core.unlink("gone")  # its envelope is dead space now
+    core.fs.cache.evict(0)
+    ino = core.ino("keep")
+    old_pack = core.fs.blockmap.ref_of(ino, 0)[3][0]
+    paused = Paused(core.store.backend)
+    core.store.backend = paused
+    got = []
+
+    async def reader():
+        got.append(await core.read("keep"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await paused.started.wait()
+        core.fs.compactor.live_fraction = 1.0
+        paused.started = trio.Event()  # the compactor's own reads pass
+        paused.started.set()
+        assert await core.fs.compactor.compact_once() == 1
+        assert core.fs.blockmap.ref_of(ino, 0)[3][0] != old_pack
+        os.unlink(os.path.join(paused.inner.root, "p", old_pack[2:4], old_pack[2:]))
+        paused.go.set()
+    assert got == [keep]
