@@ -206,7 +206,8 @@ class Daemon:
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
                              timeout=cfg.timeout, quota=sb.get("quota"), atime=cfg.atime,
                              diratime=cfg.diratime)
-        self.fs.compactor.live_fraction = cfg.compact_below
+        # a read-only mount writes nothing to the store: no compaction either
+        self.fs.compactor.live_fraction = 0.0 if "ro" in cfg.fuse_options else cfg.compact_below
         self.fs.compactor.interval = cfg.compact_interval
         dirty = self.fs.recover()
         if dirty:
@@ -241,6 +242,7 @@ class Daemon:
         self._uploads.cancel()
         self.ops.refuse_writes = self.lease.lost
         self.fs.uploader.last_error = self.lease.lost
+        self.fs.compactor.live_fraction = 0.0  # no more compaction rounds
 
     async def flush(self) -> None:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
