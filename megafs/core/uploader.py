@@ -111,6 +111,9 @@ class Uploader:
         self._pack_members: list[tuple] = []  # (entry, gen, digest, block key, size, sha256)
         self._packed_bytes = 0  # sealed bytes in the open pack and in packs being stored
         self._nursery: trio.Nursery | None = None
+        #: digest -> blocks with the same bytes as one in a pack not committed yet; they
+        #: are committed after it (as duplicates), so a pack never holds two copies
+        self._sealing: dict[bytes, list[tuple]] = {}
 
     # -- scheduling -------------------------------------------------------------
     def _signal(self) -> None:
@@ -227,12 +230,17 @@ class Uploader:
                 self._dup_rate = 0.95 * self._dup_rate + (0.05 if duplicate else 0.0)
             if duplicate:
                 self._done.append((e, gen, digest, None))
+            elif digest in self._sealing:  # the same bytes wait in a pack: share them
+                self._sealing[digest].append((e, gen, digest, None))
             else:
                 if prepared is None:
                     blob, sha256 = await self.store.seal_packed(key, data)
                 else:
                     blob, _, sha256 = prepared
-                self._add_to_pack((e, gen, digest, key, len(data), sha256), blob)
+                if digest in self._sealing:  # packed by another upload meanwhile
+                    self._sealing[digest].append((e, gen, digest, None))
+                else:
+                    self._add_to_pack((e, gen, digest, key, len(data), sha256), blob)
             keep = True
             if self.failures or self.last_error:
                 self.failures = 0
@@ -254,6 +262,7 @@ class Uploader:
             self._pack, self._pack_members = PackBuilder(), []
             self._pack_opened = trio.current_time()
         offset = self._pack.add(blob)
+        self._sealing[member[2]] = []
         self._packed_bytes += len(blob)
         self._pack_members.append((*member, len(blob), offset))
 
@@ -279,8 +288,11 @@ class Uploader:
         except (MegafsError, OSError) as err:  # storage down: the blocks are sent again
             self._failed(err)
         finally:
-            if not stored:
-                for e, *_ in members:
+            aliases = [a for m in members for a in self._sealing.pop(m[2], [])]
+            if stored:  # after the blocks they duplicate: the committer finds those
+                self._done.extend(aliases)
+            else:
+                for e, *_ in (*members, *aliases):
                     e.uploading = False
             self._packed_bytes -= pack.length
             self._signal()
