@@ -81,7 +81,7 @@ def test_copy_under_faults_then_verify_from_fresh_cache(megafs, tmp_path):
         assert_same_tree(staging / part, megafs.mnt / "tree" / part)
     megafs.umount()
     log = (megafs.cache_dir / "megafs.log").read_text(errors="replace")
-    assert "GET b/" in log and "injected failure (get)" in log, "no block read failed"
+    assert "GET p/" in log and "injected failure (get)" in log, "no block read failed"
 
     megafs.env = clean_env
     assert megafs.fsck().returncode == 0

@@ -208,7 +208,7 @@ class Checker:
                     if len(data) != size:
                         raise CorruptObject(f"data block {key} has the wrong length")
                 except (CorruptObject, UnsupportedFormat, NoSuchObject) as e:
-                    bad[obj] = str(e)
+                    bad[obj] = str(e) if pack is None or pack in str(e) else f"{e} (pack {pack})"
                 done += 1
                 self.progress(f"checked {done} of {len(rows)} data objects")
 
