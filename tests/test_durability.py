@@ -111,7 +111,8 @@ def test_fsynced_records_survive_random_kill9(megafs, tmp_path):
     # Crashes may leave garbage (objects uploaded but never recorded): fsck removes it,
     # and finds nothing else wrong.
     r = megafs.fsck(check=False)
-    lines = r.stdout.strip().splitlines()
+    lines = [line for line in r.stdout.strip().splitlines()
+             if " bytes of dead space " not in line]  # the packs' accounting
     assert r.returncode in (0, ExitCode.FSCK_REPAIRED), r.stdout + r.stderr
     assert all("not referenced" in line for line in lines[:-1]), r.stdout
     assert megafs.fsck().stdout.strip().endswith("no problems")

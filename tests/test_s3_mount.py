@@ -1,4 +1,4 @@
-"""End to end on S3 under faults: 10% of the backend's requests fail and every one
+"""End to end on S3 under faults: 30% of the backend's requests fail and every one
 takes 100 ms longer (``MEGAFS_FAULTS``, injected in every backend stack the tools
 build, the mount daemon's included). Copying a real tree in, unmounting with
 umount.megafs and verifying from an empty cache directory without faults loses
@@ -20,7 +20,7 @@ import time
 import pytest
 from helpers import assert_same_tree, read_file
 
-FAULTS = "fail=0.1,latency=0.1,seed={seed}"
+FAULTS = "fail=0.3,latency=0.1,seed={seed}"  # packs: few requests, so fail often
 PACKAGES = ("email", "xml", "importlib", "unittest", "asyncio", "encodings", "json", "http",
             "urllib")
 

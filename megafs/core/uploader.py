@@ -28,7 +28,7 @@ Sealed blocks are not stored one object each but gathered into packs
 (:mod:`megafs.store.packs`, docs/format.md §4a): a pack is stored when the next
 block would not fit (:data:`~megafs.store.packs.PACK_TARGET`), when someone waits
 for uploads and no block is being prepared, or :data:`PACK_LINGER` seconds after
-its first block. Its blocks reach the committer only once the pack is stored, so
+its first block (:data:`PACK_QUIET` when no other block waits). Its blocks reach the committer only once the pack is stored, so
 the ordering above holds for packs: pack durable (``sync``), then the block map.
 """
 
@@ -62,6 +62,9 @@ _RECENT = 4096  # blocks remembered as uploaded: written again, they wait for th
 #: costs at least 1 MiB of storage, so a slow trickle of small writes costs at most
 #: 1 MiB per this many seconds until compaction.
 PACK_LINGER = 5.0
+#: ... or only this long when no other block waits to be uploaded (nothing more is
+#: coming soon: the data reaches the store without the full wait).
+PACK_QUIET = 1.0
 
 
 def _zero_or_hash(data: bytes, dedup_hash) -> bytes | None:
@@ -168,9 +171,7 @@ class Uploader:
                     continue
                 e = self._next()
                 if e is None:
-                    if self._pack is not None and not self._inflight and (
-                            self._urgent()
-                            or trio.current_time() - self._pack_opened >= PACK_LINGER):
+                    if self._pack is not None and not self._inflight and self._pack_due():
                         self._close_pack()
                     self.cache.wanted = trio.Event()
                     with trio.move_on_after(POLL):
@@ -265,6 +266,13 @@ class Uploader:
         self._sealing[member[2]] = []
         self._packed_bytes += len(blob)
         self._pack_members.append((*member, len(blob), offset))
+
+    def _pack_due(self) -> bool:
+        """Whether the open pack should be stored now (no block is being sealed)."""
+        age = trio.current_time() - self._pack_opened
+        if self._urgent() or age >= PACK_LINGER:
+            return True
+        return age >= PACK_QUIET and all(e.uploading for e in self.cache.dirty.values())
 
     def _close_pack(self) -> None:
         """Start storing the open pack."""
