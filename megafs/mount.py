@@ -56,6 +56,8 @@ class MountConfig:
     fuse_options: set[str] = field(default_factory=set)
     upload_delay: float = 5.0
     metadata_interval: float = 2.0
+    compact_below: float = 0.8  #: rewrite packs whose live blocks fill less than this
+    compact_interval: float = 30.0  #: seconds between compaction rounds
     force: bool = False
     timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
     atime: bool = True  #: relatime updates of atime (-o noatime: none)
@@ -208,6 +210,9 @@ class Daemon:
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
                              timeout=cfg.timeout, quota=sb.get("quota"), atime=cfg.atime,
                              diratime=cfg.diratime)
+        # a read-only mount writes nothing to the store: no compaction either
+        self.fs.compactor.live_fraction = 0.0 if "ro" in cfg.fuse_options else cfg.compact_below
+        self.fs.compactor.interval = cfg.compact_interval
         dirty = self.fs.recover()
         if dirty:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
@@ -241,6 +246,7 @@ class Daemon:
         self._uploads.cancel()
         self.ops.refuse_writes = self.lease.lost
         self.fs.uploader.last_error = self.lease.lost
+        self.fs.compactor.live_fraction = 0.0  # no more compaction rounds
 
     async def flush(self) -> None:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
@@ -341,6 +347,7 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             tasks = {"signals": self._signals, "snapshots": self._periodic_snapshots,
                      "commits": self._commits, "lock": self._keep_lock,
+                     "compactor": self.fs.compactor.run,
                      "readahead": lambda: self._tune_readahead(self.ops.initialized)}
             await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery

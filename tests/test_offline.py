@@ -270,8 +270,8 @@ WAITING = re.compile(r"^umount\.megafs: still waiting after \d+s: \d+\.\d MiB le
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
 @pytest.mark.expect_log_errors(  # storage requests failing (or unanswered) for --timeout
     r"ERROR: read of /uncached \(inode \d+\) at offset \d+ failed: s3\+http://\S+: "
-    r"GET b/[0-9a-f]+ (failed|got no answer) for \d+s",
-    r"ERROR: upload failed \(attempt \d+\): s3\+http://\S+: PUT b/[0-9a-f]+ "
+    r"GET p/[0-9a-f]+ \(bytes \d+\+\d+\) (failed|got no answer) for \d+s",
+    r"ERROR: upload failed \(attempt \d+\): s3\+http://\S+: PUT p/[0-9a-f]+ "
     r"(failed|got no answer) for \d+s",
     r"ERROR: metadata upload failed: s3\+http://\S+: PUT m/[0-9a-f]+ "
     r"(failed|got no answer) for \d+s")

@@ -65,8 +65,12 @@ def _stat(args) -> int:
         ("data in files", size(s["file_bytes"])),
         ("saved by holes", saved(s["file_bytes"], s["block_bytes"])),
         ("saved by deduplication", saved(s["block_bytes"], s["unique_bytes"])),
-        ("saved by compression", saved(s["unique_bytes"], s["stored_bytes"])
+        ("saved by compression", saved(s["unique_bytes"],
+                                       s["stored_bytes"] - s.get("dead_bytes", 0))
          + " (net of encryption and size padding)"),
+        ("packs", f"{s.get('packs', 0)}, dead space {size(s.get('dead_bytes', 0))}"
+                  f" (deleted data, counted as used until compacted), padding"
+                  f" {size(s.get('padding_bytes', 0))}"),
         ("cache", f"{size(s['cache_bytes'])} of {size(s['cache_limit'])}"),
         ("waiting for upload", size(s["dirty_bytes"])),
         ("metadata", f"{size(s['metadata_local_bytes'])} local,"
