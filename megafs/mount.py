@@ -20,6 +20,7 @@ import pyfuse3
 import trio
 
 from megafs.core.filesystem import Filesystem
+from megafs.core.follow import DEFAULT_INTERVAL, Changes, Follower
 from megafs.core.localcopy import open_local_metadata
 from megafs.core.shares import Shares
 from megafs.core.snapshot import (
@@ -32,6 +33,7 @@ from megafs.errors import (
     LockLost,
     MegafsError,
 )
+from megafs.fs.invalidate import invalidate
 from megafs.fs.operations import Operations
 from megafs.osutil import private_dir, set_fuse_readahead
 from megafs.store import lifecycle
@@ -58,6 +60,12 @@ class MountConfig:
     timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
     atime: bool = True  #: relatime updates of atime (-o noatime: none)
     diratime: bool = True  #: ... of directories too (-o nodiratime: files only)
+    follow_interval: float = DEFAULT_INTERVAL  #: a follower (-o ro) looks this often
+
+    @property
+    def follower(self) -> bool:
+        """-o ro: follow the writer without taking the lock (docs/format.md §5c)."""
+        return "ro" in self.fuse_options
 
 
 def default_cache_dir(store_id: str) -> str:
@@ -98,7 +106,7 @@ class Control:
                     f" cache_max={fs.cache.max_bytes}"
                     f" log_level={logging.getLevelName(logging.getLogger().level).lower()}"
                     f" upload_error={self._error()}"
-                    f" lock_lost={int(bool(self.daemon.lease.lost))}").encode()
+                    f" lock_lost={int(bool(self.daemon.lock_lost))}").encode()
         raise pyfuse3.FUSEError(self.ENODATA)
 
     def _error(self) -> str:
@@ -141,6 +149,12 @@ class Control:
         cache.evict()
         log.info("control: cache size %d bytes", size)
 
+    def role(self) -> dict:
+        """This mount's part for ``megafs stat``: a follower's version, lag and writer."""
+        if self.daemon.follower is not None:
+            return self.daemon.follower.status()
+        return {"role": "writer"}
+
     def capacity(self) -> int:
         return self.daemon.fs.quota or DEFAULT_CAPACITY
 
@@ -160,7 +174,8 @@ class Daemon:
         self.cfg = cfg
         self.fs: Filesystem | None = None
         self.snap: Snapshotter | None = None
-        self.lease: store_lock.Lease | None = None
+        self.lease: store_lock.Lease | None = None  #: None on a follower
+        self.follower: Follower | None = None
         self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
         self._lock_lost = trio.Event()
@@ -190,9 +205,10 @@ class Daemon:
             fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CacheError(f"cache directory {cache_dir} is in use by another mount") from None
-        self.lease = await store_lock.acquire(store, force=cfg.force)
-        stack.push_async_callback(_shielded, self.lease.release)
-        store.head_guard = self.lease.check
+        if not cfg.follower:
+            self.lease = await store_lock.acquire(store, force=cfg.force)
+            stack.push_async_callback(_shielded, self.lease.release)
+            store.head_guard = self.lease.check
         self.store = store
         stack.callback(self._close_metadata)
         await self._open_metadata(store, sb, cache_dir)
@@ -202,8 +218,8 @@ class Daemon:
         conn = await self._metadata(store, sb, cache_dir)
         self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
-                             timeout=cfg.timeout, quota=sb.get("quota"), atime=cfg.atime,
-                             diratime=cfg.diratime)
+                             timeout=cfg.timeout, quota=sb.get("quota"),
+                             atime=cfg.atime and not cfg.follower, diratime=cfg.diratime)
         dirty = self.fs.recover()
         if dirty:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
@@ -216,6 +232,21 @@ class Daemon:
                                              for b in cache.by_ino.get(ino, ())))
         self.snap = Snapshotter(conn, store, self.fs.blockmap,
                                 before_delete=self.shares.republish)
+        if cfg.follower:
+            self.follower = Follower(conn, store, cfg.follow_interval, self._followed)
+            self.fs.read_failed = self.follower.wake
+
+    async def _followed(self, changes: Changes) -> None:
+        """A follower applied a newer state: drop what changed from the caches."""
+        for ino in changes.data | changes.inodes:
+            self.fs.cache.drop_inode(ino)
+        known = {ino for ino in changes.inodes | changes.data if ino in self.fs.lookups}
+        await invalidate(changes.entries, known)
+
+    @property
+    def lock_lost(self) -> str | None:
+        """Why this mount stopped writing because its lock was taken over, or None."""
+        return self.lease.lost if self.lease is not None else None
 
     async def _metadata(self, store: ObjectStore, sb: dict, cache_dir: str):
         return await open_local_metadata(store, sb, cache_dir)
@@ -224,7 +255,7 @@ class Daemon:
         if self.fs is None:
             return
         conn = self.fs.db
-        if not self.lease.lost:
+        if not self.lock_lost:
             with conn:
                 set_state(conn, "mounted", 0)
         self.fs.close()
@@ -242,7 +273,9 @@ class Daemon:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
 
         Waits through storage outages (the status channel reports the error); raises
-        LockLost once the store's lock was taken over."""
+        LockLost once the store's lock was taken over. A follower has nothing to upload."""
+        if self.follower is not None:
+            return
         failures = 0
         while True:
             async with trio.open_nursery() as nursery:  # uploads stop when the lock goes
@@ -326,7 +359,8 @@ class Daemon:
         cfg = self.cfg
         options = {"fsname=" + cfg.url, "subtype=megafs", "default_permissions"}
         options |= cfg.fuse_options
-        self.ops = Operations(self.fs, Control(self), self.shares)
+        self.ops = Operations(self.fs, Control(self), self.shares,
+                              follower=self.follower is not None)
         try:
             pyfuse3.init(self.ops, cfg.mountpoint, options)
         except RuntimeError as e:
@@ -335,9 +369,12 @@ class Daemon:
         stack.callback(self._close_session)
         self._uploads = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            tasks = {"signals": self._signals, "snapshots": self._periodic_snapshots,
-                     "commits": self._commits, "lock": self._keep_lock,
+            tasks = {"signals": self._signals, "commits": self._commits,
                      "readahead": lambda: self._tune_readahead(self.ops.initialized)}
+            if self.follower is not None:
+                tasks["follow"] = self.follower.run
+            else:
+                tasks.update(snapshots=self._periodic_snapshots, lock=self._keep_lock)
             await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery
             for name, fn in tasks.items():
@@ -347,9 +384,9 @@ class Daemon:
             self._served = True
             self._close_session()
             log.info("unmounted: uploading remaining data")
-            if self.lease.lost:
+            if self.lock_lost:
                 log.error("%s: the changes not yet uploaded stay in the cache directory",
-                          self.lease.lost)
+                          self.lock_lost)
             else:
                 await self.flush()
             nursery.cancel_scope.cancel()

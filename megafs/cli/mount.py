@@ -53,9 +53,11 @@ is reported instead when it fails to start.
 Data written to the mount lands in the local cache first and is encrypted and \
 uploaded in the background, after `--upload-delay` (on S3, a full block as soon as a \
 sequential writer has moved past it); metadata follows every `--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
-everything is in the store. Only one mount of a store may run at a time: the store \
+everything is in the store. Only one mount of a store writes at a time: the store \
 holds a lock object while mounted, a lease the daemon renews four times per term \
-(60 s). `--force` takes it over only from a mount that is provably gone (a dead \
+(60 s). A mount with `-o ro` is a follower: it takes no lock, works while the writer \
+is mounted on another machine, and shows the writer's changes within \
+`--follow-interval` seconds of their upload (writes fail with EROFS). `--force` takes it over only from a mount that is provably gone (a dead \
 process on this host, or a lease not renewed for longer than its term); a mount \
 whose lock was taken over stops writing and refuses changes.
 
@@ -120,6 +122,10 @@ def build_parser():
                    metavar="SECONDS",
                    help="retry a failing storage request this long; then a read of data not in"
                         " the cache fails with EIO (uploads keep retrying; default 60)")
+    p.add_argument("--follow-interval", type=seconds(MIN_METADATA_INTERVAL), default=5.0,
+                   metavar="SECONDS",
+                   help="with -o ro (a follower): look for the writer's changes this often"
+                        " (default 5)")
     p.add_argument("--force", action="store_true",
                    help="take over the store's lock from a mount that is provably gone: its"
                         " lease was not renewed for longer than its term (a live mount is"
@@ -168,7 +174,7 @@ def _config(args) -> MountConfig:
         cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
-        **atime)
+        follow_interval=args.follow_interval, **atime)
 
 
 def check_cache_dir(cache_dir: str, mountpoint: str) -> None:

@@ -79,11 +79,35 @@ def _stat(args) -> int:
         ("metadata", f"{size(s['metadata_local_bytes'])} local,"
                      f" {size(s['metadata_snapshot_bytes'])} snapshot in the store"),
     ]
+    rows += _role_rows(s)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k + ':':<{width + 1}} {v}")
     _print_damaged(s)
     return 0
+
+
+def _role_rows(s: dict) -> list[tuple[str, object]]:
+    """A follower: the version it shows, how far behind it may be, the writer; a writer:
+    the followers that announced themselves."""
+    if s.get("role") == "follower":
+        behind = (f"{s['lag']:.0f} s since it last found itself current"
+                  f" (looks every {s['interval']:g} s)")
+        rows = [("role", "follower (read-only)"),
+                ("metadata version", f"{s['seq']} (the store's: {s['store_seq']})"),
+                ("lag", behind), ("writer", s["writer"] or "none (not mounted for writing)")]
+        if s.get("problem"):
+            rows.append(("not following", s["problem"]))
+        return rows
+    if s.get("role") == "writer":
+        followers = s.get("followers")
+        rows = [("role", "writer")]
+        if followers is not None:
+            rows.append(("followers", len(followers)))
+            rows += [("", f"{f['host']} pid {f['pid']}, at version {f['seq']}")
+                     for f in followers]
+        return rows
+    return []
 
 
 def _print_damaged(s: dict) -> None:

@@ -77,6 +77,7 @@ class Filesystem:
         self.diratime = atime and diratime  # ... and on listings (-o nodiratime)
         self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
         self.unstored = self.cache.unstored
+        self.read_failed = None  #: called when a read fails (a follower then looks for news)
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -255,6 +256,8 @@ class Filesystem:
         except MegafsError as err:
             log.error("read of %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
                       pos, err)
+            if self.read_failed is not None:
+                self.read_failed()
             raise FsError(errno.EIO) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

@@ -273,8 +273,18 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
     conn.execute("ATTACH ':memory:' AS delta")
     try:
         conn.deserialize("delta", image)
+        apply_attached(conn, "delta", name)
+    except apsw.Error as e:
+        raise CorruptObject(f"metadata delta {name} cannot be applied: {e}") from None
+    finally:
+        conn.execute("DETACH delta")
+
+
+def apply_attached(conn: apsw.Connection, schema: str, name: str) -> None:
+    """Apply the delta attached to *conn* as *schema* (the object *name*)."""
+    try:
         present = {r[0] for r in conn.execute(
-            "SELECT name FROM delta.sqlite_master WHERE type='table'")}
+            f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}
         with conn:
             for table, cols in JOURNALED.items():
                 if table not in present:  # a delta of an older schema (no damaged, heads)
@@ -282,15 +292,14 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
                 key = ", ".join(cols)
                 if len(cols) == 1:
                     conn.execute(f"DELETE FROM main.{table} WHERE {key} IN"
-                                 " (SELECT a FROM delta.deleted WHERE tbl=?)", (table,))
+                                 f" (SELECT a FROM {schema}.deleted WHERE tbl=?)", (table,))
                 else:
                     conn.execute(f"DELETE FROM main.{table} WHERE ({key}) IN"
-                                 " (SELECT a, b FROM delta.deleted WHERE tbl=?)", (table,))
-                conn.execute(f"INSERT OR REPLACE INTO main.{table} SELECT * FROM delta.{table}")
+                                 f" (SELECT a, b FROM {schema}.deleted WHERE tbl=?)", (table,))
+                conn.execute(f"INSERT OR REPLACE INTO main.{table}"
+                             f" SELECT * FROM {schema}.{table}")
     except apsw.Error as e:
         raise CorruptObject(f"metadata delta {name} cannot be applied: {e}") from None
-    finally:
-        conn.execute("DETACH delta")
 
 
 async def load(store: ObjectStore, head: dict) -> apsw.Connection:

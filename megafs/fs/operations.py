@@ -93,16 +93,18 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
 
-    def __init__(self, fs: Filesystem, control, shares=None):
+    def __init__(self, fs: Filesystem, control, shares=None, *, follower: bool = False):
         super().__init__()
         self.fs = fs
+        if follower:  # with a writeback cache the kernel would ignore sizes changed elsewhere
+            self.enable_writeback_cache = False
         fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
         self.control = control
         self.shares = shares
         self.owner_uid = os.getuid()  # who mounted: the control channel answers them and root
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         #: Why changes are refused (the store's lock was taken over), or None.
-        self.refuse_writes: str | None = None
+        self.refuse_writes: str | None = "a read-only follower" if follower else None
 
     def init(self):
         # pyfuse3 calls this while answering INIT; waiters run only after the answer.
@@ -308,7 +310,7 @@ class Operations(pyfuse3.Operations):
                 raise FsError(errno.ENODATA)
             return link.encode()
         if inode == ROOT and name == STATS_ATTR:
-            return json.dumps(self.fs.stats()).encode()
+            return json.dumps({**self.fs.stats(), **self.control.role()}).encode()
         if inode == ROOT and name == SHARES_ATTR and self.shares:
             return json.dumps(self.shares.listing()).encode()
         if inode == ROOT and name.startswith(CTRL_PREFIX):

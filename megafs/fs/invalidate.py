@@ -1,0 +1,36 @@
+"""Telling the kernel that a follower's metadata changed under it (docs/format.md §5c).
+
+The kernel caches directory entries, attributes and file pages of a FUSE mount. When a
+follower applies a newer state, :func:`invalidate` drops what changed: the entries
+(parent, name) that were added, removed or repointed, and the attributes and pages of
+the inodes whose rows or blocks changed. Entries go through pyfuse3's invalidation
+thread; inodes in a worker thread of ours, since invalidating pages waits for reads in
+progress, which this process must answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import pyfuse3
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def _invalidate_inodes(inodes: list[int]) -> None:
+    for ino in inodes:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as e:  # ENOENT: the kernel forgot it meanwhile
+            if e.errno != errno.ENOENT:
+                log.warning("could not invalidate the kernel's cache of inode %d: %s", ino, e)
+
+
+async def invalidate(entries: set[tuple[int, bytes]], inodes: set[int]) -> None:
+    """Drop the kernel's cached *entries* (parent inode, name) and *inodes*."""
+    for parent, name in entries:
+        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+    if inodes:
+        await trio.to_thread.run_sync(_invalidate_inodes, sorted(inodes))
