@@ -25,9 +25,11 @@ from megafs.core.localcopy import open_local_metadata
 from megafs.core.shares import Shares
 from megafs.core.snapshot import (
     Snapshotter,
+    get_state,
     set_state,
 )
 from megafs.errors import (
+    BackendUnavailable,
     BadMountpoint,
     CacheError,
     LockLost,
@@ -36,6 +38,7 @@ from megafs.errors import (
 from megafs.fs.invalidate import invalidate
 from megafs.fs.operations import Operations
 from megafs.osutil import private_dir, set_fuse_readahead
+from megafs.store import followers as store_followers
 from megafs.store import lifecycle
 from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
 READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
 FAULT_TASK_ENV = "MEGAFS_FAULT_TASK"  #: names a daemon task that fails at once (tests)
+FOLLOWERS_RECHECK = 1.0  #: a writer lists the followers at most this often before uploads
 
 
 @dataclass
@@ -153,7 +157,9 @@ class Control:
         """This mount's part for ``megafs stat``: a follower's version, lag and writer."""
         if self.daemon.follower is not None:
             return self.daemon.follower.status()
-        return {"role": "writer"}
+        return {"role": "writer", "followers": [
+            {"host": f.get("host"), "pid": f.get("pid"), "seq": f.get("seq")}
+            for f in self.daemon.followers]}
 
     def capacity(self) -> int:
         return self.daemon.fs.quota or DEFAULT_CAPACITY
@@ -176,6 +182,9 @@ class Daemon:
         self.snap: Snapshotter | None = None
         self.lease: store_lock.Lease | None = None  #: None on a follower
         self.follower: Follower | None = None
+        self.announcement: store_followers.Announcement | None = None  #: a follower's
+        self.followers: list[dict] = []  #: a writer: the followers found at the last look
+        self._followers_checked = float("-inf")
         self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
         self._lock_lost = trio.Event()
@@ -209,6 +218,11 @@ class Daemon:
             self.lease = await store_lock.acquire(store, force=cfg.force)
             stack.push_async_callback(_shielded, self.lease.release)
             store.head_guard = self.lease.check
+        else:  # announced before the first look at the head: the writer keeps it complete
+            self.announcement = store_followers.Announcement(store)
+            await self.announcement.renew(0)
+            stack.push_async_callback(_shielded, self.announcement.withdraw)
+            await wait_for_complete_head(store, cfg.follow_interval, cfg.timeout)
         self.store = store
         stack.callback(self._close_metadata)
         await self._open_metadata(store, sb, cache_dir)
@@ -235,6 +249,8 @@ class Daemon:
         if cfg.follower:
             self.follower = Follower(conn, store, cfg.follow_interval, self._followed)
             self.fs.read_failed = self.follower.wake
+        else:
+            self.snap.data_complete = lambda: not self.fs.cache.dirty
 
     async def _followed(self, changes: Changes) -> None:
         """A follower applied a newer state: drop what changed from the caches."""
@@ -288,7 +304,7 @@ class Daemon:
             try:
                 async with self._snap_lock:
                     if self.snap.changed():
-                        await self.snap.upload()
+                        await self._upload_metadata()
                 return
             except LockLost:
                 self._lost_lock()
@@ -306,11 +322,65 @@ class Daemon:
             if self.snap.changed() and not self._snap_lock.locked():
                 async with self._snap_lock:
                     try:
-                        await self.snap.upload()
+                        await self._upload_metadata()
                     except LockLost:
                         self._lost_lock()
                     except (MegafsError, OSError, apsw.Error) as e:
                         log.error("metadata upload failed: %s", e)
+
+    async def _upload_metadata(self, *, max_age: float = FOLLOWERS_RECHECK) -> None:
+        """Upload the metadata (the caller holds the snapshot lock). While followers are
+        announced, the state uploaded is complete: writes of data wait while the data
+        waiting for upload goes first (at most --timeout), then the state is taken."""
+        if not await self._look_for_followers(max_age) or not self.fs.cache.dirty:
+            await self.snap.upload()
+            return
+        self.fs.gate = trio.Event()
+        try:
+            with trio.move_on_after(self.cfg.timeout):
+                await self.fs.uploader.flush()
+            await self.snap.upload(on_capture=self._open_gate)
+        finally:
+            self._open_gate()
+
+    def _open_gate(self) -> None:
+        gate, self.fs.gate = self.fs.gate, None
+        if gate is not None:
+            gate.set()
+
+    async def _look_for_followers(self, max_age: float) -> list[dict]:
+        """The announced followers, listed again if the last look is older than *max_age*."""
+        if trio.current_time() - self._followers_checked >= max_age:
+            try:
+                self.followers = await store_followers.followers(self.store, clean=True)
+                self._followers_checked = trio.current_time()
+            except (MegafsError, OSError) as e:
+                log.warning("listing the followers failed: %s", e)
+        return self.followers
+
+    async def _watch_followers(self) -> None:
+        """A writer: look for followers every renewal interval; a new one gets a complete
+        state at once if the last head was not."""
+        while not self.lease.lost:
+            if (await self._look_for_followers(0) and not self._snap_lock.locked()
+                    and get_state(self.fs.db, "complete", 1) == 0):
+                async with self._snap_lock:
+                    try:
+                        await self._upload_metadata(max_age=float("inf"))
+                    except LockLost:
+                        self._lost_lock()
+                    except (MegafsError, OSError, apsw.Error) as e:
+                        log.error("metadata upload failed: %s", e)
+            await trio.sleep(min(self.lease.interval, self.cfg.follow_interval))
+
+    async def _announce(self) -> None:
+        """A follower: renew its announcement with the version it shows."""
+        while True:
+            await trio.sleep(self.announcement.interval)
+            try:
+                await self.announcement.renew(int(get_state(self.fs.db, "seq", 0)))
+            except (MegafsError, OSError) as e:
+                log.warning("renewing this follower's announcement failed: %s", e)
 
     async def _keep_lock(self) -> None:
         await self.lease.keep()
@@ -372,9 +442,10 @@ class Daemon:
             tasks = {"signals": self._signals, "commits": self._commits,
                      "readahead": lambda: self._tune_readahead(self.ops.initialized)}
             if self.follower is not None:
-                tasks["follow"] = self.follower.run
+                tasks.update(follow=self.follower.run, announce=self._announce)
             else:
-                tasks.update(snapshots=self._periodic_snapshots, lock=self._keep_lock)
+                tasks.update(snapshots=self._periodic_snapshots, lock=self._keep_lock,
+                             followers=self._watch_followers)
             await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery
             for name, fn in tasks.items():
@@ -391,6 +462,20 @@ class Daemon:
                 await self.flush()
             nursery.cancel_scope.cancel()
         log.info("clean exit")
+
+
+async def wait_for_complete_head(store: ObjectStore, interval: float, timeout: float) -> None:
+    """A follower at mount: wait (at most *timeout*) until the head names a complete state
+    (the writer had uploaded the data of every file), so that it never shows a file whose
+    data is still on the writer's machine."""
+    with trio.move_on_after(timeout):
+        while True:
+            head = await store.read_head()
+            if head is None or head.get("complete", True):
+                return
+            log.info("the writer's last state is not complete yet: waiting")
+            await trio.sleep(min(interval, 1.0))
+    raise BackendUnavailable(f"the writer did not upload a complete state within {timeout:g} s")
 
 
 async def _task(name: str, fn, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

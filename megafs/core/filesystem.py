@@ -78,6 +78,8 @@ class Filesystem:
         self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
         self.unstored = self.cache.unstored
         self.read_failed = None  #: called when a read fails (a follower then looks for news)
+        #: While set, writes of data wait for it (the daemon uploads a complete state).
+        self.gate: trio.Event | None = None
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -191,7 +193,13 @@ class Filesystem:
         self._ref(row)
 
     # -- attributes ---------------------------------------------------------
+    async def _pass_gate(self) -> None:
+        while self.gate is not None:
+            await self.gate.wait()
+
     async def setattr(self, ino: int, fields: dict) -> tuple:
+        if "size" in fields and self.gate is not None:
+            await self._pass_gate()
         t = now_ns()
         if "size" in fields:
             size = fields["size"]
@@ -285,6 +293,8 @@ class Filesystem:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
+        if self.gate is not None:
+            await self._pass_gate()
         self._reserve_quota(len(data))
         self.inflight += len(data)
         try:

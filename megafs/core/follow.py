@@ -186,6 +186,11 @@ class Follower:
             if head is None:
                 raise MegafsError("the store has no metadata head")
             self.store_seq = head["seq"]
+            if not head.get("complete", True) and head.get("hash") != get_state(self.db,
+                                                                               "head_hash"):
+                # Some file's data was still on the writer's machine: wait for the next.
+                self.problem = "waiting for a state whose data is all in the store"
+                return False
             changes = await catch_up(self.db, self.store, head)
         except RollbackDetected as e:  # never accepted: keep serving the state held
             if self.problem != str(e):

@@ -136,6 +136,9 @@ class Snapshotter:
             conn.execute("INSERT OR IGNORE INTO journal SELECT * FROM journal_sent")
             conn.execute("DELETE FROM journal_sent")
         self.last_size = 0  # bytes of the last upload (tests and statistics)
+        #: True when every block the metadata names is in the store (no data waits for
+        #: upload): recorded in the head as ``complete``, the states followers show.
+        self.data_complete = lambda: True
 
     async def _sb_version(self) -> int:
         """The superblock version to record in the next head: the newest this machine
@@ -161,8 +164,9 @@ class Snapshotter:
         return (not get_state(self.db, "snapshot") or len(deltas) >= self.MAX_DELTAS
                 or spent > max(base * self.REBASE_FRACTION, 256 * 1024))
 
-    async def upload(self, *, full: bool | None = None) -> int:
-        """Commit the metadata changes to the store; return the new sequence number."""
+    async def upload(self, *, full: bool | None = None, on_capture=None) -> int:
+        """Commit the metadata changes to the store; return the new sequence number.
+        *on_capture()* runs once the state to upload is taken (before the first await)."""
         db = self.db
         seq = int(get_state(db, "seq", 0)) + 1
         base = get_state(db, "snapshot")
@@ -187,6 +191,9 @@ class Snapshotter:
         parent = (deltas or [base])[-1]
         image = (_portable(db.serialize("main")) if full
                  else build_delta(db, seq=seq, parent=parent, now=now))
+        complete = self.data_complete()
+        if on_capture is not None:
+            on_capture()
         key = new_metadata_key()
         try:
             if full:
@@ -203,7 +210,7 @@ class Snapshotter:
                     "sb_version": await self._sb_version(),
                     "snapshot": key if full else base, "deltas": head_deltas,
                     "objects": objects, "time": now, "host": socket.gethostname(),
-                    "pid": os.getpid()}
+                    "pid": os.getpid(), "complete": complete}
             sealed = self.store.seal_head(head)
             # Durable before the head: after a crash the next mount knows it wrote it.
             set_state(db, "head_pending", sealed[1])
@@ -217,6 +224,7 @@ class Snapshotter:
             raise
         with db:
             confirm(db, head)
+            set_state(db, "complete", int(complete))
             db.execute("DELETE FROM journal_sent")
             if full:
                 set_state(db, "base_size", size)
