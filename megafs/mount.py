@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
 READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
 FAULT_TASK_ENV = "MEGAFS_FAULT_TASK"  #: names a daemon task that fails at once (tests)
+LOOK_NOW_SIGNAL = signal.SIGUSR1  #: a follower looks at the store's head at once
 FOLLOWERS_RECHECK = 1.0  #: a writer lists the followers at most this often before uploads
 
 
@@ -289,8 +290,10 @@ class Daemon:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
 
         Waits through storage outages (the status channel reports the error); raises
-        LockLost once the store's lock was taken over. A follower has nothing to upload."""
+        LockLost once the store's lock was taken over. A follower has nothing to upload:
+        it looks at the store's head now instead."""
         if self.follower is not None:
+            await self.follower.poll()
             return
         failures = 0
         while True:
@@ -409,8 +412,13 @@ class Daemon:
             log.debug("could not raise the kernel readahead of the mount (not root?)")
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                       LOOK_NOW_SIGNAL) as sigs:
             async for sig in sigs:
+                if sig == LOOK_NOW_SIGNAL:  # a follower looks at the store's head now
+                    if self.follower is not None:
+                        self.follower.wake()
+                    continue
                 log.info("signal %d: unmounting", sig)
                 self.unmount_requested = True
                 pyfuse3.terminate()

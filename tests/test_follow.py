@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import DAMAGED_READ, MegaFS
+from helpers import DAMAGED_READ, MegaFS, rows_expecting_log_errors
 
 WRITER_ARGS = ("--metadata-interval", "0.3", "--upload-delay", "0.1")
 VISIBLE_WITHIN = 2.0  # seconds after the follow interval (the issue's bound)
@@ -252,3 +253,105 @@ def test_follower_behind_recovers_from_a_missing_object(megafs: MegaFS):
     megafs.umount(b)
     megafs.umount()
 
+
+
+# -- what a provider can do to a follower ------------------------------------------------
+
+
+def object_path(megafs: MegaFS, key: str) -> Path:
+    prefix, _, name = key.partition("/")
+    return megafs.store.path / prefix / name[:2] / name
+
+
+def look_now(mnt: Path) -> None:
+    """Make the follower look at the store's head now (SIGUSR1) and wait until it has."""
+    looks = megafs_stats(mnt)["looks"]
+    os.kill(int(os.getxattr(mnt, "megafs.pid")), signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while megafs_stats(mnt)["looks"] <= looks:
+        assert time.monotonic() < deadline, "the follower did not look"
+        time.sleep(0.05)
+
+
+def metadata_objects(megafs: MegaFS) -> dict[str, float]:
+    """m/ key -> modification time of every metadata object of a local store."""
+    top = megafs.store.path / "m"
+    return {f"m/{p.name}": p.stat().st_mtime for d in top.iterdir() for p in d.iterdir()}
+
+
+def rolled_back_head(megafs, old_head, new_head, new_delta):
+    megafs.store.write("head", old_head)
+    return lambda: megafs.store.write("head", new_head)
+
+
+def forged_head(megafs, old_head, new_head, new_delta):
+    megafs.store.write("head", new_head[:-40] + bytes(b ^ 1 for b in new_head[-40:]))
+    return lambda: megafs.store.write("head", new_head)
+
+
+def swapped_delta(megafs, old_head, new_head, new_delta):
+    path = object_path(megafs, new_delta)
+    data = path.read_bytes()
+    path.write_bytes(data[:60] + bytes(b ^ 0xFF for b in data[60:80]) + data[80:])
+    return lambda: path.write_bytes(data)
+
+
+def deleted_delta(megafs, old_head, new_head, new_delta):
+    path = object_path(megafs, new_delta)
+    data = path.read_bytes()
+    path.unlink()
+    return lambda: path.write_bytes(data)
+
+
+def forked_store(megafs, old_head, new_head, new_delta):
+    """Rolled back, then written past by a machine that cannot tell (a fresh cache)."""
+    megafs.store.write("head", old_head)
+    megafs.mount(fresh_cache=True, args=WRITER_ARGS)
+    (megafs.mnt / "f").write_bytes(b"fork")
+    (megafs.mnt / "g").write_bytes(b"more")
+    megafs.umount()
+    return None
+
+
+FOLLOWER_ERROR = r"megafs.core.follow ERROR: follower: the store serves metadata version"
+ATTACKS = {"rolled-back-head": rolled_back_head, "forged-head": forged_head,
+           "swapped-delta": swapped_delta, "deleted-delta": deleted_delta,
+           "forked-store": forked_store}
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("attack", rows_expecting_log_errors(ATTACKS, {
+    "rolled-back-head": (FOLLOWER_ERROR,), "forked-store": (FOLLOWER_ERROR,)}))
+def test_follower_refuses_what_the_provider_serves(megafs: MegaFS, attack):
+    """The follower keeps showing the last state it accepted, says why in megafs stat, and
+    follows again once the store serves the writer's real head."""
+    megafs.mkfs()
+    megafs.mount(args=WRITER_ARGS)
+    (megafs.mnt / "f").write_bytes(b"v1")
+    megafs.flush()
+    old_head = megafs.store.read("head")
+    (megafs.mnt / "f").write_bytes(b"v2")
+    megafs.flush()
+    b = mount_follower(megafs, 600)  # looks only when told to
+    assert (b / "f").read_bytes() == b"v2"
+    before = metadata_objects(megafs)
+    (megafs.mnt / "f").write_bytes(b"v3")
+    megafs.umount()
+    new_head = megafs.store.read("head")
+    written = {k: t for k, t in metadata_objects(megafs).items() if k not in before}
+    assert written, "the writer uploaded no metadata for v3"
+    newest = max(written, key=written.get)  # what the last head names
+    restore = ATTACKS[attack](megafs, old_head, new_head, newest)
+    look_now(b)
+    assert (b / "f").read_bytes() == b"v2", "the follower accepted what the provider served"
+    assert not (b / "g").exists()
+    problem = megafs_stats(b)["problem"]
+    assert problem, "megafs stat does not say why the follower stopped following"
+    if restore is None:
+        assert "does not descend" in problem, problem
+    else:
+        restore()
+        look_now(b)
+        assert (b / "f").read_bytes() == b"v3", "the follower did not follow again"
+        assert megafs_stats(b)["problem"] is None
+    megafs.umount(b)

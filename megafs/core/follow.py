@@ -166,6 +166,7 @@ class Follower:
         self.store_seq: int | None = None  #: the seq of the store's head at the last look
         self.writer: str | None = None  #: the lock holder at the last look
         self.problem: str | None = None  #: why the last look did not bring it up to date
+        self.looks = 0  #: looks at the store so far
 
     def wake(self) -> None:
         self._wake.set()
@@ -179,6 +180,12 @@ class Follower:
 
     async def poll(self) -> bool:
         """One look at the store; True if the working copy is its head afterwards."""
+        try:
+            return await self._poll()
+        finally:
+            self.looks += 1
+
+    async def _poll(self) -> bool:
         try:
             holder = await store_lock.read(self.store)
             self.writer = store_lock.describe(holder) if holder else None
@@ -220,4 +227,4 @@ class Follower:
         return {"role": "follower", "seq": int(get_state(self.db, "seq", 0)),
                 "store_seq": self.store_seq, "lag": round(time.time() - self.current_since, 1),
                 "writer": self.writer, "problem": self.problem,
-                "interval": self.interval}
+                "interval": self.interval, "looks": self.looks}
