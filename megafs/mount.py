@@ -13,15 +13,18 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 import apsw
 import pyfuse3
 import trio
 
+from megafs.core import retention
 from megafs.core.filesystem import Filesystem
 from megafs.core.follow import DEFAULT_INTERVAL, Changes, Follower
 from megafs.core.localcopy import open_local_metadata
+from megafs.core.retention import DEFAULT_RETENTION
 from megafs.core.shares import Shares
 from megafs.core.snapshot import (
     Snapshotter,
@@ -48,6 +51,7 @@ DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
 READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
 FAULT_TASK_ENV = "MEGAFS_FAULT_TASK"  #: names a daemon task that fails at once (tests)
 LOOK_NOW_SIGNAL = signal.SIGUSR1  #: a follower looks at the store's head at once
+FLUSH_UPLOADS = 3  #: a flush uploads metadata until nothing changed, at most this often
 FOLLOWERS_RECHECK = 1.0  #: a writer lists the followers at most this often before uploads
 
 
@@ -66,6 +70,7 @@ class MountConfig:
     atime: bool = True  #: relatime updates of atime (-o noatime: none)
     diratime: bool = True  #: ... of directories too (-o nodiratime: files only)
     follow_interval: float = DEFAULT_INTERVAL  #: a follower (-o ro) looks this often
+    retention: float = DEFAULT_RETENTION  #: a writer keeps garbage this long
 
     @property
     def follower(self) -> bool:
@@ -220,7 +225,7 @@ class Daemon:
             stack.push_async_callback(_shielded, self.lease.release)
             store.head_guard = self.lease.check
         else:  # announced before the first look at the head: the writer keeps it complete
-            self.announcement = store_followers.Announcement(store)
+            self.announcement = store_followers.Announcement(store, cfg.follow_interval)
             await self.announcement.renew(0)
             stack.push_async_callback(_shielded, self.announcement.withdraw)
             await wait_for_complete_head(store, cfg.follow_interval, cfg.timeout)
@@ -252,6 +257,7 @@ class Daemon:
             self.fs.read_failed = self.follower.wake
         else:
             self.snap.data_complete = lambda: not self.fs.cache.dirty
+            self.snap.retention = cfg.retention
 
     async def _followed(self, changes: Changes) -> None:
         """A follower applied a newer state: drop what changed from the caches."""
@@ -306,7 +312,11 @@ class Daemon:
                 raise LockLost(f"{self.lease.lost}; this mount stopped writing")
             try:
                 async with self._snap_lock:
-                    if self.snap.changed():
+                    # An upload that discards objects records them (retention): shipped
+                    # by one more upload, so the store knows they are pending deletion.
+                    for _ in range(FLUSH_UPLOADS):
+                        if not self.snap.changed():
+                            break
                         await self._upload_metadata()
                 return
             except LockLost:
@@ -357,14 +367,23 @@ class Daemon:
             try:
                 self.followers = await store_followers.followers(self.store, clean=True)
                 self._followers_checked = trio.current_time()
+                self.snap.retention = retention.effective(
+                    self.cfg.retention, [float(f.get("interval", 0)) for f in self.followers])
             except (MegafsError, OSError) as e:
                 log.warning("listing the followers failed: %s", e)
         return self.followers
 
     async def _watch_followers(self) -> None:
         """A writer: look for followers every renewal interval; a new one gets a complete
-        state at once if the last head was not."""
+        state at once if the last head was not. Delete the objects past their retention."""
         while not self.lease.lost:
+            if not self._snap_lock.locked():
+                async with self._snap_lock:
+                    try:
+                        await retention.delete_due(self.fs.db, self.store.backend, time.time(),
+                                                   self.snap.retention)
+                    except (MegafsError, OSError, apsw.Error) as e:
+                        log.warning("deleting objects past their retention failed: %s", e)
             if (await self._look_for_followers(0) and not self._snap_lock.locked()
                     and get_state(self.fs.db, "complete", 1) == 0):
                 async with self._snap_lock:

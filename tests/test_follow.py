@@ -223,19 +223,35 @@ def test_follower_reads_fresh_data_after_overwrite(megafs: MegaFS):
     megafs.umount()
 
 
-@pytest.mark.expect_log_errors(DAMAGED_READ)
-def test_follower_behind_recovers_from_a_missing_object(megafs: MegaFS):
-    """A follower that looks rarely still names an object the writer deleted: the read
-    fails with EIO (never old or wrong bytes), the follower looks at once, and the retry
-    reads the new contents."""
+BEHIND_ROWS = {
+    # retention of the writer -> what a follower that is behind reads first
+    "inside-retention": "60",  # the old state, whole: its objects are still there
+    "past-retention": "0",  # EIO: the object is gone; then the new state
+}
+
+
+@pytest.mark.parametrize("row", rows_expecting_log_errors(BEHIND_ROWS, {
+    "past-retention": (DAMAGED_READ,)}))
+def test_follower_behind_recovers(megafs: MegaFS, row):
+    """A follower that looks rarely still names objects the writer no longer needs. Inside
+    the retention it reads the old state (a state the writer had); past it the read fails
+    with EIO (never wrong bytes), the follower looks at once, and the retry reads the new
+    contents."""
     megafs.mkfs()
-    megafs.mount(args=WRITER_ARGS)
+    megafs.mount(args=(*WRITER_ARGS, "--retention", BEHIND_ROWS[row]))
     (megafs.mnt / "f").write_bytes(b"1" * 100_000)
     megafs.flush()
-    b = mount_follower(megafs, 600)  # looks again only when a read fails
+    b = mount_follower(megafs, 600)  # looks again only when a read fails or it is told to
     (megafs.mnt / "f").write_bytes(b"2" * 100_000)  # the old blocks become garbage
     megafs.flush()
-    megafs.flush()  # a second upload: the garbage of the first is gone for sure
+    megafs.flush()  # a second upload: the garbage of the first is discarded for sure
+    if row == "inside-retention":
+        assert (b / "f").read_bytes() == b"1" * 100_000
+        look_now(b)
+        assert (b / "f").read_bytes() == b"2" * 100_000
+        megafs.umount(b)
+        megafs.umount()
+        return
     deadline = time.monotonic() + 30
     while True:  # the kernel may retry a failed read itself, after the follower caught up
         try:
@@ -253,6 +269,35 @@ def test_follower_behind_recovers_from_a_missing_object(megafs: MegaFS):
     megafs.umount(b)
     megafs.umount()
 
+
+FSCK_ROWS = {
+    # MEGAFS_RETENTION of fsck -> its exit code and what it says of the discarded objects
+    "inside-retention": ("600", 0, "pending deletion (inside the retention period): kept"),
+    "past-retention": ("0", 25, "2 objects in the store are not referenced by anything; removed"),
+}
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("row", list(FSCK_ROWS))
+def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row):
+    retention, code, says = FSCK_ROWS[row]
+    megafs.mkfs()
+    megafs.mount(args=(*WRITER_ARGS, "--retention", "600"))
+    (megafs.mnt / "f").write_bytes(b"1" * 100_000)
+    megafs.flush()
+    (megafs.mnt / "f").write_bytes(b"2" * 100_000)
+    megafs.umount()
+    blocks = {k for k, _ in megafs.store.objects() if k.startswith("b/")}
+    assert len(blocks) == 4, "the writer deleted the old blocks inside its retention"
+    megafs.env["MEGAFS_RETENTION"] = retention
+    r = megafs.fsck(check=False)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert says in r.stdout + r.stderr, r.stdout + r.stderr
+    left = {k for k, _ in megafs.store.objects() if k.startswith("b/")}
+    assert len(left) == (4 if row == "inside-retention" else 2)
+    megafs.mount(fresh_cache=True)
+    assert (megafs.mnt / "f").read_bytes() == b"2" * 100_000
+    megafs.umount()
 
 
 # -- what a provider can do to a follower ------------------------------------------------

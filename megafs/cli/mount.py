@@ -21,6 +21,7 @@ from megafs.cli.common import (
     seconds,
     setup_logging,
 )
+from megafs.core.retention import default_retention
 from megafs.errors import CacheError, ExitCode, LocalIOError, MegafsError, UsageError
 from megafs.mount import Daemon, MountConfig, check_mountpoint
 from megafs.osutil import private_dir, tune_malloc
@@ -88,7 +89,8 @@ The same as a line of /etc/fstab (mounted at boot, after the network):
 Debug messages of the block cache only, in the foreground:
 
     mount.megafs --fg --debug=megafs.core.cache local:///srv/megafs-store /srv/mega""",
-    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_LOCK_TERM", "MEGAFS_AUTHINFO",
+    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_LOCK_TERM", "MEGAFS_RETENTION",
+                    "MEGAFS_AUTHINFO",
                     "AWS_ACCESS_KEY_ID"],
     "files": ["CACHE_DIR", "LOG", "FSTAB", "AUTHINFO"],
 }
@@ -126,6 +128,12 @@ def build_parser():
                    metavar="SECONDS",
                    help="with -o ro (a follower): look for the writer's changes this often"
                         " (default 5)")
+    p.add_argument("--retention", type=seconds(0), default=default_retention(),
+                   metavar="SECONDS",
+                   help="keep objects the metadata no longer names this long before deleting"
+                        " them, for followers that have not caught up yet (default"
+                        " $MEGAFS_RETENTION or 300; at least 10 follow intervals of any"
+                        " follower)")
     p.add_argument("--force", action="store_true",
                    help="take over the store's lock from a mount that is provably gone: its"
                         " lease was not renewed for longer than its term (a live mount is"
@@ -174,7 +182,7 @@ def _config(args) -> MountConfig:
         cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
-        follow_interval=args.follow_interval, **atime)
+        follow_interval=args.follow_interval, retention=args.retention, **atime)
 
 
 def check_cache_dir(cache_dir: str, mountpoint: str) -> None:

@@ -12,7 +12,8 @@ Write order (docs/format.md, "Write ordering"):
 2. the snapshot or delta object ``m/<random>`` is written;
 3. ``head`` is replaced to name it, with the next sequence number;
 4. only then are superseded snapshots/deltas and the objects that were garbage
-   at upload time deleted.
+   at upload time discarded: deleted once their retention has passed
+   (:mod:`megafs.core.retention`).
 
 A crash anywhere leaves ``head`` naming a complete snapshot whose objects all exist.
 """
@@ -28,11 +29,13 @@ import time
 import apsw
 import trio
 
+from megafs.core import retention
 from megafs.core.blockmap import BlockMap
 from megafs.core.descent import HISTORY_KEPT
 from megafs.core.schema import (
     DELTA_SCHEMA,
     JOURNALED,
+    add_missing_tables,
     check_version,
     commit_batch,
     connect,
@@ -139,6 +142,8 @@ class Snapshotter:
         #: True when every block the metadata names is in the store (no data waits for
         #: upload): recorded in the head as ``complete``, the states followers show.
         self.data_complete = lambda: True
+        #: seconds objects stay in the store after the metadata stops naming them
+        self.retention = retention.default_retention()
 
     async def _sb_version(self) -> int:
         """The superblock version to record in the next head: the newest this machine
@@ -237,8 +242,9 @@ class Snapshotter:
         self.last_size = size
         if self.before_delete is not None:
             await self.before_delete()
-        for k in dead:
-            await self.store.backend.delete(k)
+        # Followers may still read what this head no longer names: kept for the retention.
+        retention.discard(db, dead, now)
+        await retention.delete_due(db, self.store.backend, time.time(), self.retention)
         log.info("metadata %s %d committed (%d bytes, %d objects freed)",
                  "snapshot" if full else "delta", seq, size, len(dead))
         return seq
@@ -291,6 +297,7 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
 def apply_attached(conn: apsw.Connection, schema: str, name: str) -> None:
     """Apply the delta attached to *conn* as *schema* (the object *name*)."""
     try:
+        add_missing_tables(conn)  # a snapshot from before ``retained``
         present = {r[0] for r in conn.execute(
             f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}
         with conn:

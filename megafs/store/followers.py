@@ -3,7 +3,8 @@ object of its own, a lease it renews (docs/format.md §5c).
 
 The object is ``f/<32 hex>``, a random name per mount, an envelope of kind 7 sealed with
 the metadata key, whose JSON payload is ``{"host", "pid", "mount", "since", "renewed",
-"term", "seq"}``: who follows, the lease, and the metadata version it shows. The
+"term", "seq", "interval"}``: who follows, the lease, the metadata version it shows and
+how often it looks (the writer keeps garbage for at least 10 such intervals). The
 provider learns how many followers there are and when they renew, nothing else. The
 follower deletes it at unmount; an announcement not renewed for longer than its term
 counts as gone (a follower that crashed), and the writer deletes it after
@@ -42,13 +43,13 @@ class Announcement:
     """This follower's announcement: :meth:`renew` writes it (with the version shown),
     :meth:`withdraw` deletes it."""
 
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, interval: float):
         self.store = store
         self.key = PREFIX + os.urandom(16).hex()
         now = time.time()
         self.record = {"host": socket.gethostname(), "pid": os.getpid(),
                        "mount": self.key[len(PREFIX):], "since": now, "renewed": now,
-                       "term": lease_term(), "seq": 0}
+                       "term": lease_term(), "seq": 0, "interval": interval}
 
     @property
     def interval(self) -> float:
