@@ -42,7 +42,7 @@ from megafs.fs.invalidate import invalidate
 from megafs.fs.operations import Operations
 from megafs.osutil import private_dir, set_fuse_readahead
 from megafs.store import followers as store_followers
-from megafs.store import lifecycle
+from megafs.store import handover, lifecycle
 from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
 
@@ -70,6 +70,8 @@ class MountConfig:
     atime: bool = True  #: relatime updates of atime (-o noatime: none)
     diratime: bool = True  #: ... of directories too (-o nodiratime: files only)
     follow_interval: float = DEFAULT_INTERVAL  #: a follower (-o ro) looks this often
+    take_over: bool = False  #: ask the writer to hand over (--take-over)
+    take_over_timeout: float = handover.DEFAULT_TIMEOUT
     retention: float = DEFAULT_RETENTION  #: a writer keeps garbage this long
 
     @property
@@ -191,6 +193,8 @@ class Daemon:
         self.announcement: store_followers.Announcement | None = None  #: a follower's
         self.followers: list[dict] = []  #: a writer: the followers found at the last look
         self._followers_checked = float("-inf")
+        self.handed_over: str | None = None  #: to whom this writer handed its role over
+        self._nursery: trio.Nursery | None = None
         self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
         self._lock_lost = trio.Event()
@@ -221,13 +225,16 @@ class Daemon:
         except BlockingIOError:
             raise CacheError(f"cache directory {cache_dir} is in use by another mount") from None
         if not cfg.follower:
-            self.lease = await store_lock.acquire(store, force=cfg.force)
+            if cfg.take_over:
+                self.lease = await handover.take_over(store, cfg.take_over_timeout,
+                                                      force=cfg.force)
+            else:
+                self.lease = await store_lock.acquire(store, force=cfg.force)
             stack.push_async_callback(_shielded, self.lease.release)
             store.head_guard = self.lease.check
         else:  # announced before the first look at the head: the writer keeps it complete
             self.announcement = store_followers.Announcement(store, cfg.follow_interval)
             await self.announcement.renew(0)
-            stack.push_async_callback(_shielded, self.announcement.withdraw)
             await wait_for_complete_head(store, cfg.follow_interval, cfg.timeout)
         self.store = store
         stack.callback(self._close_metadata)
@@ -264,12 +271,21 @@ class Daemon:
         for ino in changes.data | changes.inodes:
             self.fs.cache.drop_inode(ino)
         known = {ino for ino in changes.inodes | changes.data if ino in self.fs.lookups}
-        await invalidate(changes.entries, known)
+        entries = changes.entries
+        if self.ops.enable_writeback_cache and known:
+            # A writer turned follower: the kernel keeps its own size of a cached file, so
+            # the entries of changed files are dropped too (an unused inode is forgotten).
+            marks = ",".join("?" * len(known))
+            entries = entries | {(p, n) for p, n in self.fs.db.execute(
+                f"SELECT parent, name FROM dentries WHERE inode IN ({marks})", tuple(known))}
+        await invalidate(entries, known)
 
     @property
     def lock_lost(self) -> str | None:
         """Why this mount stopped writing because its lock was taken over, or None."""
-        return self.lease.lost if self.lease is not None else None
+        if self.lease is None or self.handed_over:
+            return None
+        return self.lease.lost
 
     async def _metadata(self, store: ObjectStore, sb: dict, cache_dir: str):
         return await open_local_metadata(store, sb, cache_dir)
@@ -395,18 +411,70 @@ class Daemon:
                         log.error("metadata upload failed: %s", e)
             await trio.sleep(min(self.lease.interval, self.cfg.follow_interval))
 
+    async def _watch_requests(self) -> None:
+        """A writer: hand over when another mount asks (docs/format.md §5a)."""
+        while not self.lease.lost:
+            await trio.sleep(handover.POLL)
+            try:
+                request = await handover.read_request(self.store)
+            except (MegafsError, OSError) as e:
+                log.warning("looking for a take-over request failed: %s", e)
+                continue
+            if request is not None and not self.lease.lost:
+                await self._hand_over(store_lock.describe(request))
+                return
+
+    async def _hand_over(self, who: str) -> None:
+        """Refuse writes (those already waiting get EROFS once the data is up), upload
+        everything, release the lock, and follow the new writer."""
+        log.warning("%s asks to take over: refusing writes, uploading everything", who)
+        started = time.monotonic()
+        reason = f"handed over to {who}"
+        self.ops.refuse_writes = reason
+        self.fs.read_only = reason
+        self.fs.gate = trio.Event()
+        try:
+            await self.flush()
+            async with self._snap_lock:
+                self.handed_over = who
+                self.lease.lost = reason  # the writer's tasks stop
+                await self.lease.release_handed_over()
+        except (MegafsError, OSError, apsw.Error) as e:
+            log.error("handing over to %s failed: %s; this mount stays read-only", who, e)
+            self.handed_over = who
+            self.lease.lost = reason
+            return
+        finally:
+            self._open_gate()
+        log.warning("handed the writer role over to %s in %.1fs: following it now", who,
+                    time.monotonic() - started)
+        self.follower = Follower(self.fs.db, self.store, self.cfg.follow_interval,
+                                 self._followed)
+        self.fs.read_failed = self.follower.wake
+        self.announcement = store_followers.Announcement(self.store, self.cfg.follow_interval)
+        self._nursery.start_soon(_task, "follow", self.follower.run, name="follow")
+        self._nursery.start_soon(_task, "announce", self._announce, name="announce")
+
     async def _announce(self) -> None:
-        """A follower: renew its announcement with the version it shows."""
+        """A follower: renew its announcement with the version it shows; withdraw it at
+        the end."""
+        try:
+            await self._announce_every()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.announcement.withdraw()
+
+    async def _announce_every(self) -> None:
         while True:
-            await trio.sleep(self.announcement.interval)
             try:
                 await self.announcement.renew(int(get_state(self.fs.db, "seq", 0)))
             except (MegafsError, OSError) as e:
                 log.warning("renewing this follower's announcement failed: %s", e)
+            await trio.sleep(self.announcement.interval)
 
     async def _keep_lock(self) -> None:
         await self.lease.keep()
-        if self.lease.lost:
+        if self.lease.lost and not self.handed_over:
             self._lost_lock()
 
     async def _uploader(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -472,9 +540,10 @@ class Daemon:
                 tasks.update(follow=self.follower.run, announce=self._announce)
             else:
                 tasks.update(snapshots=self._periodic_snapshots, lock=self._keep_lock,
-                             followers=self._watch_followers)
+                             followers=self._watch_followers, requests=self._watch_requests)
             await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery
+            self._nursery = nursery
             for name, fn in tasks.items():
                 nursery.start_soon(_task, name, fn, name=name)
             ready()

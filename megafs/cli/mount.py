@@ -134,6 +134,13 @@ def build_parser():
                         " them, for followers that have not caught up yet (default"
                         " $MEGAFS_RETENTION or 300; at least 10 follow intervals of any"
                         " follower)")
+    p.add_argument("--take-over", action="store_true",
+                   help="while another machine writes the store, ask it to hand the writer"
+                        " role over: it uploads everything, releases the lock and follows")
+    p.add_argument("--take-over-timeout", type=seconds(0, allow_lo=False), default=60.0,
+                   metavar="SECONDS",
+                   help="give up (nothing changes) if the writer has not handed over within"
+                        " this long (default 60)")
     p.add_argument("--force", action="store_true",
                    help="take over the store's lock from a mount that is provably gone: its"
                         " lease was not renewed for longer than its term (a live mount is"
@@ -182,7 +189,8 @@ def _config(args) -> MountConfig:
         cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
-        follow_interval=args.follow_interval, retention=args.retention, **atime)
+        follow_interval=args.follow_interval, retention=args.retention,
+        take_over=args.take_over, take_over_timeout=args.take_over_timeout, **atime)
 
 
 def check_cache_dir(cache_dir: str, mountpoint: str) -> None:

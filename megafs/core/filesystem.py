@@ -80,6 +80,7 @@ class Filesystem:
         self.read_failed = None  #: called when a read fails (a follower then looks for news)
         #: While set, writes of data wait for it (the daemon uploads a complete state).
         self.gate: trio.Event | None = None
+        self.read_only: str | None = None  #: why writes that waited at the gate fail (EROFS)
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -196,6 +197,8 @@ class Filesystem:
     async def _pass_gate(self) -> None:
         while self.gate is not None:
             await self.gate.wait()
+        if self.read_only:
+            raise FsError(errno.EROFS)
 
     async def setattr(self, ino: int, fields: dict) -> tuple:
         if "size" in fields and self.gate is not None:

@@ -1,0 +1,174 @@
+"""Handing the writer role over (issue "Many devices"): ``mount.megafs --take-over``.
+
+Two real mounts of one store with two cache directories. The writer A has data waiting
+for upload and a process writing and fsyncing; B asks to take over. A refuses writes
+(EROFS), uploads everything, releases the lock and follows; B continues from exactly
+that state, and every fsync'ed byte is there. Then back from B to A. A writer that does
+not answer makes the take-over fail after --take-over-timeout, naming it, with nothing
+changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import PASSPHRASE, MegaFS, assert_cli_error, tool_env
+
+from megafs.errors import ExitCode
+from megafs.store import envelope, handover, lifecycle
+from megafs.store import lock as store_lock
+
+SLOW_UPLOADS = ("--upload-delay", "60")  # data stays dirty until someone asks for it
+
+
+class FsyncingWriter(threading.Thread):
+    """Writes files of 64 KiB into *mnt*, fsyncing each: records those acknowledged
+    (fsync returned) and stops at the first EROFS."""
+
+    def __init__(self, mnt: Path, tag: str):
+        super().__init__(daemon=True)
+        self.mnt, self.tag = mnt, tag
+        self.acked: dict[str, bytes] = {}
+        self.refused = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for i in range(100_000):
+                name = f"{self.tag}-{i:05d}"
+                data = os.urandom(16) * 4096
+                try:
+                    with open(self.mnt / name, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError as e:
+                    if e.errno != errno.EROFS:
+                        raise
+                    self.refused.set()
+                    return
+                self.acked[name] = data
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+
+def mount_second(megafs: MegaFS, cache: Path, mnt: Path, *args) -> float:
+    """Mount on *mnt* with *cache*; return how long mount.megafs took."""
+    mnt.mkdir(exist_ok=True)
+    keep = megafs.cache_dir
+    started = time.monotonic()
+    megafs.mount(cache_dir=cache, mnt=mnt, args=args)
+    took = time.monotonic() - started
+    megafs.cache_dir = keep
+    return took
+
+
+def hand_over(megafs: MegaFS, old: Path, new: Path, new_cache: Path, tag: str,
+              dirty: bytes) -> dict[str, bytes]:
+    """The writer on *old* holds *dirty* (not uploaded) and an fsyncing writer runs;
+    *new* takes over. Returns every acknowledged file, checked on *new*."""
+    (old / f"{tag}-big").write_bytes(dirty)
+    writer = FsyncingWriter(old, tag)
+    writer.start()
+    deadline = time.monotonic() + 30
+    while len(writer.acked) < 5:
+        assert time.monotonic() < deadline and writer.error is None, writer.error
+        time.sleep(0.02)
+    took = mount_second(megafs, new_cache, new, "--take-over", *SLOW_UPLOADS)
+    writer.join(30)
+    assert not writer.is_alive() and writer.error is None, writer.error
+    assert writer.refused.is_set(), "the old writer kept accepting writes"
+    with pytest.raises(OSError) as e:
+        (old / "after").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+    assert (new / f"{tag}-big").read_bytes() == dirty, "data waiting for upload was lost"
+    for name, data in writer.acked.items():
+        assert (new / name).read_bytes() == data, f"fsync'ed {name} lost in the hand-over"
+    stats = json.loads(os.getxattr(old, "megafs.stats"))
+    assert stats["role"] == "follower", stats
+    assert json.loads(os.getxattr(new, "megafs.stats"))["role"] == "writer"
+    print(f"hand-over with {len(dirty) >> 20} MiB dirty: mount.megafs --take-over took"
+          f" {took:.1f}s")
+    return {f"{tag}-big": dirty, **writer.acked}
+
+
+def test_hand_over_a_to_b_and_back(megafs: MegaFS):
+    megafs.mkfs()
+    a, b = megafs.mnt, megafs.tmp / "b"
+    megafs.mount(args=SLOW_UPLOADS)
+    cache_a, cache_b = megafs.cache_dir, megafs.new_cache_dir()
+    files = hand_over(megafs, a, b, cache_b, "a", os.urandom(3 << 20))
+    # A follows B now: B's changes reach it.
+    (b / "from-b").write_bytes(b"b was here")
+    deadline = time.monotonic() + 30
+    while not (a / "from-b").exists():
+        assert time.monotonic() < deadline, "the old writer does not follow the new one"
+        time.sleep(0.1)
+    assert (a / "from-b").read_bytes() == b"b was here"
+    # ... and back: A (remounted with its cache directory) takes over from B.
+    megafs.umount(a)
+    files |= hand_over(megafs, b, a, cache_a, "b", os.urandom(2 << 20))
+    for name, data in files.items():
+        assert (a / name).read_bytes() == data, name
+    assert (a / "from-b").read_bytes() == b"b was here"
+    megafs.umount(b)
+    megafs.umount(a)
+    r = megafs.fsck(check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_hand_over_time_with_100_mib_dirty(megafs: MegaFS):
+    """The measurement of the closing note (printed): 100 MiB waiting for upload."""
+    megafs.mkfs()
+    megafs.mount(args=SLOW_UPLOADS)
+    hand_over(megafs, megafs.mnt, megafs.tmp / "b", megafs.new_cache_dir(), "a",
+              os.urandom(100 << 20))
+    megafs.umount(megafs.tmp / "b")
+    megafs.umount()
+
+
+def _with_store(megafs: MegaFS, fn):
+    async def go():
+        backend = await lifecycle.connect(megafs.url)
+        try:
+            store, _ = await lifecycle.unlock(backend, passphrase=PASSPHRASE.encode())
+            return await fn(store)
+        finally:
+            await backend.aclose()
+
+    return trio.run(go)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_take_over_from_a_writer_that_does_not_answer(megafs: MegaFS, monkeypatch):
+    """A lock whose holder is alive (renewed) but never hands over: the take-over fails
+    after --take-over-timeout naming the holder, and nothing changed."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MEGAFS_INSECURE_TEST_KDF"):
+        monkeypatch.setenv(name, tool_env()[name])
+    megafs.mkfs()
+    now = time.time()
+    holder = {"host": "elsewhere.example", "pid": 4242, "mount": "f" * 32, "since": now,
+              "term": 600.0, "renewed": now, "count": 7}
+    blob = _with_store(megafs, lambda store: _put(store, holder))
+    r = megafs.mount(check=False, args=("--take-over", "--take-over-timeout", "2"))
+    text = assert_cli_error(r, "mount.megafs", ExitCode.LOCKED)
+    assert "elsewhere.example pid 4242" in text and "did not hand over within 2 s" in text
+    assert megafs.store.read(store_lock.LOCK_KEY) == blob, "the lock changed"
+    assert megafs.store.read(handover.REQUEST_KEY) is None, "the request was left behind"
+    assert not megafs.is_mounted()
+
+
+async def _put(store, holder: dict) -> bytes:
+    blob = envelope.seal(store.keys.meta, envelope.KIND_LOCK, store_lock.LOCK_KEY,
+                         json.dumps(holder).encode())
+    await store.backend.put(store_lock.LOCK_KEY, blob)
+    return blob
