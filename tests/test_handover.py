@@ -125,7 +125,6 @@ def test_hand_over_a_to_b_and_back(megafs: MegaFS):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_hand_over_time_with_100_mib_dirty(megafs: MegaFS):
     """The measurement of the closing note (printed): 100 MiB waiting for upload."""
     megafs.mkfs()
