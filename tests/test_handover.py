@@ -37,11 +37,15 @@ class FsyncingWriter(threading.Thread):
         self.mnt, self.tag = mnt, tag
         self.acked: dict[str, bytes] = {}
         self.refused = threading.Event()
+        self.stop = threading.Event()
+        self.daemon_may_die = False  # kill -9 tests: a dead mount ends the writing
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             for i in range(100_000):
+                if self.stop.is_set():
+                    return
                 name = f"{self.tag}-{i:05d}"
                 data = os.urandom(16) * 4096
                 try:
@@ -50,6 +54,8 @@ class FsyncingWriter(threading.Thread):
                         f.flush()
                         os.fsync(f.fileno())
                 except OSError as e:
+                    if self.daemon_may_die and e.errno in (errno.ECONNABORTED, errno.ENOTCONN):
+                        return
                     if e.errno != errno.EROFS:
                         raise
                     self.refused.set()
@@ -171,3 +177,88 @@ async def _put(store, holder: dict) -> bytes:
                          json.dumps(holder).encode())
     await store.backend.put(store_lock.LOCK_KEY, blob)
     return blob
+
+
+# -- kill -9 of either side during a hand-over --------------------------------------------
+
+
+def processes_using(path: Path) -> list[int]:
+    """Pids of the mount.megafs processes (parent and daemon) started with *path*."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(b"mount.megafs" in a for a in args) and str(path).encode() in args:
+                found.append(int(entry))
+    return found
+
+
+KILL_ROWS = {
+    # who is killed -> at which point after the take-over was asked (seconds)
+    "old-writer-early": ("old", 0.05),
+    "old-writer-late": ("old", 0.6),
+    "new-writer-early": ("new", 0.05),
+    "new-writer-late": ("new", 0.6),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("row", list(KILL_ROWS))
+def test_kill9_during_hand_over(megafs: MegaFS, row):
+    """Killing either side at some point of a hand-over never loses what the surviving
+    side acknowledged, never mixes states, and a later --take-over works."""
+    import signal
+    import subprocess
+
+    from helpers import BIN, wait_pid_gone
+
+    victim, after = KILL_ROWS[row]
+    megafs.mkfs()
+    a, b = megafs.mnt, megafs.tmp / "b"
+    b.mkdir()
+    megafs.mountpoints.add(b)
+    megafs.mount(args=SLOW_UPLOADS)
+    cache_a, cache_b = megafs.cache_dir, megafs.new_cache_dir()
+    (a / "big").write_bytes(os.urandom(8 << 20))
+    writer = FsyncingWriter(a, "a")
+    writer.daemon_may_die = victim == "old"
+    writer.start()
+    while len(writer.acked) < 5:
+        time.sleep(0.02)
+    asking = subprocess.Popen([str(BIN / "mount.megafs"), "--cache-dir", str(cache_b),
+                               "--take-over", *SLOW_UPLOADS, megafs.url, str(b)],
+                              env=megafs.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    time.sleep(after)
+    targets = processes_using(cache_a if victim == "old" else cache_b)
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in targets:
+        wait_pid_gone(pid, 30)
+    asking.wait(60)
+    writer.refused.wait(5)  # the old writer handed over, or nobody asked it in time
+    writer.stop.set()
+    writer.join(60)
+    assert not writer.is_alive() and writer.error is None, writer.error
+    dead = a if victim == "old" else b
+    subprocess.run(["fusermount3", "-u", "-z", str(dead)], capture_output=True)
+    # Whoever survived, a new take-over gets the store's last state.
+    for mnt in (a, b):
+        if megafs.is_mounted(mnt):
+            megafs.umount(mnt)
+    megafs.mount(fresh_cache=True, mnt=a, args=("--take-over", "--take-over-timeout", "30"))
+    shown = {n: (a / n).read_bytes() for n in os.listdir(a) if n.startswith("a-")}
+    for name, data in shown.items():
+        assert data == writer.acked.get(name, data), f"{name}: bytes A never wrote"
+    if victim == "new":  # the old writer uploaded everything before it let go (or kept it)
+        missing = set(writer.acked) - set(shown)
+        assert not missing, f"{len(missing)} fsync'ed files lost"
+    megafs.umount(a)
