@@ -409,7 +409,7 @@ class Daemon:
                         self._lost_lock()
                     except (MegafsError, OSError, apsw.Error) as e:
                         log.error("metadata upload failed: %s", e)
-            await trio.sleep(min(self.lease.interval, self.cfg.follow_interval))
+            await trio.sleep(self.lease.interval)
 
     async def _watch_requests(self) -> None:
         """A writer: hand over when another mount asks (docs/format.md §5a)."""

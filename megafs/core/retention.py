@@ -37,11 +37,19 @@ def effective(retention: float, follower_intervals: list[float]) -> float:
     return max([retention, *(INTERVALS_KEPT * i for i in follower_intervals)])
 
 
-def discard(db: apsw.Connection, keys: list[str], now: float) -> None:
-    """Record that the objects *keys* are no longer needed as of *now*."""
+async def discard(db: apsw.Connection, backend: Backend, keys: list[str], now: float,
+                  retention: float) -> None:
+    """The objects *keys* are no longer needed as of *now*: record them (deleted by
+    :func:`delete_due` once *retention* has passed), or delete them at once if it is 0;
+    then delete those whose retention has passed."""
+    if retention <= 0:
+        for key in keys:
+            await backend.delete(key)
+        return
     with db:
         db.executemany("INSERT OR IGNORE INTO retained (key, since) VALUES (?, ?)",
                        [(k, now) for k in keys])
+    await delete_due(db, backend, now, retention)
 
 
 def pending(db: apsw.Connection, now: float, retention: float) -> set[str]:

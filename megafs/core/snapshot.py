@@ -243,8 +243,7 @@ class Snapshotter:
         if self.before_delete is not None:
             await self.before_delete()
         # Followers may still read what this head no longer names: kept for the retention.
-        retention.discard(db, dead, now)
-        await retention.delete_due(db, self.store.backend, time.time(), self.retention)
+        await retention.discard(db, self.store.backend, dead, time.time(), self.retention)
         log.info("metadata %s %d committed (%d bytes, %d objects freed)",
                  "snapshot" if full else "delta", seq, size, len(dead))
         return seq

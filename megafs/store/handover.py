@@ -26,7 +26,7 @@ from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
 
 REQUEST_KEY = "takeover"
-POLL = 1.0  #: the writer looks for a request this often (it must notice within 5 s)
+POLL = 3.0  #: the writer looks for a request this often (it must notice within 5 s)
 RETRY = 0.25  #: the asking mount tries to take the lock this often
 DEFAULT_TIMEOUT = 60.0  #: --take-over-timeout
 
