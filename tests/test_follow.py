@@ -188,7 +188,14 @@ def test_follower_without_writer_and_stat(megafs: MegaFS):
     assert (b / "f").read_bytes() == b"hello"
     s = megafs_stats(b)
     assert s["role"] == "follower" and s["seq"] == s["store_seq"] and s["writer"], s
-    assert megafs_stats(megafs.mnt)["role"] == "writer"
+    writer = megafs_stats(megafs.mnt)
+    assert writer["role"] == "writer" and len(writer["followers"]) == 1, writer
+    assert writer["followers"][0]["pid"] == int(os.getxattr(b, "megafs.pid"))
+    out = megafs.run("megafs", "stat", megafs.mnt).stdout
+    assert re.search(r"^followers: +1$", out, re.M) and re.search(r"^follower: +\S+ pid", out,
+                                                                   re.M), out
+    out = megafs.run("megafs", "stat", b).stdout
+    assert re.search(r"^role: +follower", out, re.M) and re.search(r"^lag: ", out, re.M), out
     megafs.umount(b)
     megafs.umount()
 

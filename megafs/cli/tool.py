@@ -104,7 +104,7 @@ def _role_rows(s: dict) -> list[tuple[str, object]]:
         rows = [("role", "writer")]
         if followers is not None:
             rows.append(("followers", len(followers)))
-            rows += [("", f"{f['host']} pid {f['pid']}, at version {f['seq']}")
+            rows += [("follower", f"{f['host']} pid {f['pid']}, at version {f['seq']}")
                      for f in followers]
         return rows
     return []
