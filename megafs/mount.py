@@ -163,8 +163,9 @@ class Control:
 
     def role(self) -> dict:
         """This mount's part for ``megafs stat``: a follower's version, lag and writer."""
-        if self.daemon.follower is not None:
-            return self.daemon.follower.status()
+        if self.daemon.follower is not None:  # (megafs take-over remounts with these)
+            return {**self.daemon.follower.status(), "url": self.daemon.cfg.url,
+                    "cache_dir": os.path.dirname(self.daemon.fs.cache.dir)}
         return {"role": "writer", "followers": [
             {"host": f.get("host"), "pid": f.get("pid"), "seq": f.get("seq")}
             for f in self.daemon.followers]}

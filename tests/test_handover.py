@@ -262,3 +262,45 @@ def test_kill9_during_hand_over(megafs: MegaFS, row):
         missing = set(writer.acked) - set(shown)
         assert not missing, f"{len(missing)} fsync'ed files lost"
     megafs.umount(a)
+
+
+def test_megafs_take_over_on_a_follower(megafs: MegaFS):
+    """``megafs take-over MNT`` on a follower: it becomes the writer with its cache
+    directory, the old writer follows."""
+    megafs.mkfs()
+    a, b = megafs.mnt, megafs.tmp / "b"
+    megafs.mount(args=SLOW_UPLOADS)
+    mount_second(megafs, megafs.new_cache_dir(), b, "-o", "ro", "--follow-interval", "0.5")
+    (a / "dirty").write_bytes(b"d" * 300_000)
+    r = megafs.run("megafs", "take-over", "--take-over-timeout", "30", b)
+    assert r.returncode == 0, r.stderr
+    megafs.pids.add(megafs.pid(b))
+    assert (b / "dirty").read_bytes() == b"d" * 300_000
+    assert json.loads(os.getxattr(b, "megafs.stats"))["role"] == "writer"
+    assert json.loads(os.getxattr(a, "megafs.stats"))["role"] == "follower"
+    (b / "new").write_bytes(b"n")
+    with pytest.raises(OSError) as e:
+        (a / "x").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+    megafs.umount(a)
+    megafs.umount(b)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_megafs_take_over_that_times_out_keeps_the_follower(megafs: MegaFS, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MEGAFS_INSECURE_TEST_KDF"):
+        monkeypatch.setenv(name, tool_env()[name])
+    megafs.mkfs()
+    b = megafs.tmp / "b"
+    mount_second(megafs, megafs.new_cache_dir(), b, "-o", "ro")
+    now = time.time()
+    holder = {"host": "elsewhere.example", "pid": 4242, "mount": "f" * 32, "since": now,
+              "term": 600.0, "renewed": now, "count": 7}
+    blob = _with_store(megafs, lambda store: _put(store, holder))
+    r = megafs.run("megafs", "take-over", "--take-over-timeout", "2", b, check=False)
+    assert r.returncode == ExitCode.LOCKED, r.stderr
+    assert "elsewhere.example pid 4242" in r.stderr and "Traceback" not in r.stderr
+    assert megafs.store.read(store_lock.LOCK_KEY) == blob, "the lock changed"
+    megafs.pids.add(megafs.pid(b))
+    assert json.loads(os.getxattr(b, "megafs.stats"))["role"] == "follower"
+    megafs.umount(b)

@@ -6,9 +6,17 @@ import json
 import os
 
 from megafs.cli import ctrl, keys, share
-from megafs.cli.common import finish, parser, run, setup_logging
+from megafs.cli.common import (
+    add_passphrase_option,
+    finish,
+    parser,
+    read_passphrase,
+    run,
+    seconds,
+    setup_logging,
+)
 from megafs.cli.umount import daemon_pid, megafs_mountpoint
-from megafs.errors import NotMounted
+from megafs.errors import NotMounted, UsageError
 
 #: Prose of the man page megafs(1) (see tools/manpages.py), next to the options.
 MANUAL = {
@@ -125,6 +133,32 @@ def _print_damaged(s: dict) -> None:
         print(f"  ... and {count - len(s['damaged'])} more (fsck.megafs lists them all)")
 
 
+def _take_over(args) -> int:
+    """On a follower: unmount it, mount the same store on the same mountpoint with the
+    same cache directory and --take-over; if that fails, mount the follower again."""
+    from megafs.cli import mount as mount_cli
+    from megafs.cli.umount import main as umount_main
+
+    mnt = megafs_mountpoint(args.mountpoint)
+    try:
+        s = json.loads(os.getxattr(mnt, "megafs.stats"))
+    except OSError as e:
+        raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})") from None
+    if s.get("role") != "follower":
+        raise UsageError(f"{mnt} is not a follower (mounted with -o ro): it writes already")
+    os.environ["MEGAFS_PASSPHRASE"] = read_passphrase(args.passphrase_file).decode()
+    code = umount_main([mnt])
+    if code:
+        return code
+    common = ["--cache-dir", s["cache_dir"]]
+    code = mount_cli.main([*common, "--take-over", "--take-over-timeout",
+                           str(args.take_over_timeout), s["url"], mnt])
+    if code:  # nothing changes: follow again
+        mount_cli.main([*common, "-o", "ro", "--follow-interval", str(s["interval"]),
+                        s["url"], mnt])
+    return code
+
+
 def build_parser():
     p = parser("megafs", "megafs: encrypted cloud storage mounted as a folder.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -133,6 +167,17 @@ def build_parser():
                                    " and the files with byte ranges fsck.megafs found damaged.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     s.set_defaults(fn=_stat)
+    t = sub.add_parser("take-over", help="make a follower the writer (the writer hands over)",
+                       description="On a follower (mount.megafs -o ro): ask the writer to"
+                                   " hand over, and remount MOUNTPOINT as the writer with the"
+                                   " same cache directory. If the writer does not answer"
+                                   " within --take-over-timeout, the follower is mounted"
+                                   " again and nothing changes.")
+    add_passphrase_option(t)
+    t.add_argument("--take-over-timeout", type=seconds(0, allow_lo=False), default=60.0,
+                   metavar="SECONDS", help="give up after this long (default 60)")
+    t.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the follower is mounted")
+    t.set_defaults(fn=_take_over)
     ctrl.add_command(sub)
     keys.add_commands(sub)
     share.add_commands(sub)
