@@ -22,7 +22,7 @@ import trio
 
 from megafs.core import retention
 from megafs.core.filesystem import Filesystem
-from megafs.core.follow import DEFAULT_INTERVAL, Changes, Follower
+from megafs.core.follow import DEFAULT_INTERVAL, Changes, Follower, writer_alive
 from megafs.core.localcopy import open_local_metadata
 from megafs.core.retention import DEFAULT_RETENTION
 from megafs.core.shares import Shares
@@ -568,7 +568,8 @@ async def wait_for_complete_head(store: ObjectStore, interval: float, timeout: f
     with trio.move_on_after(timeout):
         while True:
             head = await store.read_head()
-            if head is None or head.get("complete", True):
+            if head is None or head.get("complete", True) or not writer_alive(
+                    await store_lock.read(store)):
                 return
             log.info("the writer's last state is not complete yet: waiting")
             await trio.sleep(min(interval, 1.0))

@@ -147,6 +147,13 @@ async def catch_up(conn: apsw.Connection, store: ObjectStore, head: dict) -> Cha
     return changes
 
 
+def writer_alive(holder: dict | None) -> bool:
+    """True if *holder* (the lock's record) is a writer that may still complete its state;
+    a state whose writer is gone (no lock, an expired lease) is shown as it is, as a
+    mount after that writer's crash would."""
+    return holder is not None and not store_lock.is_expired(holder)
+
+
 class Follower:
     """Polls the store's head every *interval* seconds and applies newer states.
 
@@ -193,8 +200,8 @@ class Follower:
             if head is None:
                 raise MegafsError("the store has no metadata head")
             self.store_seq = head["seq"]
-            if not head.get("complete", True) and head.get("hash") != get_state(self.db,
-                                                                               "head_hash"):
+            if not head.get("complete", True) and head.get("hash") != get_state(
+                    self.db, "head_hash") and writer_alive(holder):
                 # Some file's data was still on the writer's machine: wait for the next.
                 self.problem = "waiting for a state whose data is all in the store"
                 return False
