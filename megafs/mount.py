@@ -432,6 +432,7 @@ class Daemon:
         started = time.monotonic()
         reason = f"handed over to {who}"
         self.ops.refuse_writes = reason
+        self.ops.follower = True
         self.fs.read_only = reason
         self.fs.gate = trio.Event()
         try:

@@ -96,6 +96,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem, control, shares=None, *, follower: bool = False):
         super().__init__()
         self.fs = fs
+        self.follower = follower  #: the state may change under the kernel (docs/format.md §5c)
         if follower:  # with a writeback cache the kernel would ignore sizes changed elsewhere
             self.enable_writeback_cache = False
         fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
@@ -191,6 +192,8 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if self.refuse_writes and (flags & (os.O_TRUNC | os.O_ACCMODE)):
             raise FsError(errno.EROFS)
+        if self.follower:  # the kernel may still hold an entry of an inode removed since
+            self.fs.getattr(inode)  # ENOENT: never serve its cached pages
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: no separate setattr comes
             await self.fs.setattr(inode, {"size": 0})
         self.fs.open(inode)
