@@ -196,6 +196,7 @@ class Daemon:
         self._followers_checked = float("-inf")
         self.handed_over: str | None = None  #: to whom this writer handed its role over
         self._nursery: trio.Nursery | None = None
+        self._session_open = False  #: the FUSE session is open (the kernel may cache)
         self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
         self._lock_lost = trio.Event()
@@ -267,8 +268,10 @@ class Daemon:
             self.snap.data_complete = lambda: not self.fs.cache.dirty
             self.snap.retention = cfg.retention
 
-    async def _followed(self, changes: Changes) -> None:
-        """A follower applied a newer state: drop what changed from the caches."""
+    async def _followed(self, changes: Changes, wait: bool) -> None:
+        """A follower applied a newer state: drop what changed from the caches. The
+        kernel's are dropped in the background when *wait* is false (a request in
+        progress may hold a lock the invalidation needs; core/follow.py)."""
         for ino in changes.data | changes.inodes:
             self.fs.cache.drop_inode(ino)
         known = {ino for ino in changes.inodes | changes.data if ino in self.fs.lookups}
@@ -279,7 +282,12 @@ class Daemon:
             marks = ",".join("?" * len(known))
             entries = entries | {(p, n) for p, n in self.fs.db.execute(
                 f"SELECT parent, name FROM dentries WHERE inode IN ({marks})", tuple(known))}
-        await invalidate(entries, known)
+        if not self._session_open:  # unmounted: the kernel caches nothing any more
+            return
+        if wait:
+            await invalidate(entries, known)
+        else:
+            self._nursery.start_soon(invalidate, entries, known, name="invalidate")
 
     @property
     def lock_lost(self) -> str | None:
@@ -315,8 +323,8 @@ class Daemon:
         Waits through storage outages (the status channel reports the error); raises
         LockLost once the store's lock was taken over. A follower has nothing to upload:
         it looks at the store's head now instead."""
-        if self.follower is not None:
-            await self.follower.poll()
+        if self.follower is not None:  # (a control request: the kernel holds the root)
+            await self.follower.poll(wait=False)
             return
         failures = 0
         while True:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import PASSPHRASE, MegaFS, assert_cli_error, tool_env
+from helpers import PASSPHRASE, MegaFS, abort_fuse_connection, assert_cli_error, tool_env
 
 from megafs.errors import ExitCode
 from megafs.store import envelope, handover, lifecycle
@@ -103,6 +103,49 @@ def hand_over(megafs: MegaFS, old: Path, new: Path, new_cache: Path, tag: str,
     print(f"hand-over with {len(dirty) >> 20} MiB dirty: mount.megafs --take-over took"
           f" {took:.1f}s")
     return {f"{tag}-big": dirty, **writer.acked}
+
+
+def test_flush_of_a_writer_turned_follower_while_root_entries_change(megafs: MegaFS):
+    """A writer turned follower is still mounted read-write, so umount's flush (a control
+    request) reaches its daemon and makes it look at the head now, while the kernel
+    holds the lock of the mount's root until the answer. Applying a state that changed
+    entries of the root takes that same lock to invalidate them: the answer must not
+    wait for the invalidation (it once did; umount hung, unkillable)."""
+    megafs.mkfs()
+    a, b = megafs.mnt, megafs.tmp / "b"
+    megafs.mount(args=("--follow-interval", "3600"))  # only the flush below looks
+    for i in range(3):
+        (a / f"old{i}").write_bytes(b"x")
+    mount_second(megafs, megafs.new_cache_dir(), b, "--take-over")
+    assert json.loads(os.getxattr(a, "megafs.stats"))["role"] == "follower"
+    for i in range(3):
+        assert (a / f"old{i}").read_bytes() == b"x"  # the kernel caches these entries
+    (b / "old0").unlink()
+    (b / "old1").rename(b / "new1")
+    (b / "new2").write_bytes(b"y")
+    megafs.flush_mount(b)
+    failed: list[OSError] = []
+
+    def flush_a():
+        try:
+            megafs.flush_mount(a)
+        except OSError as e:
+            failed.append(e)
+
+    flushed = threading.Thread(target=flush_a, daemon=True)
+    flushed.start()
+    flushed.join(30)
+    if flushed.is_alive():
+        abort_fuse_connection(a)
+        pytest.fail("the follower's flush deadlocked with its own invalidation")
+    assert not failed, failed
+    deadline = time.monotonic() + 10
+    while sorted(p.name for p in a.iterdir()) != ["new1", "new2", "old2"]:
+        assert time.monotonic() < deadline, sorted(p.name for p in a.iterdir())
+        time.sleep(0.05)
+    assert not (a / "old0").exists() and (a / "new2").read_bytes() == b"y"
+    megafs.umount(a)
+    megafs.umount(b)
 
 
 def test_hand_over_a_to_b_and_back(megafs: MegaFS):

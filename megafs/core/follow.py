@@ -12,7 +12,10 @@ download has finished: a request of the kernel sees the old state or the new one
 a mix, and a head that turns out not to descend leaves the old state untouched.
 
 What changed (:class:`Changes`) is handed to ``on_change``: the mount drops the cached
-blocks of those inodes and invalidates the kernel's entries and inodes.
+blocks of those inodes and invalidates the kernel's entries and inodes. Invalidating an
+entry takes the kernel's lock of its directory, which a request in progress may hold
+until this process answers it: a look asked for by a request (``poll(wait=False)``)
+therefore does not wait for the kernel, and only one look applies a state at a time.
 """
 
 from __future__ import annotations
@@ -157,13 +160,14 @@ def writer_alive(holder: dict | None) -> bool:
 class Follower:
     """Polls the store's head every *interval* seconds and applies newer states.
 
-    ``await on_change(changes)`` runs after each applied state.
+    ``await on_change(changes, wait)`` runs after each applied state; *wait* is false
+    when the look was asked for by a request the kernel waits on (see the module doc).
     :meth:`wake` makes it look now (a read found an object gone: the writer moved on).
     :meth:`status` is what ``megafs stat`` shows: the version held, the lag, the writer.
     """
 
     def __init__(self, conn: apsw.Connection, store: ObjectStore, interval: float,
-                 on_change: Callable[[Changes], Awaitable[None]]):
+                 on_change: Callable[[Changes, bool], Awaitable[None]]):
         self.db = conn
         self.store = store
         self.interval = interval
@@ -174,6 +178,7 @@ class Follower:
         self.writer: str | None = None  #: the lock holder at the last look
         self.problem: str | None = None  #: why the last look did not bring it up to date
         self.looks = 0  #: looks at the store so far
+        self._applying = trio.Lock()  #: one look applies a state at a time
 
     def wake(self) -> None:
         self._wake.set()
@@ -185,14 +190,23 @@ class Follower:
             self._wake = trio.Event()
             await self.poll()
 
-    async def poll(self) -> bool:
-        """One look at the store; True if the working copy is its head afterwards."""
+    async def poll(self, *, wait: bool = True) -> bool:
+        """One look at the store; True if the working copy is its head afterwards.
+
+        With *wait* false (a request asked for it), returns before the kernel has
+        dropped its caches of what changed."""
         try:
-            return await self._poll()
+            async with self._applying:
+                changes = await self._poll()
+            if changes:  # no checkpoint since the apply: on_change drops caches first
+                await self.on_change(changes, wait)
+            return changes is not None
         finally:
             self.looks += 1
 
-    async def _poll(self) -> bool:
+    async def _poll(self) -> Changes | None:
+        """Apply the store's head if it is newer; the changes (empty if none), or None if
+        the working copy is not the head afterwards."""
         try:
             holder = await store_lock.read(self.store)
             self.writer = store_lock.describe(holder) if holder else None
@@ -204,31 +218,30 @@ class Follower:
                     self.db, "head_hash") and writer_alive(holder):
                 # Some file's data was still on the writer's machine: wait for the next.
                 self.problem = "waiting for a state whose data is all in the store"
-                return False
+                return None
             changes = await catch_up(self.db, self.store, head)
         except RollbackDetected as e:  # never accepted: keep serving the state held
             if self.problem != str(e):
                 log.error("follower: %s; keeping metadata version %s", e,
                           get_state(self.db, "seq"))
             self.problem = str(e)
-            return False
+            return None
         except MegafsError as e:
             if self.problem != str(e):
                 log.warning("follower: could not catch up: %s", e)
             self.problem = str(e)
-            return False
+            return None
         except (OSError, apsw.Error) as e:
             log.warning("follower: could not catch up: %s", e)
             self.problem = str(e)
-            return False
+            return None
         self.problem = None
         self.current_since = time.time()
         if changes:
             log.info("follower: now at metadata version %d (head %s): %d inodes, %d entries"
                      " changed", head["seq"], short(head.get("hash")), len(changes.inodes),
                      len(changes.entries))
-            await self.on_change(changes)
-        return True
+        return changes
 
     def status(self) -> dict:
         return {"role": "follower", "seq": int(get_state(self.db, "seq", 0)),
