@@ -79,6 +79,10 @@ class Filesystem:
         self.diratime = atime and diratime  # ... and on listings (-o nodiratime)
         self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
         self.unstored = self.cache.unstored
+        self.read_failed = None  #: called when a read fails (a follower then looks for news)
+        #: While set, writes of data wait for it (the daemon uploads a complete state).
+        self.gate: trio.Event | None = None
+        self.read_only: str | None = None  #: why writes that waited at the gate fail (EROFS)
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -192,7 +196,15 @@ class Filesystem:
         self._ref(row)
 
     # -- attributes ---------------------------------------------------------
+    async def _pass_gate(self) -> None:
+        while self.gate is not None:
+            await self.gate.wait()
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
     async def setattr(self, ino: int, fields: dict) -> tuple:
+        if "size" in fields and self.gate is not None:
+            await self._pass_gate()
         t = now_ns()
         if "size" in fields:
             size = fields["size"]
@@ -257,6 +269,8 @@ class Filesystem:
         except MegafsError as err:
             log.error("read of %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
                       pos, err)
+            if self.read_failed is not None:
+                self.read_failed()
             raise FsError(errno.EIO) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -284,6 +298,8 @@ class Filesystem:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
+        if self.gate is not None:
+            await self._pass_gate()
         self._reserve_quota(len(data))
         self.inflight += len(data)
         try:

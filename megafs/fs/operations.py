@@ -93,16 +93,19 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
 
-    def __init__(self, fs: Filesystem, control, shares=None):
+    def __init__(self, fs: Filesystem, control, shares=None, *, follower: bool = False):
         super().__init__()
         self.fs = fs
+        self.follower = follower  #: the state may change under the kernel (docs/format.md §5c)
+        if follower:  # with a writeback cache the kernel would ignore sizes changed elsewhere
+            self.enable_writeback_cache = False
         fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
         self.control = control
         self.shares = shares
         self.owner_uid = os.getuid()  # who mounted: the control channel answers them and root
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         #: Why changes are refused (the store's lock was taken over), or None.
-        self.refuse_writes: str | None = None
+        self.refuse_writes: str | None = "a read-only follower" if follower else None
 
     def init(self):
         # pyfuse3 calls this while answering INIT; waiters run only after the answer.
@@ -189,6 +192,8 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if self.refuse_writes and (flags & (os.O_TRUNC | os.O_ACCMODE)):
             raise FsError(errno.EROFS)
+        if self.follower:  # the kernel may still hold an entry of an inode removed since
+            self.fs.getattr(inode)  # ENOENT: never serve its cached pages
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: no separate setattr comes
             await self.fs.setattr(inode, {"size": 0})
         self.fs.open(inode)
@@ -308,7 +313,7 @@ class Operations(pyfuse3.Operations):
                 raise FsError(errno.ENODATA)
             return link.encode()
         if inode == ROOT and name == STATS_ATTR:
-            return control.encode(self.fs.stats())
+            return control.encode({**self.fs.stats(), **self.control.role()})
         if inode == ROOT and name == SHARES_ATTR and self.shares:
             return control.encode(self.shares.listing())
         if inode == ROOT and name.startswith(CTRL_PREFIX):
