@@ -250,7 +250,7 @@ def test_follower_behind_recovers(megafs: MegaFS, row):
     megafs.mount(args=(*WRITER_ARGS, "--retention", "60"))
     (megafs.mnt / "f").write_bytes(b"1" * 100_000)
     megafs.flush()
-    old = {k for k, _ in megafs.store.objects() if k.startswith("b/")}
+    old = {k for k, _ in megafs.store.objects() if k.startswith("p/")}  # f's pack
     b = mount_follower(megafs, 600)  # looks again only when a read fails or it is told to
     (megafs.mnt / "f").write_bytes(b"2" * 100_000)  # the old blocks become garbage
     megafs.flush()
@@ -262,7 +262,7 @@ def test_follower_behind_recovers(megafs: MegaFS, row):
         megafs.umount(b)
         megafs.umount()
         return
-    # The retention passed (a laptop asleep for longer): the writer deleted the old blocks.
+    # The retention passed (a laptop asleep for longer): the writer deleted the old pack.
     # (It keeps them for 10 follow intervals of any follower it sees, 6000 s here: they
     # are deleted as it would have.)
     for key in old:
@@ -278,7 +278,8 @@ def test_follower_behind_recovers(megafs: MegaFS, row):
             time.sleep(0.1)
     assert got == b"2" * 100_000, "the follower returned bytes of a deleted state"
     log = (megafs.follower_cache / "megafs.log").read_text()
-    assert re.search(r"read of /f .* failed: data block b/\w+ is missing from the store", log), \
+    assert re.search(r"read of /f .* failed: data block b/\w+ \(pack p/\w+\) is missing from"
+                     r" the store", log), \
         "the follower was not behind: the test proves nothing"
     assert megafs_stats(b)["seq"] == megafs_stats(b)["store_seq"]
     megafs.umount(b)
@@ -288,7 +289,7 @@ def test_follower_behind_recovers(megafs: MegaFS, row):
 FSCK_ROWS = {
     # MEGAFS_RETENTION of fsck -> its exit code and what it says of the discarded objects
     "inside-retention": ("600", 0, "pending deletion (inside the retention period): kept"),
-    "past-retention": ("0", 25, "2 objects in the store are not referenced by anything; removed"),
+    "past-retention": ("0", 25, "1 objects in the store are not referenced by anything; removed"),
 }
 
 
@@ -302,14 +303,14 @@ def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row):
     megafs.flush()
     (megafs.mnt / "f").write_bytes(b"2" * 100_000)
     megafs.umount()
-    blocks = {k for k, _ in megafs.store.objects() if k.startswith("b/")}
-    assert len(blocks) == 4, "the writer deleted the old blocks inside its retention"
+    packs = {k for k, _ in megafs.store.objects() if k.startswith("p/")}
+    assert len(packs) == 2, "the writer deleted the old pack inside its retention"
     megafs.env["MEGAFS_RETENTION"] = retention
     r = megafs.fsck(check=False)
     assert r.returncode == code, r.stdout + r.stderr
     assert says in r.stdout + r.stderr, r.stdout + r.stderr
-    left = {k for k, _ in megafs.store.objects() if k.startswith("b/")}
-    assert len(left) == (4 if row == "inside-retention" else 2)
+    left = {k for k, _ in megafs.store.objects() if k.startswith("p/")}
+    assert len(left) == (2 if row == "inside-retention" else 1)
     megafs.mount(fresh_cache=True)
     assert (megafs.mnt / "f").read_bytes() == b"2" * 100_000
     megafs.umount()
