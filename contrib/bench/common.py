@@ -13,6 +13,7 @@ CHUNK = MiB
 CREATE_FILES = 3000
 CREATE_SIZE = 4096
 UNTAR_FILES = 2600
+SAVES = 1000  # editor saves (each of a 4 KiB file: write, fsync, rename)
 DEFAULT_PASSPHRASE = "megafs-benchmark"
 DEFAULT_BLOCK_SIZE = MiB  # mkfs.megafs's default
 RAW_WORKERS = 8  # parallel raw PUTs / GETs of the S3 baseline
