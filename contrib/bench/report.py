@@ -46,7 +46,11 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
                     sum(c["counts"].values()) / c["ops"] for c in counted),
                     "by_request": {op: statistics.median(c["counts"].get(op, 0) / c["ops"]
                                                          for c in counted)
-                                   for op in sorted({o for c in counted for o in c["counts"]})}}
+                                   for op in sorted({o for c in counted for o in c["counts"]})},
+                    "us_each": {op: statistics.median(
+                        1e6 * c["seconds"].get(op, 0.0) / c["counts"][op]
+                        for c in counted if c["counts"].get(op))
+                        for op in sorted({o for c in counted for o in c["counts"]})}}
         if per_op:
             out["requests"][tname] = per_op
     out["pass"] = all(w["pass"] for w in out["workloads"].values())
@@ -75,9 +79,11 @@ def print_table(summary: dict, args: argparse.Namespace, f) -> None:
         ranges = "; ".join(f"{t} {min(w[t]):.0f}-{max(w[t]):.0f}" for t in targets if t in w)
         print(f"  {name} ranges: {ranges}", file=f)
     for tname, per_op in summary.get("requests", {}).items():
-        print(f"{tname}: FUSE requests per operation (median of the runs)", file=f)
+        print(f"{tname}: FUSE requests per operation (median of the runs), each x the"
+              " median time from sent to answered", file=f)
         for name, r in per_op.items():
-            parts = ", ".join(f"{op} {n:.2f}" for op, n in r["by_request"].items() if n >= 0.005)
+            parts = ", ".join(f"{op} {n:.2f} x {r['us_each'][op]:.0f} us"
+                              for op, n in r["by_request"].items() if n >= 0.005)
             print(f"  {name:<9} {r['total']:6.2f}  ({parts})", file=f)
     for tname, info in summary["info"].items():
         if "umount_s" in info:

@@ -1,6 +1,7 @@
-"""Counting the FUSE requests the kernel sends a mount, from the kernel's own
-``fuse:fuse_request_send`` tracepoint (Linux 6.13 and later) in a private tracefs
-instance filtered on the mount's connection. It counts for any FUSE filesystem
+"""Counting the FUSE requests the kernel sends a mount, and the time each takes from
+sent to answered, from the kernel's own ``fuse:fuse_request_send`` and
+``fuse_request_end`` tracepoints (Linux 6.13 and later) in a private tracefs
+instance filtered on the mount's connection. It works for any FUSE filesystem
 alike (megafs, the null fs, the peers) and costs the daemons nothing.
 
 Needs root and tracefs (mounted on /sys/kernel/tracing if it is not)."""
@@ -16,9 +17,12 @@ from .common import log
 
 TRACEFS = "/sys/kernel/tracing"
 EVENT = "events/fuse/fuse_request_send"
+END_EVENT = "events/fuse/fuse_request_end"
 BUFFER_KB = 65536  # per CPU: room for ~1M events, enough for every small-file workload
 MINOR_BITS = 20  # the kernel's dev_t: major << 20 | minor
-_LINE = re.compile(r"opcode \d+ \(FUSE_(\w+)\)")
+_SEND = re.compile(r" ([\d.]+): fuse_request_send: connection \d+ req (\d+) opcode \d+"
+                   r" \(FUSE_(\w+)\)")
+_END = re.compile(r" ([\d.]+): fuse_request_end: connection \d+ req (\d+) ")
 
 
 def available() -> bool:
@@ -42,21 +46,32 @@ class RequestCounter:
     def start(self) -> None:
         os.makedirs(self.dir, exist_ok=True)  # mkdir in tracefs creates an instance
         self._write("buffer_size_kb", str(BUFFER_KB))
-        self._write(f"{EVENT}/filter", f"connection == {self.connection}")
+        for event in (EVENT, END_EVENT):
+            self._write(f"{event}/filter", f"connection == {self.connection}")
         self._write("trace", "")
-        self._write(f"{EVENT}/enable", "1")
+        for event in (EVENT, END_EVENT):
+            self._write(f"{event}/enable", "1")
 
-    def stop(self) -> collections.Counter:
-        self._write(f"{EVENT}/enable", "0")
+    def stop(self) -> tuple[collections.Counter, collections.Counter]:
+        """(requests by opcode, seconds from sent to answered by opcode)."""
+        for event in (EVENT, END_EVENT):
+            self._write(f"{event}/enable", "0")
         counts: collections.Counter = collections.Counter()
+        seconds: collections.Counter = collections.Counter()
+        sent: dict[str, tuple[str, float]] = {}
         with open(os.path.join(self.dir, "trace")) as f:
             for line in f:
-                m = _LINE.search(line)
+                m = _SEND.search(line)
                 if m:
-                    counts[m.group(1)] += 1
+                    counts[m.group(3)] += 1
+                    sent[m.group(2)] = (m.group(3), float(m.group(1)))
+                elif m := _END.search(line):
+                    op, t = sent.pop(m.group(2), (None, 0.0))
+                    if op is not None:
+                        seconds[op] += float(m.group(1)) - t
         for cpu in os.listdir(os.path.join(self.dir, "per_cpu")):
             with open(os.path.join(self.dir, "per_cpu", cpu, "stats")) as f:
                 if "overrun: 0" not in f.read():
                     log("warning: the trace buffer overran; request counts are low")
         os.rmdir(self.dir)
-        return counts
+        return counts, seconds

@@ -67,7 +67,8 @@ def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
                 profiler.stop()
             result["values"][name] = value
             if ctx.requests is not None:
-                result["requests"][name] = {"ops": ctx.ops, "counts": ctx.requests}
+                result["requests"][name] = {"ops": ctx.ops, "counts": ctx.requests,
+                                            "seconds": ctx.request_s}
             if args.settle:
                 result["settle_s"][name] = target.settle()
             log(f"run {run} {target.name:<13} {name:<7} {value:10.1f} {wl.unit}"

@@ -50,6 +50,7 @@ class Ctx:
     ops: int = 0  # operations the workload did (for requests per operation)
     counter: RequestCounter | None = None  # counts the FUSE requests of the timed part
     requests: dict[str, int] | None = None  # what it counted
+    request_s: dict[str, float] | None = None  # seconds the kernel waited, by request
 
     def start(self) -> float:
         """Start of the timed part (and of the request count): the time."""
@@ -61,7 +62,8 @@ class Ctx:
         """End of the timed part: seconds since *t0*."""
         dt = time.perf_counter() - t0
         if self.counter is not None:
-            self.requests = dict(self.counter.stop())
+            counts, seconds = self.counter.stop()
+            self.requests, self.request_s = dict(counts), dict(seconds)
         return dt
 
 

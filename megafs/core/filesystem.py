@@ -23,7 +23,6 @@ import os
 import stat
 
 import apsw
-import trio
 
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
@@ -42,6 +41,7 @@ from megafs.core.uploader import Uploader
 from megafs.errors import CacheError, MegafsError
 from megafs.osutil import syncfs
 from megafs.store.objects import ObjectStore
+from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1 << 62
@@ -310,13 +310,16 @@ class Filesystem:
         bs = self.bs
         pos = 0
         view = memoryview(data)
-        size = self.ns.get(ino)[SIZE]
+        row = self.ns.get(ino)
+        size = row[SIZE]
+        stored = row[NBLOCKS] > 0  # else no block of the file is in the block map
         while pos < len(data):
             blk, within = divmod(offset + pos, bs)
             n = min(bs - within, len(data) - pos)
             # Nothing to fetch when the block is overwritten whole or lies past EOF.
             fetch = blk * bs < size and not (within == 0 and n == bs)
-            e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL)
+            e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL,
+                                       may_be_stored=stored)
             await self.cache.write_async(e, within, view[pos:pos + n])
             pos += n
 
@@ -341,7 +344,7 @@ class Filesystem:
             finally:
                 os.close(fd)
 
-        await trio.to_thread.run_sync(sync_all)
+        await run_sync(sync_all)
 
     # -- xattrs / statfs ------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:

@@ -91,8 +91,6 @@ class Namespace:
             pmode = self.get(parent)[MODE]
             if not stat.S_ISDIR(pmode):
                 raise FsError(errno.ENOTDIR)
-            if self._child(parent, name) is not None:
-                raise FsError(errno.EEXIST)
             is_dir = stat.S_ISDIR(mode)
             if pmode & stat.S_ISGID:
                 gid = self.get(parent)[GID]
@@ -106,8 +104,11 @@ class Namespace:
             )
             ino = self.db.last_insert_rowid()
             del cur
-            self.ex("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
-                    (parent, name, ino))
+            try:  # UNIQUE (parent, name): an existing name rolls the savepoint back
+                self.ex("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
+                        (parent, name, ino))
+            except apsw.ConstraintError:
+                raise FsError(errno.EEXIST) from None
             if is_dir:
                 self.ex("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (parent,))
             self._touch_dir(parent, t)

@@ -118,7 +118,17 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        return _attrs(self.fs.lookup(parent_inode, name))
+        try:
+            return _attrs(self.fs.lookup(parent_inode, name))
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        # A negative entry: the kernel caches "no such name" as long as a name it has
+        # (every change of the namespace comes through it), sparing repeated lookups.
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = CACHE_TIMEOUT
+        return a
 
     @_errors
     async def forget(self, inode_list):
