@@ -17,6 +17,7 @@ from .peers import PEERS, absent_peers
 from .report import print_s3_table, print_table, summarize, summarize_s3
 from .run import Profiler, run_target
 from .s3 import S3_WORKLOADS, run_s3, split_objects
+from .scale import print_scale, run_scale
 from .targets import TARGETS, Seaweed
 from .workloads import WORKLOADS, Inputs, build_tarball, warm_up
 
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count the FUSE requests of each small-file workload on every FUSE"
                         " target (kernel tracepoint fuse_request_send; needs root) and print"
                         " requests per operation")
+    p.add_argument("--scale", action="store_true",
+                   help="run the scale scenario instead of the workloads: --scale-files empty"
+                        " files in one directory per 1000 (bench/scale.py)")
+    p.add_argument("--scale-files", type=int, default=1_000_000, metavar="N",
+                   help="files of the scale scenario (default 1,000,000)")
     p.add_argument("--dir", help="scratch directory for the plain dir and the megafs store,"
                                  " cache and mount point (default: a new dir in /var/tmp)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
@@ -218,6 +224,13 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     own_dir = open_scratch(args)
+    if args.scale:
+        try:
+            print_scale(run_scale(os.path.join(args.dir, f"{args.target}-run-scale"), args),
+                        sys.stdout)
+            return 0
+        finally:
+            remove_scratch(args, own_dir)
     try:
         runs, s3_runs = run_all(args)
     except KeyboardInterrupt:
