@@ -18,7 +18,7 @@ from .report import print_s3_table, print_table, summarize, summarize_s3
 from .run import Profiler, run_target
 from .s3 import S3_WORKLOADS, run_s3, split_objects
 from .scale import print_scale, run_scale
-from .targets import TARGETS, Seaweed
+from .targets import TARGETS, MegafsBeforeTarget, Seaweed
 from .workloads import WORKLOADS, Inputs, build_tarball, warm_up
 
 DESCRIPTION = "Benchmark megafs against a plain directory on the same disk."
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"FUSE filesystems measured beside megafs, those installed of"
                         f" {','.join(PEERS)} (default: all; 'none'); nullfs runs the"
                         " small-file workloads only")
+    p.add_argument("--before-src", metavar="DIR",
+                   help="also run megafs-local from the sources in DIR (a checkout of the"
+                        " code before a change) as the target megafs-before")
     p.add_argument("--count-requests", action="store_true",
                    help="count the FUSE requests of each small-file workload on every FUSE"
                         " target (kernel tracepoint fuse_request_send; needs root) and print"
@@ -135,7 +138,7 @@ def remove_scratch(args: argparse.Namespace, own_dir: bool) -> None:
         shutil.rmtree(args.dir, ignore_errors=True)
     else:
         for name in os.listdir(args.dir):
-            if name.startswith(tuple(f"{t}-run" for t in (*TARGETS, *PEERS))):
+            if name.startswith(tuple(f"{t}-run" for t in (*TARGETS, *PEERS, "megafs-before"))):
                 shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
 
 
@@ -160,6 +163,9 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[dict]
     args.absent_peers = absent
     runs: dict[str, list[dict]] = {"plain": [], args.target: []}
     targets = {"plain": TARGETS["plain"], args.target: TARGETS[args.target]}
+    if args.before_src and args.workloads:
+        runs["megafs-before"] = []
+        targets["megafs-before"] = MegafsBeforeTarget
     for name in args.peers:
         if name not in absent and args.workloads:
             runs[name] = []

@@ -71,6 +71,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process *pid* has used so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuWatch:
     """CPU seconds (user + system) a process uses from now until it exits or ``stop()``:
     /proc/PID/stat is polled every 20 ms, as a process that has exited cannot be asked."""

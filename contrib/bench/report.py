@@ -53,6 +53,12 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
                         for op in sorted({o for c in counted for o in c["counts"]})}}
         if per_op:
             out["requests"][tname] = per_op
+        cpu = {n: statistics.median(r["daemon_cpu_us_per_op"][n] for r in rs
+                                    if n in r.get("daemon_cpu_us_per_op", {}))
+               for n in args.workloads
+               if any(n in r.get("daemon_cpu_us_per_op", {}) for r in rs)}
+        if cpu:
+            out.setdefault("daemon_cpu_us_per_op", {})[tname] = cpu
     out["pass"] = all(w["pass"] for w in out["workloads"].values())
     return out
 
@@ -75,6 +81,11 @@ def print_table(summary: dict, args: argparse.Namespace, f) -> None:
         print(f"{name:<9} {w['unit']:<8} {cells} {w['ratio']:>7.3f} {w['floor']:>6.2f}"
               f" {to_null}  {'PASS' if w['pass'] else 'FAIL'}", file=f)
     print(f"(ratio: {cand} / plain against the floor; /null: {cand} / nullfs)", file=f)
+    cpu = summary.get("daemon_cpu_us_per_op", {})
+    if cpu:
+        print("daemon CPU per operation, us (median of the runs):", file=f)
+        for tname, per in cpu.items():
+            print(f"  {tname:<13} " + ", ".join(f"{n} {v:.0f}" for n, v in per.items()), file=f)
     for name, w in summary["workloads"].items():
         ranges = "; ".join(f"{t} {min(w[t]):.0f}-{max(w[t]):.0f}" for t in targets if t in w)
         print(f"  {name} ranges: {ranges}", file=f)

@@ -66,6 +66,9 @@ def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
             finally:
                 profiler.stop()
             result["values"][name] = value
+            if ctx.daemon_cpu_s is not None and ctx.ops:
+                result.setdefault("daemon_cpu_us_per_op", {})[name] = \
+                    1e6 * ctx.daemon_cpu_s / ctx.ops
             if ctx.requests is not None:
                 result["requests"][name] = {"ops": ctx.ops, "counts": ctx.requests,
                                             "seconds": ctx.request_s}

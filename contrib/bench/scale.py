@@ -83,6 +83,7 @@ def run_scale(base: str, args: argparse.Namespace) -> dict:
         r["find_warm_s"], found = timed_find(mnt)
         r["find_entries"] = found
         r["rss_after_find_mb"] = status_kib(target.pid, "VmRSS") / 1024
+        r["vmhwm_after_flush_mb"] = status_kib(target.pid, "VmHWM") / 1024
         before = tree_files(store)
         os.chmod(os.path.join(mnt, "d0000", "f0000"), 0o600)
         target.settle()
@@ -118,6 +119,7 @@ def print_scale(r: dict, f) -> None:
     rows = [
         ("create", f"{r['create_s']:.1f} s ({n / r['create_s']:.0f} files/s)"),
         ("daemon peak RSS while creating (VmHWM)", f"{r['create_vmhwm_mb']:.0f} MB"),
+        ("daemon peak RSS including the flush after", f"{r['vmhwm_after_flush_mb']:.0f} MB"),
         ("daemon RSS after creating / after a find", f"{r['rss_after_create_mb']:.0f} MB /"
                                                      f" {r['rss_after_find_mb']:.0f} MB"),
         ("find, warm / cold mount", f"{r['find_warm_s']:.2f} s / {r['find_cold_s']:.2f} s"

@@ -19,6 +19,7 @@ from .common import (
     SAVES,
     UNTAR_FILES,
     MiB,
+    cpu_seconds,
     drop_page_cache,
     log,
 )
@@ -51,16 +52,24 @@ class Ctx:
     counter: RequestCounter | None = None  # counts the FUSE requests of the timed part
     requests: dict[str, int] | None = None  # what it counted
     request_s: dict[str, float] | None = None  # seconds the kernel waited, by request
+    daemon_cpu_s: float | None = None  # CPU the FUSE daemon used in the timed part
+    _cpu0: float = 0.0
 
     def start(self) -> float:
         """Start of the timed part (and of the request count): the time."""
         if self.counter is not None:
             self.counter.start()
+        pid = getattr(self.target, "pid", None)
+        if pid is not None:
+            self._cpu0 = cpu_seconds(pid)
         return time.perf_counter()
 
     def stop(self, t0: float) -> float:
         """End of the timed part: seconds since *t0*."""
         dt = time.perf_counter() - t0
+        pid = getattr(self.target, "pid", None)
+        if pid is not None:
+            self.daemon_cpu_s = cpu_seconds(pid) - self._cpu0
         if self.counter is not None:
             counts, seconds = self.counter.stop()
             self.requests, self.request_s = dict(counts), dict(seconds)

@@ -23,6 +23,7 @@ import os
 import stat
 
 import apsw
+import trio
 
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
@@ -49,9 +50,33 @@ DAY_NS = 86400 * 10**9
 DAMAGED_LISTED = 100  # damaged files named in the stats (an xattr value is at most 64 KiB)
 ALLOC_MASK = 4096 - 1  # st_blocks counts no more than the size rounded up to 4 KiB
 ST_BLOCKS_SHIFT = 9  # st_blocks is in 512-byte units
+FSYNC_FILES_MAX = 8  # more dirty block files than this: one syncfs instead of fsyncs
 #: Positions in a readdir row (cookie, name, inode row...) of the inode's columns.
 _ENTRY_INO = ENTRY_ROW + INO
 _ENTRY_NBLOCKS = ENTRY_ROW + NBLOCKS
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # no WAL: everything is in the database file
+        return
+    _fsync_and_close(fd)
+
+
+def _syncfs_and_close(path: str, fds: list[int]) -> None:
+    try:
+        syncfs(path)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 class Filesystem:
@@ -77,6 +102,7 @@ class Filesystem:
         self.diratime = atime and diratime  # ... and on listings (-o nodiratime)
         self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
         self.unstored = self.cache.unstored
+        self.wal_synced_changes = -1  # total_changes() at the last WAL sync
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -324,27 +350,28 @@ class Filesystem:
             pos += n
 
     async def fsync(self, ino: int | None) -> None:
-        """Make written data of *ino* (all inodes if None) survive a crash of this process."""
+        """Make written data of *ino* (all inodes if None) survive a crash of this process.
+
+        Commits the metadata batch, then syncs the dirty block files and the WAL
+        concurrently, in worker threads: an editor's save waits for the slower of the
+        two syncs, not their sum. The WAL is not synced again when no row changed since
+        its last sync."""
         fds = self.cache.dirty_fds(ino)  # duplicates: safe while the cache evicts
         self.commit()
-
-        def sync_all():
-            if len(fds) > 8:  # one syncfs beats hundreds of fsyncs (one journal commit each)
-                syncfs(self.cache.dir)
-            for fd in fds:
-                if len(fds) <= 8:
-                    os.fsync(fd)
-                os.close(fd)
-            try:
-                fd = os.open(self.wal_path, os.O_RDONLY)
-            except FileNotFoundError:
-                return
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        await run_sync(sync_all)
+        changes = self.db.total_changes()
+        sync_wal = changes != self.wal_synced_changes
+        if len(fds) > FSYNC_FILES_MAX:  # one syncfs beats hundreds of fsyncs
+            await run_sync(_syncfs_and_close, self.cache.dir, fds)
+            fds = []
+        if len(fds) + sync_wal == 1:  # one sync: no nursery needed
+            await run_sync(*((_fsync_and_close, fds[0]) if fds else (_fsync_path, self.wal_path)))
+        elif fds or sync_wal:
+            async with trio.open_nursery() as nursery:
+                for fd in fds:
+                    nursery.start_soon(run_sync, _fsync_and_close, fd)
+                if sync_wal:
+                    nursery.start_soon(run_sync, _fsync_path, self.wal_path)
+        self.wal_synced_changes = changes
 
     # -- xattrs / statfs ------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:
