@@ -122,6 +122,10 @@ class BlockMap:
             if dropped:
                 self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
+    def drop_damaged(self, ino: int) -> None:
+        """Forget the damage records of *ino* (one without blocks: drop_from needs more)."""
+        self.ex("DELETE FROM damaged WHERE inode=?", (ino,))
+
     def garbage(self) -> list[tuple[int, str]]:
         return self.ex("SELECT id, key FROM objects WHERE refcount=0").fetchall()
 

@@ -140,14 +140,19 @@ class Filesystem:
     def _maybe_purge(self, ino: int) -> None:
         if ino in self.lookups or ino in self.opened:
             return
-        row = self.db.execute("SELECT nlink FROM inodes WHERE id=?", (ino,)).fetchone()
+        row = self.db.execute("SELECT nlink, nblocks FROM inodes WHERE id=?", (ino,)).fetchone()
         if row is not None and row[0] == 0:
-            self._purge(ino)
+            self._purge(ino, stored_blocks=row[1] > 0)
 
-    def _purge(self, ino: int) -> None:
+    def _purge(self, ino: int, *, stored_blocks: bool = True) -> None:
+        """Remove inode *ino* with its blocks (*stored_blocks* False: it has none in the
+        block map, so only damage records are left to drop)."""
         self.cache.drop_inode(ino)
         with self.db:
-            self.blockmap.drop_from(ino, 0)
+            if stored_blocks:
+                self.blockmap.drop_from(ino, 0)
+            else:
+                self.blockmap.drop_damaged(ino)
             self.ns.purge(ino)
 
     # -- attributes handed out ---------------------------------------------------

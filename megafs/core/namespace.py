@@ -147,7 +147,8 @@ class Namespace:
             ino = self._child(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            mode = self.get(ino)[MODE]
+            row = self.get(ino)
+            mode, nlink = row[MODE], row[NLINK]
             if rmdir:
                 if not stat.S_ISDIR(mode):
                     raise FsError(errno.ENOTDIR)
@@ -157,7 +158,7 @@ class Namespace:
                 raise FsError(errno.EISDIR)
             self._drop_entry(parent, name, ino, mode, t)
             self._touch_dir(parent, t)
-            return ino, self.get(ino)[NLINK]
+            return ino, 0 if stat.S_ISDIR(mode) else nlink - 1
 
     def _drop_entry(self, parent: int, name: bytes, ino: int, mode: int, t: int) -> None:
         self.ex("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
