@@ -231,9 +231,17 @@ class BlockCache(CacheIndex):
         data, e.buf = e.buf, None
         self.mem_bytes -= len(data)
         try:
-            fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, data)
-            os.rename(path + ".tmp", path)
+            if e.dirty:  # as in _create: a partial dirty file is harmless, no rename needed
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    _pwrite(fd, data, 0)
+                except OSError:
+                    os.close(fd)
+                    raise
+            else:  # a clean file must never be partial
+                fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, data)
+                os.rename(path + ".tmp", path)
         except OSError as err:
             e.buf = data
             self.mem_bytes += len(data)
