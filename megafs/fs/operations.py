@@ -4,8 +4,9 @@ Kept deliberately thin: argument unpacking, attribute conversion and the
 FsError -> FUSEError translation. Every request path is a handful of Python
 calls plus one or two SQLite statements.
 
-File handles are inode numbers. Attributes and entries go out with
-``CACHE_TIMEOUT`` (this process is the only writer, so the kernel may cache them).
+File handles are inode numbers. Attributes and entries, negative ones (a missing
+name) included, go out with ``CACHE_TIMEOUT``: this process is the only writer, so
+the kernel may cache them.
 
 The root directory also answers a control channel that is never stored:
 ``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
