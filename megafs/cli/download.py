@@ -284,7 +284,11 @@ class _Writer:
         async def one(block: Block) -> None:
             async with self.limit:
                 try:
-                    blob = await self.backend.get(block.object_key)
+                    if block.stored_length is None:
+                        blob = await self.backend.get(block.object_key)
+                    else:  # version 3: the envelope's range of the object holding it
+                        blob = await self.backend.get_range(block.holder, block.offset,
+                                                            block.stored_length)
                 except NoSuchObject:
                     raise CorruptObject(f"{shown}: block {block.number} is missing from the"
                                         " store") from None

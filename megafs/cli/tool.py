@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from megafs.cli import ctrl, keys, share
-from megafs.cli.common import finish, parser, run, setup_logging
-from megafs.cli.umount import daemon_pid, megafs_mountpoint
-from megafs.errors import NotMounted
+from megafs.cli.common import (
+    add_passphrase_option,
+    finish,
+    parser,
+    read_passphrase,
+    run,
+    seconds,
+    setup_logging,
+)
+from megafs.errors import UsageError
+from megafs.fs import control
 
 #: Prose of the man page megafs(1) (see tools/manpages.py), next to the options.
 MANUAL = {
@@ -46,12 +53,9 @@ Set a new passphrase with the recovery key printed by mkfs.megafs:
 
 
 def _stat(args) -> int:
-    mnt = megafs_mountpoint(args.mountpoint)
-    pid = daemon_pid(mnt)
-    try:
-        s = json.loads(os.getxattr(mnt, "megafs.stats"))
-    except OSError as e:
-        raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})") from None
+    mnt = control.megafs_mountpoint(args.mountpoint)
+    pid = control.daemon_pid(mnt)
+    s = control.read_json(mnt, control.STATS)
 
     def size(n):
         if n is None:
@@ -72,18 +76,46 @@ def _stat(args) -> int:
         ("data in files", size(s["file_bytes"])),
         ("saved by holes", saved(s["file_bytes"], s["block_bytes"])),
         ("saved by deduplication", saved(s["block_bytes"], s["unique_bytes"])),
-        ("saved by compression", saved(s["unique_bytes"], s["stored_bytes"])
+        ("saved by compression", saved(s["unique_bytes"],
+                                       s["stored_bytes"] - s.get("dead_bytes", 0))
          + " (net of encryption and size padding)"),
+        ("packs", f"{s.get('packs', 0)}, dead space {size(s.get('dead_bytes', 0))}"
+                  f" (deleted data, counted as used until compacted), padding"
+                  f" {size(s.get('padding_bytes', 0))}"),
         ("cache", f"{size(s['cache_bytes'])} of {size(s['cache_limit'])}"),
         ("waiting for upload", size(s["dirty_bytes"])),
         ("metadata", f"{size(s['metadata_local_bytes'])} local,"
                      f" {size(s['metadata_snapshot_bytes'])} snapshot in the store"),
     ]
+    rows += _role_rows(s)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k + ':':<{width + 1}} {v}")
     _print_damaged(s)
     return 0
+
+
+def _role_rows(s: dict) -> list[tuple[str, object]]:
+    """A follower: the version it shows, how far behind it may be, the writer; a writer:
+    the followers that announced themselves."""
+    if s.get("role") == "follower":
+        behind = (f"{s['lag']:.0f} s since it last found itself current"
+                  f" (looks every {s['interval']:g} s)")
+        rows = [("role", "follower (read-only)"),
+                ("metadata version", f"{s['seq']} (the store's: {s['store_seq']})"),
+                ("lag", behind), ("writer", s["writer"] or "none (not mounted for writing)")]
+        if s.get("problem"):
+            rows.append(("not following", s["problem"]))
+        return rows
+    if s.get("role") == "writer":
+        followers = s.get("followers")
+        rows = [("role", "writer")]
+        if followers is not None:
+            rows.append(("followers", len(followers)))
+            rows += [("follower", f"{f['host']} pid {f['pid']}, at version {f['seq']}")
+                     for f in followers]
+        return rows
+    return []
 
 
 def _print_damaged(s: dict) -> None:
@@ -101,6 +133,29 @@ def _print_damaged(s: dict) -> None:
         print(f"  ... and {count - len(s['damaged'])} more (fsck.megafs lists them all)")
 
 
+def _take_over(args) -> int:
+    """On a follower: unmount it, mount the same store on the same mountpoint with the
+    same cache directory and --take-over; if that fails, mount the follower again."""
+    from megafs.cli import mount as mount_cli
+    from megafs.cli.umount import main as umount_main
+
+    mnt = control.megafs_mountpoint(args.mountpoint)
+    s = control.read_json(mnt, control.STATS)
+    if s.get("role") != "follower":
+        raise UsageError(f"{mnt} is not a follower (mounted with -o ro): it writes already")
+    os.environ["MEGAFS_PASSPHRASE"] = read_passphrase(args.passphrase_file).decode()
+    code = umount_main([mnt])
+    if code:
+        return code
+    common = ["--cache-dir", s["cache_dir"]]
+    code = mount_cli.main([*common, "--take-over", "--take-over-timeout",
+                           str(args.take_over_timeout), s["url"], mnt])
+    if code:  # nothing changes: follow again
+        mount_cli.main([*common, "-o", "ro", "--follow-interval", str(s["interval"]),
+                        s["url"], mnt])
+    return code
+
+
 def build_parser():
     p = parser("megafs", "megafs: encrypted cloud storage mounted as a folder.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -109,6 +164,17 @@ def build_parser():
                                    " and the files with byte ranges fsck.megafs found damaged.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     s.set_defaults(fn=_stat)
+    t = sub.add_parser("take-over", help="make a follower the writer (the writer hands over)",
+                       description="On a follower (mount.megafs -o ro): ask the writer to"
+                                   " hand over, and remount MOUNTPOINT as the writer with the"
+                                   " same cache directory. If the writer does not answer"
+                                   " within --take-over-timeout, the follower is mounted"
+                                   " again and nothing changes.")
+    add_passphrase_option(t)
+    t.add_argument("--take-over-timeout", type=seconds(0, allow_lo=False), default=60.0,
+                   metavar="SECONDS", help="give up after this long (default 60)")
+    t.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the follower is mounted")
+    t.set_defaults(fn=_take_over)
     ctrl.add_command(sub)
     keys.add_commands(sub)
     share.add_commands(sub)

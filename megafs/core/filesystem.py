@@ -28,6 +28,7 @@ import trio
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
+from megafs.core.compactor import Compactor
 from megafs.core.namespace import (
     ENTRY_COOKIE,
     ENTRY_NAME,
@@ -91,6 +92,7 @@ class Filesystem:
         self.bs = block_size
         self.cache = BlockCache(cache_dir, store, self.blockmap, block_size, cache_size)
         self.uploader = Uploader(self.cache, self.blockmap, store, delay=upload_delay)
+        self.compactor = Compactor(self.blockmap, store)  # run by the mount
         self.timeout = timeout  # how long a writer waits for cache room before ENOSPC
         self.quota = quota  # bytes the store may hold (after dedup and compression)
         self.stored = self.blockmap.stored_bytes()  # refreshed by refresh_usage()
@@ -103,6 +105,10 @@ class Filesystem:
         self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
         self.unstored = self.cache.unstored
         self.wal_synced_changes = -1  # total_changes() at the last WAL sync
+        self.read_failed = None  #: called when a read fails (a follower then looks for news)
+        #: While set, writes of data wait for it (the daemon uploads a complete state).
+        self.gate: trio.Event | None = None
+        self.read_only: str | None = None  #: why writes that waited at the gate fail (EROFS)
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -221,7 +227,15 @@ class Filesystem:
         self._ref(row)
 
     # -- attributes ---------------------------------------------------------
+    async def _pass_gate(self) -> None:
+        while self.gate is not None:
+            await self.gate.wait()
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
     async def setattr(self, ino: int, fields: dict) -> tuple:
+        if "size" in fields and self.gate is not None:
+            await self._pass_gate()
         t = now_ns()
         if "size" in fields:
             size = fields["size"]
@@ -286,6 +300,8 @@ class Filesystem:
         except MegafsError as err:
             log.error("read of %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
                       pos, err)
+            if self.read_failed is not None:
+                self.read_failed()
             raise FsError(errno.EIO) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -313,6 +329,8 @@ class Filesystem:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
+        if self.gate is not None:
+            await self._pass_gate()
         self._reserve_quota(len(data))
         self.inflight += len(data)
         try:
@@ -406,6 +424,9 @@ class Filesystem:
             "block_bytes": blocks["logical_bytes"],  # stored blocks as files use them
             "unique_bytes": blocks["plain_bytes"],  # after deduplication
             "stored_bytes": blocks["stored_bytes"],  # after compression, with padding
+            "packs": blocks["packs"], "dead_bytes": blocks["dead_bytes"],  # in packs
+            "padding_bytes": blocks["padding_bytes"],  # of packs (not in stored_bytes)
+            "compacted_packs": self.compactor.rewritten,  # since the mount
             "quota": self.quota, "cache_bytes": self.cache.total,
             "cache_limit": self.cache.max_bytes, "dirty_bytes": self.cache.dirty_bytes,
             "metadata_local_bytes": os.path.getsize(self.db.filename),

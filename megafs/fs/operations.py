@@ -10,7 +10,7 @@ the kernel may cache them.
 
 The root directory also answers a control channel that is never stored:
 ``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
-(see :mod:`megafs.mount`). It, and the share attribute of every file, answer only
+(its names and formats: :mod:`megafs.fs.control`; its actions: :mod:`megafs.mount`). It, and the share attribute of every file, answer only
 the mount's owner (the uid that mounted) and root: on an ``allow_other`` mount
 anyone else gets EACCES.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
 import stat
@@ -31,13 +30,14 @@ from megafs.core.filesystem import Filesystem
 from megafs.core.namespace import ENTRY_COOKIE, ENTRY_NAME, ENTRY_ROW, NAME_MAX, ROOT, FsError
 from megafs.core.schema import INO, MODE
 from megafs.errors import MegafsError
+from megafs.fs import control
 
 log = logging.getLogger(__name__)
-CTRL_PREFIX = b"megafs."
-SHARE_ATTR = b"megafs.share"  # on any file or folder: its link; set to share / revoke
-SHARES_ATTR = b"megafs.shares"  # on the root: all links (JSON)
-UNSHARE_ATTR = b"megafs.unshare"  # on the root: revoke the share with this id
-STATS_ATTR = b"megafs.stats"  # on the root: figures for `megafs stat` (JSON)
+CTRL_PREFIX = control.PREFIX
+SHARE_ATTR = control.SHARE.encode()
+SHARES_ATTR = control.SHARES.encode()
+UNSHARE_ATTR = control.UNSHARE.encode()
+STATS_ATTR = control.STATS.encode()
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
 #: Seconds the kernel may cache attributes and entries (the daemon is the only writer).
@@ -97,16 +97,19 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
 
-    def __init__(self, fs: Filesystem, control, shares=None):
+    def __init__(self, fs: Filesystem, control, shares=None, *, follower: bool = False):
         super().__init__()
         self.fs = fs
+        self.follower = follower  #: the state may change under the kernel (docs/format.md §5c)
+        if follower:  # with a writeback cache the kernel would ignore sizes changed elsewhere
+            self.enable_writeback_cache = False
         fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
         self.control = control
         self.shares = shares
         self.owner_uid = os.getuid()  # who mounted: the control channel answers them and root
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         #: Why changes are refused (the store's lock was taken over), or None.
-        self.refuse_writes: str | None = None
+        self.refuse_writes: str | None = "a read-only follower" if follower else None
 
     @staticmethod
     def set_timeouts(a: pyfuse3.EntryAttributes) -> None:
@@ -208,6 +211,8 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if self.refuse_writes and (flags & (os.O_TRUNC | os.O_ACCMODE)):
             raise FsError(errno.EROFS)
+        if self.follower:  # the kernel may still hold an entry of an inode removed since
+            self.fs.getattr(inode)  # ENOENT: never serve its cached pages
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: no separate setattr comes
             await self.fs.setattr(inode, {"size": 0})
         self.fs.open(inode)
@@ -309,7 +314,7 @@ class Operations(pyfuse3.Operations):
             await self.shares.revoke(value.decode(errors="replace"))
             return
         if inode == ROOT and name.startswith(CTRL_PREFIX):
-            await self.control.setxattr(name[len(CTRL_PREFIX):], value)
+            await self.control.setxattr(name, value)
             return
         if name.startswith(b"system."):
             raise FsError(errno.EOPNOTSUPP)
@@ -327,11 +332,11 @@ class Operations(pyfuse3.Operations):
                 raise FsError(errno.ENODATA)
             return link.encode()
         if inode == ROOT and name == STATS_ATTR:
-            return json.dumps(self.fs.stats()).encode()
+            return control.encode({**self.fs.stats(), **self.control.role()})
         if inode == ROOT and name == SHARES_ATTR and self.shares:
-            return json.dumps(self.shares.listing()).encode()
+            return control.encode(self.shares.listing())
         if inode == ROOT and name.startswith(CTRL_PREFIX):
-            return self.control.getxattr(name[len(CTRL_PREFIX):])
+            return self.control.getxattr(name)
         return self.fs.getxattr(inode, name)
 
     @_errors

@@ -7,9 +7,10 @@ and the owner's public signing key::
     megafs+s3+http://host:port/bucket/prefix/s/<32 hex>#<...>
 
 The object ``s/<id>`` is an envelope of kind 6 sealed with the share key. Its
-payload is ``0x02 || Ed25519 signature (64 bytes) || JSON manifest`` (version 2):
-the JSON lists the shared file(s) with, for every block, the object key, that
-object's own key and the SHA-256 of the stored object. The signature is made with
+payload is ``0x03 || Ed25519 signature (64 bytes) || JSON manifest`` (version 3;
+version 2 the same with 0x02): the JSON lists the shared file(s) with, for every
+block, its block id, that block's own key, the SHA-256 of its envelope and (version
+3) the object, offset and length where the envelope is stored. The signature is made with
 a key derived from the master key, so a link holder who can write to the store
 can still not change what other link holders receive. Nothing in a manifest
 leads to the master key, the metadata key or any object that is not shared.
@@ -35,7 +36,10 @@ from megafs.errors import CorruptObject, UnsupportedFormat, UsageError
 from megafs.store import envelope
 
 KIND_SHARE = envelope.KIND_SHARE
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
+#: Signed manifest versions this megafs reads: 3 names where each block is stored
+#: (an object key, offset and length: packs); 2 names one object per block.
+SIGNED_VERSIONS = (2, 3)
 KEY_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -90,10 +94,12 @@ def _signed_message(share_id: str, body: bytes) -> bytes:
 
 
 def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateKey) -> bytes:
-    """``0x02 || signature || JSON``: the payload of a version 2 manifest."""
+    """``version || signature || JSON``: the payload of a signed manifest (the JSON's
+    ``"v"`` is the version)."""
     body = json.dumps(manifest, separators=(",", ":")).encode()
     signature = signing_key.sign(_signed_message(share_id, body))
-    return bytes([MANIFEST_VERSION]) + signature + body
+    version = manifest.get("v") if isinstance(manifest, dict) else None
+    return bytes([version if version in SIGNED_VERSIONS else MANIFEST_VERSION]) + signature + body
 
 
 def seal_manifest(key: bytes, share_id: str, manifest: dict,
@@ -108,7 +114,7 @@ def open_manifest(key: bytes, share_id: str, blob: bytes,
     has a *public_key*, its signature checked (a version 1 manifest is then refused)."""
     payload = envelope.open_(key, KIND_SHARE, object_key(share_id), blob)
     version = payload[0] if payload else 0
-    if version == MANIFEST_VERSION:
+    if version in SIGNED_VERSIONS:
         if len(payload) < 1 + SIGNATURE_BYTES:
             raise CorruptObject("the share manifest is truncated")
         signature, body = payload[1:1 + SIGNATURE_BYTES], payload[1 + SIGNATURE_BYTES:]
@@ -124,7 +130,7 @@ def open_manifest(key: bytes, share_id: str, blob: bytes,
             raise CorruptObject("the share manifest is unsigned but the link is signed"
                                 " (downgraded)")
         body = payload
-    elif 2 < version < 0x20:
+    elif max(SIGNED_VERSIONS) < version < 0x20:
         raise UnsupportedFormat(f"share manifest version {version} is not supported")
     else:
         raise CorruptObject("the share manifest is damaged")
@@ -132,7 +138,7 @@ def open_manifest(key: bytes, share_id: str, blob: bytes,
         manifest = json.loads(body)
     except (ValueError, RecursionError):  # includes UnicodeDecodeError, JSONDecodeError
         raise CorruptObject("the share manifest is not valid JSON") from None
-    expected = MANIFEST_VERSION if version == MANIFEST_VERSION else 1
+    expected = version if version in SIGNED_VERSIONS else 1
     if not isinstance(manifest, dict) or manifest.get("v") != expected:
         raise CorruptObject(f"the share manifest does not say version {expected}")
     return manifest

@@ -22,6 +22,7 @@ from helpers.procs import (
     wait_pid_gone,
 )
 from helpers.stores import Store
+from megafs.fs import control
 
 TOOL_TIMEOUT = 90  # seconds for one CLI invocation
 SMALL_BLOCK = "64K"
@@ -91,7 +92,7 @@ class MegaFS:
         return proc
 
     def pid(self, mnt: Path | None = None) -> int:
-        return int(os.getxattr(mnt or self.mnt, "megafs.pid"))
+        return control.daemon_pid(str(mnt or self.mnt))
 
     def is_mounted(self, mnt: Path | None = None) -> bool:
         return str(mnt or self.mnt) in mounted_paths()
@@ -112,14 +113,19 @@ class MegaFS:
         self.umount()
         self.mount(fresh_cache=fresh_cache)
 
-    def status(self) -> dict[str, str]:
-        """The daemon's ``megafs.status`` control attribute (dirty_bytes=... ...)."""
-        text = os.getxattr(self.mnt, "megafs.status").decode()
-        return dict(item.partition("=")[::2] for item in text.split())
+    def status(self) -> dict:
+        """The daemon's ``megafs.status`` control attribute, decoded (JSON)."""
+        return control.read_status(str(self.mnt))
 
     def flush(self) -> None:
         """Ask the daemon to upload everything now (the control channel umount uses)."""
-        os.setxattr(self.mnt, "megafs.ctrl", b"flush")
+        self.flush_mount(self.mnt)
+
+    @staticmethod
+    def flush_mount(mnt: Path) -> None:
+        """Ask the daemon of *mnt* to upload everything now, or a follower to look at the
+        store's head now."""
+        control.send(str(mnt), "flush")
 
     def kill9(self, *, reap_it: bool = True) -> int:
         """SIGKILL the daemon, wait for it to die, then lazily unmount the dead mount.
@@ -222,3 +228,19 @@ def daemon_log_errors(since: dict[Path, int]) -> list[str]:
         found += [line for line in text.splitlines()
                   if _ERROR_RECORD.match(line) or BUG_LINE in line]
     return found
+
+
+
+def abort_fuse_connection(mnt: Path) -> None:
+    """Abort the kernel's FUSE connection of *mnt* (fusectl), which ends every request
+    waiting for its daemon: the way out of a deadlocked mount. Touches nothing on the
+    mount itself (the device number comes from /proc/self/mountinfo)."""
+    conns = Path("/sys/fs/fuse/connections")
+    if not os.path.ismount(conns):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conns)], check=False)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mnt):
+            abort = conns / fields[2].split(":")[1] / "abort"
+            if abort.exists():
+                abort.write_text("1")
