@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
 READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
 FAULT_TASK_ENV = "MEGAFS_FAULT_TASK"  #: names a daemon task that fails at once (tests)
+#: FUSE options of every mount (the benchmark's null filesystem mounts with them too).
+FUSE_OPTIONS = ("default_permissions",)
+MIN_TASKS, MAX_TASKS = 1, 64  #: pyfuse3.main's pool of request tasks
 LOOK_NOW_SIGNAL = signal.SIGUSR1  #: a follower looks at the store's head at once
 FLUSH_UPLOADS = 3  #: a flush uploads metadata until nothing changed, at most this often
 COMPACTION_POLL = 0.05  #: seconds between looks whether a compaction round ended
@@ -546,7 +549,7 @@ class Daemon:
     async def serve(self, stack: contextlib.AsyncExitStack, ready) -> None:
         """Mount, call ``ready()``, serve until unmounted, then flush everything."""
         cfg = self.cfg
-        options = {"fsname=" + cfg.url, "subtype=megafs", "default_permissions"}
+        options = {"fsname=" + cfg.url, "subtype=megafs", *FUSE_OPTIONS}
         options |= cfg.fuse_options
         self.ops = Operations(self.fs, Control(self), self.shares,
                               follower=self.follower is not None)
@@ -572,7 +575,7 @@ class Daemon:
             for name, fn in tasks.items():
                 nursery.start_soon(_task, name, fn, name=name)
             ready()
-            await pyfuse3.main(min_tasks=1, max_tasks=64)
+            await pyfuse3.main(min_tasks=MIN_TASKS, max_tasks=MAX_TASKS)
             self._served = True
             self._close_session()
             log.info("unmounted: uploading remaining data")

@@ -4,8 +4,9 @@ Kept deliberately thin: argument unpacking, attribute conversion and the
 FsError -> FUSEError translation. Every request path is a handful of Python
 calls plus one or two SQLite statements.
 
-File handles are inode numbers. Attributes go out with 300 s timeouts: this
-process is the only writer, so the kernel may cache them.
+File handles are inode numbers. Attributes and entries, negative ones (a missing
+name) included, go out with ``CACHE_TIMEOUT``: this process is the only writer, so
+the kernel may cache them.
 
 The root directory also answers a control channel that is never stored:
 ``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
@@ -39,6 +40,8 @@ UNSHARE_ATTR = control.UNSHARE.encode()
 STATS_ATTR = control.STATS.encode()
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
+#: Seconds the kernel may cache attributes and entries (the daemon is the only writer).
+CACHE_TIMEOUT = 300.0
 SYMLINK_MAX = 4095  # bytes in a symlink target: PATH_MAX (4096) less the terminating NUL
 
 
@@ -49,6 +52,7 @@ def _attrs(row: tuple) -> pyfuse3.EntryAttributes:
      a.st_mtime_ns, a.st_ctime_ns, a.st_rdev, a.st_blocks) = row
     a.generation = 0
     a.st_blksize = BLKSIZE
+    a.attr_timeout = a.entry_timeout = CACHE_TIMEOUT
     return a
 
 
@@ -107,13 +111,28 @@ class Operations(pyfuse3.Operations):
         #: Why changes are refused (the store's lock was taken over), or None.
         self.refuse_writes: str | None = "a read-only follower" if follower else None
 
+    @staticmethod
+    def set_timeouts(a: pyfuse3.EntryAttributes) -> None:
+        """The cache timeouts every reply of this adapter carries (for the null fs)."""
+        a.attr_timeout = a.entry_timeout = CACHE_TIMEOUT
+
     def init(self):
         # pyfuse3 calls this while answering INIT; waiters run only after the answer.
         self.initialized.set()
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        return _attrs(self.fs.lookup(parent_inode, name))
+        try:
+            return _attrs(self.fs.lookup(parent_inode, name))
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        # A negative entry: the kernel caches "no such name" as long as a name it has
+        # (every change of the namespace comes through it), sparing repeated lookups.
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = CACHE_TIMEOUT
+        return a
 
     @_errors
     async def forget(self, inode_list):
