@@ -24,16 +24,27 @@ MAX_BLOCK_SIZE = 64 << 20
 MAX_FILE_SIZE = 1 << 44  #: 16 TiB (ext4's limit); larger sizes are refused
 MAX_MTIME_NS = (1 << 63) - 1
 _OBJECT_KEY = re.compile(r"b/[0-9a-f]{32}")
+_CONTAINER_KEY = re.compile(r"[a-z]/[0-9a-f]{32}")  #: version 3: the object holding a block
+MIN_ENVELOPE = 75  #: header, inner header and tag of an empty payload
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class Block:
     number: int
-    object_key: str
-    key: bytes  #: the object's own key K_obj
+    object_key: str  #: the block's id: the object key its envelope is sealed for (AAD)
+    key: bytes  #: the block's own key K_obj
     length: int  #: plaintext bytes
-    sha256: bytes | None  #: of the stored object (None in version 1 manifests)
+    sha256: bytes | None  #: of its envelope's bytes (None in version 1 manifests)
+    #: Version 3: the object holding the envelope, at [offset, offset + size). Before
+    #: version 3 the envelope is the whole object ``object_key``.
+    container: str | None = None
+    offset: int = 0
+    size: int | None = None
+
+    @property
+    def stored_in(self) -> str:
+        return self.container or self.object_key
 
 
 @dataclass
@@ -123,7 +134,7 @@ def _path(value) -> tuple[str, ...]:
 def _blocks(raw, entry: Entry, block_size: int, version: int) -> list[Block]:
     if not isinstance(raw, list):
         raise _bad(f"{entry.display or 'the file'}: blocks is not a list")
-    width = 5 if version >= 2 else 4
+    width = {1: 4, 2: 5}.get(version, 8)
     blocks, seen = [], set()
     for item in raw:
         if not isinstance(item, list) or len(item) != width:
@@ -144,6 +155,14 @@ def _blocks(raw, entry: Entry, block_size: int, version: int) -> list[Block]:
             if not isinstance(item[4], str) or not _HEX64.fullmatch(item[4]):
                 raise _bad(f"{entry.display or 'the file'}: block {number} has a bad hash")
             sha256 = bytes.fromhex(item[4])
+        if version >= 3:
+            if not isinstance(item[5], str) or not _CONTAINER_KEY.fullmatch(item[5]):
+                raise _bad(f"{entry.display or 'the file'}: block {number} names a bad object")
+            offset = _int(item[6], "an offset", 0, MAX_FILE_SIZE)
+            size = _int(item[7], "an envelope length", MIN_ENVELOPE, 2 * MAX_BLOCK_SIZE)
+            blocks.append(Block(number, object_key, bytes.fromhex(item[2]), length, sha256,
+                                item[5], offset, size))
+            continue
         blocks.append(Block(number, object_key, bytes.fromhex(item[2]), length, sha256))
     return blocks
 

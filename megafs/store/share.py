@@ -36,6 +36,10 @@ from megafs.store import envelope
 
 KIND_SHARE = envelope.KIND_SHARE
 MANIFEST_VERSION = 2
+#: Signed manifest versions this megafs reads. Version 3 (manifests of stores with packs)
+#: has version 2's layout; its block entries also locate each block's envelope inside a
+#: larger object (docs/format.md §5b, "Block entries").
+SIGNED_VERSIONS = (2, 3)
 KEY_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -67,13 +71,41 @@ def make_link(storage_url: str, share_id: str, key: bytes, public_key: bytes | N
     return f"megafs+{storage_url.rstrip('/')}/s/{share_id}#{_b64(key + (public_key or b''))}"
 
 
-def parse_link(link: str) -> Link:
-    if not link.startswith("megafs+"):
-        raise UsageError(f"not a megafs link: {link!r} (links start with megafs+)")
-    body, _, fragment = link[len("megafs+"):].partition("#")
-    url, sep, share_id = body.rpartition("/s/")
-    if not sep or len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
-        raise UsageError(f"malformed megafs link: {link!r}")
+#: The download page's name next to a store's objects (``megafs web enable`` puts it there).
+WEB_PAGE = "megafs.html"
+_WEB_SCHEMES = {"s3": "https", "s3+http": "http"}
+
+
+def web_base(storage_url: str) -> str | None:
+    """Where a browser reads the objects of an S3 store (``https://HOST/BUCKET/PREFIX``,
+    ``http://`` for an ``s3+http`` store), or None: a local store has no such place."""
+    scheme, sep, rest = storage_url.rstrip("/").partition("://")
+    return f"{_WEB_SCHEMES[scheme]}://{rest}" if sep and scheme in _WEB_SCHEMES else None
+
+
+def web_link(storage_url: str, share_id: str, key: bytes, public_key: bytes) -> str | None:
+    """The browser link ``https://HOST/BUCKET/PREFIX/megafs.html#s=ID&k=KEY`` (None for a
+    store without one); KEY is the same 86 characters as in the megafs+ link."""
+    base = web_base(storage_url)
+    if base is None:
+        return None
+    return f"{base}/{WEB_PAGE}#s={share_id}&k={_b64(key + public_key)}"
+
+
+def _parse_web_link(link: str) -> Link:
+    body, _, fragment = link.partition("#")
+    base, sep, page = body.rpartition("/")
+    if not sep or page != WEB_PAGE or "?" in body or "://" not in base:
+        raise UsageError(f"not a megafs link: {link!r} (a browser link ends in"
+                         f" /{WEB_PAGE}#s=...&k=...)")
+    fields = dict(part.partition("=")[::2] for part in fragment.split("&") if part)
+    share_id, key = fields.get("s", ""), fields.get("k", "")
+    if len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
+        raise UsageError(f"malformed megafs link: {link!r} (the share id after #s= is damaged)")
+    return _with_key(base, share_id, key)
+
+
+def _with_key(url: str, share_id: str, fragment: str) -> Link:
     if not fragment:
         return Link(url, share_id, None, None)
     try:
@@ -85,15 +117,32 @@ def parse_link(link: str) -> Link:
     return Link(url, share_id, raw[:KEY_BYTES], raw[KEY_BYTES:] or None)
 
 
+def parse_link(link: str) -> Link:
+    """A ``megafs+STORAGE_URL/s/ID#KEY`` link, or a browser link
+    ``http(s)://HOST/BUCKET/PREFIX/megafs.html#s=ID&k=KEY`` (its url is then the
+    ``http(s)://`` place of the objects, read without credentials)."""
+    if link.startswith(("https://", "http://")):
+        return _parse_web_link(link)
+    if not link.startswith("megafs+"):
+        raise UsageError(f"not a megafs link: {link!r} (links start with megafs+, or"
+                         f" https:// for a browser link)")
+    body, _, fragment = link[len("megafs+"):].partition("#")
+    url, sep, share_id = body.rpartition("/s/")
+    if not sep or len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
+        raise UsageError(f"malformed megafs link: {link!r}")
+    return _with_key(url, share_id, fragment)
+
+
 def _signed_message(share_id: str, body: bytes) -> bytes:
     return SIGNATURE_LABEL + share_id.encode() + b"\x00" + body
 
 
-def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateKey) -> bytes:
-    """``0x02 || signature || JSON``: the payload of a version 2 manifest."""
+def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateKey,
+                     version: int = MANIFEST_VERSION) -> bytes:
+    """``version || signature || JSON``: the payload of a signed (version 2 or 3) manifest."""
     body = json.dumps(manifest, separators=(",", ":")).encode()
     signature = signing_key.sign(_signed_message(share_id, body))
-    return bytes([MANIFEST_VERSION]) + signature + body
+    return bytes([version]) + signature + body
 
 
 def seal_manifest(key: bytes, share_id: str, manifest: dict,
@@ -108,7 +157,7 @@ def open_manifest(key: bytes, share_id: str, blob: bytes,
     has a *public_key*, its signature checked (a version 1 manifest is then refused)."""
     payload = envelope.open_(key, KIND_SHARE, object_key(share_id), blob)
     version = payload[0] if payload else 0
-    if version == MANIFEST_VERSION:
+    if version in SIGNED_VERSIONS:
         if len(payload) < 1 + SIGNATURE_BYTES:
             raise CorruptObject("the share manifest is truncated")
         signature, body = payload[1:1 + SIGNATURE_BYTES], payload[1 + SIGNATURE_BYTES:]
@@ -124,7 +173,7 @@ def open_manifest(key: bytes, share_id: str, blob: bytes,
             raise CorruptObject("the share manifest is unsigned but the link is signed"
                                 " (downgraded)")
         body = payload
-    elif 2 < version < 0x20:
+    elif max(SIGNED_VERSIONS) < version < 0x20:
         raise UnsupportedFormat(f"share manifest version {version} is not supported")
     else:
         raise CorruptObject("the share manifest is damaged")
@@ -132,7 +181,7 @@ def open_manifest(key: bytes, share_id: str, blob: bytes,
         manifest = json.loads(body)
     except (ValueError, RecursionError):  # includes UnicodeDecodeError, JSONDecodeError
         raise CorruptObject("the share manifest is not valid JSON") from None
-    expected = MANIFEST_VERSION if version == MANIFEST_VERSION else 1
+    expected = version if version in SIGNED_VERSIONS else 1
     if not isinstance(manifest, dict) or manifest.get("v") != expected:
         raise CorruptObject(f"the share manifest does not say version {expected}")
     return manifest
