@@ -72,10 +72,42 @@ def _share(args) -> int:
     _mount_of(args.path)
     try:
         os.setxattr(args.path, "megafs.share", b"create")
-        print(os.getxattr(args.path, "megafs.share").decode())
+        link = os.getxattr(args.path, "megafs.share").decode()
     except OSError as e:
         raise _share_error(f"cannot share {args.path}", e) from None
+    parsed = share_format.parse_link(link)
+    web = None
+    if parsed.key is not None and parsed.public_key is not None:
+        web = share_format.web_link(parsed.url, parsed.share_id, parsed.key, parsed.public_key)
+    if web is None:
+        print(link)
+        print("megafs: a browser link needs the store on an S3 endpoint (this link is for"
+              " megafs get)", file=sys.stderr)
+        return 0
+    print(web)
+    print(link, flush=True)
+    trio.run(_check_anonymous, parsed)
     return 0
+
+
+async def _check_anonymous(link: share_format.Link) -> None:
+    """Warn (with the policy to apply) when a browser cannot read the share or the page."""
+    from megafs.backends import s3web
+    from megafs.backends.s3 import parse_location
+
+    base = share_format.web_base(link.url)
+    for key, what in ((share_format.object_key(link.share_id), "the share"),
+                      (share_format.WEB_PAGE, "the download page")):
+        status = await s3web.anonymous_status(f"{base}/{key}")
+        if status == 200:
+            continue
+        loc = parse_location(link.url)
+        shown = status if isinstance(status, str) else f"HTTP {status}"
+        print(f"megafs: the browser link does not work yet: an anonymous GET of {what} got"
+              f" {shown}. Run 'megafs web enable {link.url}', or apply this bucket policy"
+              f" and upload the page (megafs/web/megafs.html) to {base}/{share_format.WEB_PAGE}:"
+              f"\n{s3web.policy_text(loc.bucket, loc.prefix)}", file=sys.stderr)
+        return
 
 
 def _share_error(what: str, e: OSError) -> MegafsError:

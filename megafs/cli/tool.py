@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from megafs.cli import ctrl, keys, share
+from megafs.cli import ctrl, keys, share, web
 from megafs.cli.common import finish, parser, run, setup_logging
 from megafs.cli.umount import daemon_pid, megafs_mountpoint
 from megafs.errors import NotMounted
@@ -112,6 +112,7 @@ def build_parser():
     ctrl.add_command(sub)
     keys.add_commands(sub)
     share.add_commands(sub)
+    web.add_commands(sub)
     return finish(p)
 
 
