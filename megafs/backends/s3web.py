@@ -53,7 +53,7 @@ def merged(current: dict | None, bucket: str, prefix: str) -> dict:
 async def get_policy(backend: S3Backend) -> dict | None:
     status, _, body = await backend._send("GET", backend._bucket_path, "GET bucket policy",
                                           query={"policy": ""})
-    if status == 404 and b"NoSuchBucket" not in body:
+    if status == 404 and b"<Code>NoSuchBucket</Code>" not in body:
         return None  # NoSuchBucketPolicy
     if status != 200:
         raise backend._error(status, body, "GET bucket policy")

@@ -146,9 +146,9 @@ def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateK
 
 
 def seal_manifest(key: bytes, share_id: str, manifest: dict,
-                  signing_key: Ed25519PrivateKey) -> bytes:
+                  signing_key: Ed25519PrivateKey, version: int = MANIFEST_VERSION) -> bytes:
     return envelope.seal(key, KIND_SHARE, object_key(share_id),
-                         manifest_payload(share_id, manifest, signing_key))
+                         manifest_payload(share_id, manifest, signing_key, version))
 
 
 def open_manifest(key: bytes, share_id: str, blob: bytes,

@@ -189,8 +189,10 @@
         throw bad(e.path + " is not where it belongs");
       seen.add(e.path);
       if (e.type === "dir") dirs.add(e.path);
-      var out = { path: e.path, type: e.type, mtime: int(e.mtime_ns, "a time", -Math.pow(2, 63), Math.pow(2, 63)) / 1e6,
-                  size: 0, blocks: [] };
+      // nanoseconds lose precision as JavaScript numbers: only milliseconds are used
+      if (typeof e.mtime_ns !== "number" || !Number.isInteger(e.mtime_ns) || Math.abs(e.mtime_ns) > Math.pow(2, 63))
+        throw bad("a time is out of range");
+      var out = { path: e.path, type: e.type, mtime: e.mtime_ns / 1e6, size: 0, blocks: [] };
       int(e.mode, "a mode", 0, 4095);
       if (e.type === "file") {
         out.size = int(e.size, "a size", 0, MAX_SIZE);
@@ -210,7 +212,7 @@
           if (version >= 3) {
             if (typeof b[5] !== "string" || !/^[a-z]\/[0-9a-f]{32}$/.test(b[5])) throw bad("block " + n + " names a bad object");
             block.object = b[5];
-            block.range = [int(b[6], "an offset", 0, MAX_SIZE), int(b[7], "an envelope length", 75, MAX_BS + 4096)];
+            block.range = [int(b[6], "an offset", 0, MAX_SIZE), int(b[7], "an envelope length", 75, 2 * MAX_BS)];
           }
           out.blocks.push(block);
         });

@@ -1,0 +1,275 @@
+"""Browser links (docs/format.md §5b): the download page in headless Chromium against
+SeaweedFS with anonymous read set by ``megafs web enable``, and ``megafs get`` of the same
+links without credentials. One filesystem for the module (bucket ``megafs-web``, a prefix
+of its own), shared files made once; every test opens the page in a fresh document."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import uuid
+import zipfile
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import MegaFS, S3Store, assert_cli_error, tool_env
+from helpers.browser import Browser, chromium_missing, wait_download
+
+from megafs.errors import ExitCode
+from megafs.store import envelope
+from megafs.store import share as share_format
+
+pytestmark = pytest.mark.s3
+
+WEB_BUCKET = "megafs-web"
+BIG = 5 << 20
+
+
+@dataclasses.dataclass
+class Site:
+    fs: MegaFS
+    store: S3Store
+    links: dict[str, tuple[str, str]]  #: name -> (browser link, megafs+ link)
+    before_enable: object  #: the `megafs share` run before `megafs web enable`
+
+
+def _share(fs, path):
+    return fs.run("megafs", "share", path)
+
+
+def _links(run) -> tuple[str, str]:
+    web, plus = run.stdout.split()
+    return web, plus
+
+
+def _repack_as_v3(store: S3Store, plus_link: str) -> str:
+    """A version 3 manifest (issue 15's contract) of the file *plus_link* shares: its
+    blocks' envelopes copied into one larger object between junk bytes, read by range.
+    Signed with a key of its own: returns the browser link of the new share."""
+    link = share_format.parse_link(plus_link)
+    raw = share_format.open_manifest(link.key, link.share_id,
+                                     store.read(share_format.object_key(link.share_id)),
+                                     link.public_key)
+    pack_key = f"b/{uuid.uuid4().hex}"
+    pack = bytearray(os.urandom(1000))
+    for entry in raw["entries"]:
+        blocks = []
+        for number, key, k_obj, length, _sha in entry.get("blocks", []):
+            env = store.read(key)
+            blocks.append([number, key, k_obj, length, hashlib.sha256(env).hexdigest(),
+                           pack_key, len(pack), len(env)])
+            pack += env + os.urandom(333)
+        entry["blocks"] = blocks
+    store.write(pack_key, bytes(pack))
+    raw["v"] = 3
+    share_id, key = share_format.new_share()
+    signer = Ed25519PrivateKey.generate()
+    store.write(share_format.object_key(share_id),
+                share_format.seal_manifest(key, share_id, raw, signer, version=3))
+    public = signer.public_key().public_bytes_raw()
+    return share_format.web_link(store.url, share_id, key, public)
+
+
+@pytest.fixture(scope="module")
+def site(seaweed, tmp_path_factory):
+    server = dataclasses.replace(seaweed, bucket=WEB_BUCKET)
+    server.request("PUT", f"/{WEB_BUCKET}")  # 200, or 409 when it exists
+    tmp = tmp_path_factory.mktemp("web")
+    store = S3Store(server, f"w-{uuid.uuid4().hex[:12]}")
+    fs = MegaFS(store, tmp)
+    try:
+        fs.mkfs()
+        fs.mount()
+        big = os.urandom(BIG - (1 << 20)) + (b"compressible megafs text " * 41944)[:1 << 20]
+        assert len(big) == BIG
+        (fs.mnt / "big.bin").write_bytes(big)
+        (fs.mnt / "photos" / "sub").mkdir(parents=True)
+        (fs.mnt / "photos" / "cat.jpg").write_bytes(os.urandom(300_000))
+        (fs.mnt / "photos" / "sub" / "note.txt").write_text("a note\n" * 1000)
+        (fs.mnt / "photos" / "empty.txt").write_bytes(b"")
+        for name in ("tamper.bin", "revoked.bin"):
+            (fs.mnt / name).write_bytes(os.urandom(200_000))
+        fs.flush()
+        before = _share(fs, fs.mnt / "big.bin")
+        fs.run("megafs", "web", "enable", store.url)
+        links = {name: _links(_share(fs, fs.mnt / name))
+                 for name in ("big.bin", "photos", "tamper.bin", "revoked.bin")}
+        # tamper.bin: one block object changed in place (a byte of its ciphertext)
+        link = share_format.parse_link(links["tamper.bin"][1])
+        raw = share_format.open_manifest(link.key, link.share_id,
+                                         store.read(f"s/{link.share_id}"), link.public_key)
+        victim = raw["entries"][0]["blocks"][1][1]
+        data = bytearray(store.read(victim))
+        data[envelope.HEADER.size + 5] ^= 1
+        store.write(victim, bytes(data))
+        fs.run("megafs", "unshare", fs.mnt / "revoked.bin")
+        links["v3"] = (_repack_as_v3(store, links["big.bin"][1]), "")
+        yield Site(fs, store, links, before)
+    finally:
+        fs.cleanup()
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = chromium_missing()
+    if why:
+        pytest.fail(why)
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _wrong_key(link: str) -> str:
+    parsed = share_format.parse_link(link)
+    return share_format.web_link(_storage(link), parsed.share_id, os.urandom(32),
+                                 parsed.public_key)
+
+
+def _forged(link: str) -> str:
+    parsed = share_format.parse_link(link)
+    other = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    return share_format.web_link(_storage(link), parsed.share_id, parsed.key, other)
+
+
+def _storage(web_link: str) -> str:
+    """The s3+http:// URL of a browser link's store."""
+    base = share_format.parse_link(web_link).url
+    return "s3+http://" + base.removeprefix("http://")
+
+
+# -- megafs share / web enable -------------------------------------------------------
+
+def test_share_prints_both_links_and_the_policy_until_enabled(site):
+    before = site.before_enable
+    web, plus = _links(before)
+    store_url = site.store.url
+    assert web.startswith(share_format.web_base(store_url) + "/megafs.html#s=")
+    assert plus.startswith(f"megafs+{store_url}/s/")
+    assert web.split("#s=")[1][:32] == plus.split("/s/")[1][:32]
+    assert web.split("&k=")[1] == plus.split("#")[1]
+    assert "the browser link does not work yet" in before.stderr
+    assert '"s3:GetObject"' in before.stderr and "ListBucket" not in before.stderr
+    after = _share(site.fs, site.fs.mnt / "big.bin")
+    assert _links(after) == (web, plus) and after.stderr == ""
+
+
+def test_anonymous_read_covers_links_only(site):
+    import httpx
+
+    base = share_format.web_base(site.store.url)
+    web = site.links["big.bin"][0]
+    share_id = share_format.parse_link(web).share_id
+    with httpx.Client() as client:
+        assert client.get(f"{base}/s/{share_id}").status_code == 200
+        page = client.get(f"{base}/megafs.html")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for private in ("superblock", "head"):
+            assert client.get(f"{base}/{private}").status_code == 403, private
+        listing = client.get(f"{share_format.web_base(site.store.url).rsplit('/', 1)[0]}"
+                             f"?list-type=2")
+        assert listing.status_code == 403
+
+
+def test_get_of_a_browser_link_needs_no_credentials(site, tmp_path):
+    env = tool_env()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(name)
+    env["HOME"] = str(tmp_path)  # no authinfo file either
+    web = site.links["big.bin"][0]
+    site.fs.run("megafs", "get", web, tmp_path / "big.bin", env=env)
+    assert (tmp_path / "big.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+    site.fs.run("megafs", "get", site.links["photos"][0], tmp_path / "p", env=env)
+    assert (tmp_path / "p" / "sub" / "note.txt").read_text() == "a note\n" * 1000
+    site.fs.run("megafs", "get", site.links["v3"][0], tmp_path / "v3.bin", env=env)
+    assert (tmp_path / "v3.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+
+
+@pytest.mark.parametrize(("name", "code", "message"), [
+    pytest.param("revoked.bin", ExitCode.SHARE_NOT_FOUND, "revoked", id="revoked"),
+    pytest.param("tamper.bin", ExitCode.CORRUPT, "tampered", id="tampered-block"),
+])
+def test_get_of_a_browser_link_refuses(site, tmp_path, name, code, message):
+    r = site.fs.run("megafs", "get", site.links[name][0], tmp_path / "out", check=False)
+    assert message in assert_cli_error(r, "megafs", code)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the page in a browser -----------------------------------------------------------
+
+def test_page_downloads_a_5_mib_file(site, browser, tmp_path):
+    browser.open(site.links["big.bin"][0], tmp_path)
+    assert browser.wait_status() == "ready"
+    browser.click("download")
+    assert browser.wait_status() == "done"
+    got = wait_download(tmp_path, "big.bin")
+    assert got.read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+
+
+def test_page_reads_version_3_block_ranges(site, browser, tmp_path):
+    browser.open(site.links["v3"][0], tmp_path)
+    assert browser.wait_status() == "ready"
+    browser.click("download")
+    assert browser.wait_status() == "done"
+    assert wait_download(tmp_path, "big.bin").read_bytes() == \
+        (site.fs.mnt / "big.bin").read_bytes()
+
+
+def test_page_downloads_a_folder_as_zip_and_file_by_file(site, browser, tmp_path):
+    browser.open(site.links["photos"][0], tmp_path)
+    assert browser.wait_status() == "ready"
+    browser.click("download")
+    assert browser.wait_status() == "done"
+    with zipfile.ZipFile(io.BytesIO(wait_download(tmp_path, "photos.zip").read_bytes())) as z:
+        assert z.testzip() is None
+        files = {i.filename: z.read(i) for i in z.infolist() if not i.is_dir()}
+    src = site.fs.mnt / "photos"
+    assert files == {"photos/cat.jpg": (src / "cat.jpg").read_bytes(),
+                     "photos/empty.txt": b"",
+                     "photos/sub/note.txt": (src / "sub" / "note.txt").read_bytes()}
+    from selenium.webdriver.common.by import By
+
+    button = browser.driver.find_element(By.CSS_SELECTOR, "button[aria-label='Download cat.jpg']")
+    button.click()
+    assert browser.wait_status() == "done"
+    assert wait_download(tmp_path, "cat.jpg").read_bytes() == (src / "cat.jpg").read_bytes()
+
+
+def _unreachable(browser):
+    browser.block(["*/s/*"])
+
+
+ATTACKS = [
+    pytest.param("tamper.bin", None, None, True, "tampered: tamper.bin: block 1 is not what"
+                 " the owner shared", id="tampered-block-saves-nothing"),
+    pytest.param("revoked.bin", None, None, False, "revoked: this link was revoked",
+                 id="revoked-link"),
+    pytest.param("big.bin", _wrong_key, None, False, "wrong key:", id="wrong-key"),
+    pytest.param("big.bin", _forged, None, False, "tampered: the share manifest is not signed"
+                 " by the link's owner (forged)", id="forged-signature"),
+    pytest.param("big.bin", None, _unreachable, False, "unreachable: the store cannot be"
+                 " reached", id="unreachable-store"),
+]
+
+
+@pytest.mark.parametrize(("name", "change_link", "before", "click", "expected"), ATTACKS)
+def test_page_refuses(site, browser, tmp_path, name, change_link, before, click, expected):
+    link = site.links[name][0]
+    if change_link:
+        link = change_link(link)
+    try:
+        if before:
+            before(browser)
+        browser.open(link, tmp_path)
+        if click:
+            assert browser.wait_status() == "ready"
+            browser.click("download")
+        assert browser.wait_status().startswith(expected)
+        assert not browser.driver.find_element("id", "download").is_displayed() or click
+    finally:
+        browser.block([])
+    assert list(tmp_path.iterdir()) == []
