@@ -202,12 +202,22 @@ def test_get_of_a_browser_link_refuses(site, tmp_path, name, code, message):
 # -- the page in a browser -----------------------------------------------------------
 
 def test_page_downloads_a_5_mib_file(site, browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
     browser.open(site.links["big.bin"][0], tmp_path)
     assert browser.wait_status() == "ready"
-    browser.click("download")
+    focused = browser.driver.switch_to.active_element  # the keyboard is enough
+    assert focused.get_attribute("id") == "download"
+    focused.send_keys(Keys.ENTER)
     assert browser.wait_status() == "done"
     got = wait_download(tmp_path, "big.bin")
     assert got.read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+    assert browser.driver.find_element("id", "progress-text").text == "5.0 MiB of 5.0 MiB"
+    # Every request went to the page's own origin (the store), none elsewhere.
+    origins = browser.driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)"
+        ".concat([location.origin])")
+    assert len(origins) > 80 and set(origins) == {origins[-1]}
 
 
 def test_page_reads_version_3_block_ranges(site, browser, tmp_path):
@@ -273,3 +283,86 @@ def test_page_refuses(site, browser, tmp_path, name, change_link, before, click,
     finally:
         browser.block([])
     assert list(tmp_path.iterdir()) == []
+
+
+# -- command-line refusals and hostile input -------------------------------------------
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_share_on_a_local_store_says_browser_links_need_s3(mounted):
+    (mounted.mnt / "f").write_text("x")
+    mounted.flush()
+    r = _share(mounted, mounted.mnt / "f")
+    assert r.stdout.count("\n") == 1 and r.stdout.startswith(f"megafs+{mounted.url}/s/")
+    assert r.stderr == ("megafs: a browser link needs the store on an S3 endpoint (this link"
+                        " is for megafs get)\n")
+
+
+def _reader_env():
+    import seaweed
+
+    return tool_env(AWS_ACCESS_KEY_ID=seaweed.READONLY.access_key,
+                    AWS_SECRET_ACCESS_KEY=seaweed.READONLY.secret_key)
+
+
+@pytest.mark.parametrize(("url", "env", "code", "message"), [
+    pytest.param(lambda site, tmp: f"local://{tmp}", tool_env, ExitCode.USAGE,
+                 "browser links need the store on an S3 endpoint", id="local-store"),
+    pytest.param(lambda site, tmp: site.store.url, _reader_env, ExitCode.BAD_CREDENTIALS,
+                 "cannot set the bucket policy", id="credentials-without-policy-rights"),
+    pytest.param(lambda site, tmp: "s3+http://127.0.0.1:9/megafs-web/x", tool_env,
+                 ExitCode.BACKEND_UNAVAILABLE, "cannot reach", id="unreachable-endpoint"),
+])
+def test_web_enable_refuses(site, tmp_path, url, env, code, message):
+    r = site.fs.run("megafs", "web", "enable", url(site, tmp_path), env=env(), check=False)
+    assert message in assert_cli_error(r, "megafs", code)
+    if code == ExitCode.BAD_CREDENTIALS:  # the policy to apply by hand, on stdout
+        assert '"Action": "s3:GetObject"' in r.stdout and f"{site.store.prefix}/s/*" in r.stdout
+
+
+@pytest.mark.parametrize("link", [
+    pytest.param("https://h/b/p/index.html#s=" + "0" * 32 + "&k=" + "A" * 86, id="not-the-page"),
+    pytest.param("https://h/b/p/megafs.html#s=0123&k=" + "A" * 86, id="short-share-id"),
+    pytest.param("https://h/b/p/megafs.html#s=" + "0" * 32 + "&k=AAAA", id="short-key"),
+    pytest.param("https://h/b/p/megafs.html?x=1#s=" + "0" * 32 + "&k=" + "A" * 86,
+                 id="query"),
+])
+def test_malformed_browser_links_are_usage_errors(site, tmp_path, link):
+    r = site.fs.run("megafs", "get", link, tmp_path / "out", check=False)
+    assert_cli_error(r, "megafs", ExitCode.USAGE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _v3_entry(**change):
+    block = [0, "b/" + "1" * 32, "2" * 64, 10, "3" * 64, "p/" + "4" * 32, 100, 200]
+    for index, value in change.items():
+        block[int(index[1:])] = value
+    return {"v": 3, "kind": "file", "name": "f", "block_size": 65536,
+            "entries": [{"path": "", "type": "file", "mode": 420, "mtime_ns": 0, "size": 10,
+                         "blocks": [block]}]}
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(_v3_entry(i5="../" + "4" * 32), id="container-outside-the-store"),
+    pytest.param(_v3_entry(i5=None), id="container-missing"),
+    pytest.param(_v3_entry(i6=-1), id="negative-offset"),
+    pytest.param(_v3_entry(i7=10), id="envelope-shorter-than-any"),
+    pytest.param(_v3_entry(i7=1 << 30), id="envelope-too-long"),
+    pytest.param({**_v3_entry(), "entries": [{**_v3_entry()["entries"][0],
+                                              "blocks": [[0, "b/" + "1" * 32, "2" * 64, 10,
+                                                          "3" * 64]]}]},
+                 id="version-2-entry-in-version-3"),
+])
+def test_version_3_block_entries_are_checked(raw):
+    from megafs.errors import CorruptObject
+    from megafs.store import manifest as manifest_format
+
+    with pytest.raises(CorruptObject, match="malformed"):
+        manifest_format.parse(raw)
+
+
+def test_version_3_block_entry_is_read():
+    from megafs.store import manifest as manifest_format
+
+    block = manifest_format.parse(_v3_entry()).entries[0].blocks[0]
+    assert (block.object_key, block.stored_in, block.offset, block.size) == \
+        ("b/" + "1" * 32, "p/" + "4" * 32, 100, 200)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
-from megafs.backends import parse_url
+from megafs.backends import TransientError, parse_url
 from megafs.errors import BackendUnavailable, BadCredentials, UsageError
 from megafs.store import share as share_format
 
@@ -42,24 +40,29 @@ async def _enable_async(url: str) -> int:
 
     backend = S3Backend.from_url(url)
     loc = backend.location
+    refused = []
     try:
         await backend.check()
-        key = PAGE_NAME
-        await s3web.put_page(backend, key, page())
+        try:
+            await s3web.put_page(backend, PAGE_NAME, page())
+        except (BadCredentials, BackendUnavailable, TransientError) as e:
+            refused.append(f"cannot upload the page ({e})")
         try:
             policy = s3web.merged(await s3web.get_policy(backend), loc.bucket, loc.prefix)
             await s3web.put_policy(backend, policy)
-        except (BadCredentials, BackendUnavailable) as e:
+        except (BadCredentials, BackendUnavailable, TransientError) as e:
             print(s3web.policy_text(loc.bucket, loc.prefix))
-            raise BadCredentials(f"cannot set the bucket policy ({e}): apply the policy above"
-                                 " to the bucket by hand (merge it into an existing one)"
-                                 ) from None
+            refused.append(f"cannot set the bucket policy ({e}): apply the policy above to"
+                           " the bucket (merged into any policy it has)")
     finally:
         await backend.aclose()
+    if refused:
+        raise BadCredentials("; ".join(refused) + f"; the page is megafs/web/{PAGE_NAME} in"
+                             " the megafs package")
     page_url = f"{share_format.web_base(url)}/{PAGE_NAME}"
     status = await s3web.anonymous_status(page_url)
     if status != 200:
         raise BackendUnavailable(f"the policy is set but an anonymous GET of {page_url} gets"
                                  f" {status if isinstance(status, str) else f'HTTP {status}'}")
-    print(f"browsers can open links of {url} (the page is {page_url})", file=sys.stderr)
+    print(f"browsers can open links of {url} (the page is {page_url})")
     return 0
