@@ -24,6 +24,7 @@ declare -gA _megafs_opts=(
     [megafs/unshare]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/get]='-h: --help: --force: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/web/enable]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
+    [megafs/web/serve]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/web]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
 )
@@ -46,6 +47,7 @@ declare -gA _megafs_pos=(
     [megafs/unshare]='file'
     [megafs/get]='none file'
     [megafs/web/enable]='url'
+    [megafs/web/serve]='none url'
     [megafs/web]='sub'
     [megafs]='sub'
 )
@@ -68,7 +70,8 @@ declare -gA _megafs_subs=(
     [megafs/unshare]=''
     [megafs/get]=''
     [megafs/web/enable]=''
-    [megafs/web]='enable'
+    [megafs/web/serve]=''
+    [megafs/web]='enable serve'
     [megafs]='stat ctrl passphrase quota recover share shares unshare get web'
 )
 

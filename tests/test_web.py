@@ -294,7 +294,7 @@ def test_share_on_a_local_store_says_browser_links_need_s3(mounted):
     r = _share(mounted, mounted.mnt / "f")
     assert r.stdout.count("\n") == 1 and r.stdout.startswith(f"megafs+{mounted.url}/s/")
     assert r.stderr == ("megafs: a browser link needs the store on an S3 endpoint (this link"
-                        " is for megafs get)\n")
+                        " is for megafs get; on this machine 'megafs web serve' serves it)\n")
 
 
 def _reader_env():
@@ -366,3 +366,48 @@ def test_version_3_block_entry_is_read():
     block = manifest_format.parse(_v3_entry()).entries[0].blocks[0]
     assert (block.object_key, block.stored_in, block.offset, block.size) == \
         ("b/" + "1" * 32, "p/" + "4" * 32, 100, 200)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_web_serve_a_local_store_read_only(mounted, browser, tmp_path):
+    import socket
+    import subprocess
+
+    import httpx
+    from helpers import BIN
+
+    data = os.urandom(300_000)
+    (mounted.mnt / "local.bin").write_bytes(data)
+    mounted.flush()
+    link = share_format.parse_link(_share(mounted, mounted.mnt / "local.bin").stdout.strip())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([BIN / "megafs", "web", "serve", f"127.0.0.1:{port}", mounted.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mounted.env, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().startswith("serving the links of")  # once listening
+        base = f"http://127.0.0.1:{port}"
+        web = share_format.web_link("s3+http://x", link.share_id, link.key, link.public_key)
+        web = base + "/megafs.html#" + web.split("#", 1)[1]
+        with httpx.Client() as client:
+            assert client.get(f"{base}/s/{link.share_id}").status_code == 200
+            ranged = client.get(f"{base}/s/{link.share_id}", headers={"Range": "bytes=4-5"})
+            assert ranged.status_code == 206 and ranged.content == bytes([1, 6])
+            for path in ("/superblock", "/head", "/lock", "/s/../superblock", "/"):
+                assert client.get(base + path).status_code == 404, path
+            assert client.put(f"{base}/s/{link.share_id}", content=b"x").status_code == 501
+        browser.open(web, tmp_path / "downloads")
+        assert browser.wait_status() == "ready"
+        browser.click("download")
+        assert browser.wait_status() == "done"
+        assert wait_download(tmp_path / "downloads", "local.bin").read_bytes() == data
+        mounted.run("megafs", "get", web, tmp_path / "got.bin")
+        assert (tmp_path / "got.bin").read_bytes() == data
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0

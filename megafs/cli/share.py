@@ -82,7 +82,7 @@ def _share(args) -> int:
     if web is None:
         print(link)
         print("megafs: a browser link needs the store on an S3 endpoint (this link is for"
-              " megafs get)", file=sys.stderr)
+              " megafs get; on this machine 'megafs web serve' serves it)", file=sys.stderr)
         return 0
     print(web)
     print(link, flush=True)

@@ -24,6 +24,24 @@ def add_commands(sub) -> None:
                                    " apply.")
     e.add_argument("url", metavar="STORAGE_URL", help="s3://HOST[:PORT]/BUCKET[/PREFIX]")
     e.set_defaults(fn=_enable)
+    v = web.add_parser("serve", help="serve a local store's links and the page read-only over"
+                                     " HTTP",
+                       description="Serve the download page, share manifests and blocks of"
+                                   " the local store STORAGE_URL (nothing else) read-only over"
+                                   " HTTP on ADDRESS until interrupted. Browsers run the page"
+                                   " only from a secure context: http:// works on this"
+                                   " machine (127.0.0.1), other machines need an https proxy"
+                                   " in front.")
+    v.add_argument("address", metavar="ADDRESS", help="HOST:PORT to listen on, e.g."
+                                                      " 127.0.0.1:8080")
+    v.add_argument("url", metavar="STORAGE_URL", help="local:///absolute/path")
+    v.set_defaults(fn=_serve)
+
+
+def _serve(args) -> int:
+    from megafs.cli.webserve import serve
+
+    return serve(args.address, args.url)
 
 
 def _enable(args) -> int:
