@@ -13,7 +13,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("web", help="let browsers open the links of an S3 store",
                        description="Browser links (https://.../megafs.html#...) of an S3"
                                    " store.")
-    web = p.add_subparsers(dest="web_command", required=True, metavar="COMMAND")
+    web = p.add_subparsers(dest="web_command", required=True, metavar="COMMAND",
+                           help="enable (S3 stores) or serve (local stores)")
     e = web.add_parser("enable", help="allow anonymous reads of shared objects and upload"
                                       " the download page",
                        description="Set the bucket policy that lets anyone GET the objects"
