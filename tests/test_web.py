@@ -189,12 +189,40 @@ def test_get_of_a_browser_link_needs_no_credentials(site, tmp_path):
     assert (tmp_path / "v3.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
 
 
-@pytest.mark.parametrize(("name", "code", "message"), [
-    pytest.param("revoked.bin", ExitCode.SHARE_NOT_FOUND, "revoked", id="revoked"),
-    pytest.param("tamper.bin", ExitCode.CORRUPT, "tampered", id="tampered-block"),
+def _https(site, link):
+    """*link* through the gateway's TLS port (its certificate is signed by the test CA)."""
+    return link.replace(f"http://127.0.0.1:{site.store.server.s3_port}/",
+                        f"https://127.0.0.1:{site.store.server.https_port}/")
+
+
+def test_get_of_an_https_browser_link(site, tmp_path):
+    env = tool_env(AWS_CA_BUNDLE=site.store.server.ca_file)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(name)
+    web = _https(site, site.links["big.bin"][0])
+    assert web.startswith("https://")
+    site.fs.run("megafs", "get", web, tmp_path / "big.bin", env=env)
+    assert (tmp_path / "big.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+
+
+@pytest.mark.parametrize(("link", "code", "message"), [
+    pytest.param(lambda site: site.links["revoked.bin"][0], ExitCode.SHARE_NOT_FOUND,
+                 "revoked", id="revoked"),
+    pytest.param(lambda site: site.links["tamper.bin"][0], ExitCode.CORRUPT, "tampered",
+                 id="tampered-block"),
+    pytest.param(lambda site: _wrong_key(site.links["big.bin"][0]), ExitCode.CORRUPT,
+                 "key commitment", id="wrong-key"),
+    pytest.param(lambda site: _forged(site.links["big.bin"][0]), ExitCode.CORRUPT, "forged",
+                 id="forged-signature"),
+    pytest.param(lambda site: site.links["big.bin"][0].replace(
+        f":{site.store.server.s3_port}/", ":9/"), ExitCode.BACKEND_UNAVAILABLE,
+        "cannot reach http://127.0.0.1:9/", id="unreachable-store"),
+    pytest.param(lambda site: site.links["big.bin"][0].replace(site.store.prefix, "nothing"),
+                 ExitCode.SHARE_NOT_FOUND, "does not allow anonymous reading",
+                 id="no-anonymous-read"),
 ])
-def test_get_of_a_browser_link_refuses(site, tmp_path, name, code, message):
-    r = site.fs.run("megafs", "get", site.links[name][0], tmp_path / "out", check=False)
+def test_get_of_a_browser_link_refuses(site, tmp_path, link, code, message):
+    r = site.fs.run("megafs", "get", link(site), tmp_path / "out", check=False)
     assert message in assert_cli_error(r, "megafs", code)
     assert list(tmp_path.iterdir()) == []
 

@@ -11,13 +11,28 @@ which.
 
 from __future__ import annotations
 
+import os
+import ssl
+
 import httpx
 import trio
 
 from megafs.backends.base import Backend, NoSuchObject
-from megafs.errors import BackendUnavailable
+from megafs.errors import BackendUnavailable, UsageError
 
 ATTEMPTS = 4  #: tries of a request that got no answer or a 5xx
+
+
+def tls_verify() -> ssl.SSLContext | bool:
+    """The certificates to trust: the system's, or ``AWS_CA_BUNDLE``'s as for S3 stores."""
+    bundle = os.environ.get("AWS_CA_BUNDLE")
+    if not bundle:
+        return True
+    try:
+        return ssl.create_default_context(cafile=bundle)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"cannot use CA bundle {bundle} (AWS_CA_BUNDLE):"
+                         f" {getattr(e, 'strerror', None) or e}") from None
 
 
 class Forbidden(NoSuchObject):
@@ -32,6 +47,7 @@ class AnonymousBackend(Backend):
         self.base = base_url.rstrip("/")
         self.description = self.base
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                         verify=tls_verify(),
                                          headers={"accept-encoding": "identity"})
 
     async def _get(self, key: str, headers: dict[str, str], method: str = "GET"):
@@ -43,7 +59,7 @@ class AnonymousBackend(Backend):
             except httpx.HTTPError as e:
                 reason = str(e) or type(e).__name__
                 if attempt == ATTEMPTS - 1:
-                    raise BackendUnavailable(f"{url}: {method}: {reason}") from None
+                    raise BackendUnavailable(f"cannot reach {url}: {reason}") from None
             else:
                 if response.status_code == 404:
                     raise NoSuchObject(key)

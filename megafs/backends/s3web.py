@@ -15,6 +15,7 @@ import json
 
 import httpx
 
+from megafs.backends.anon import tls_verify
 from megafs.backends.s3 import S3Backend
 from megafs.errors import BackendUnavailable
 
@@ -85,7 +86,8 @@ async def put_page(backend: S3Backend, key: str, page: bytes) -> None:
 async def anonymous_status(url: str) -> int | str:
     """The HTTP status of an unauthenticated GET of *url*, or why there was none."""
     try:
-        async with httpx.AsyncClient(timeout=15, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=15, follow_redirects=False,
+                                     verify=tls_verify()) as client:
             async with client.stream("GET", url) as response:
                 return response.status_code
     except httpx.HTTPError as e:
