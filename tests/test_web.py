@@ -277,6 +277,23 @@ def test_page_downloads_a_folder_as_zip_and_file_by_file(site, browser, tmp_path
     assert wait_download(tmp_path, "cat.jpg").read_bytes() == (src / "cat.jpg").read_bytes()
 
 
+def test_page_fits_a_phone_screen(site, browser, tmp_path):
+    browser.driver.set_window_size(360, 640)
+    try:
+        browser.open(site.links["photos"][0], tmp_path)
+        assert browser.wait_status() == "ready"
+        overflow = browser.driver.execute_script(
+            "return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0
+        labels = browser.driver.execute_script(
+            "return [...document.querySelectorAll('#files button')]"
+            ".map(b => b.getAttribute('aria-label'))")
+        assert sorted(labels) == ["Download cat.jpg", "Download empty.txt",
+                                  "Download sub/note.txt"]
+    finally:
+        browser.driver.set_window_size(1024, 768)
+
+
 def _unreachable(browser):
     browser.block(["*/s/*"])
 
