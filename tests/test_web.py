@@ -104,7 +104,7 @@ def site(seaweed, tmp_path_factory):
         data = bytearray(store.read(victim))
         data[envelope.HEADER.size + 5] ^= 1
         store.write(victim, bytes(data))
-        fs.run("megafs", "unshare", fs.mnt / "revoked.bin")
+        fs.run("megafs", "unshare", links["revoked.bin"][0])  # the browser link revokes too
         links["v3"] = (_repack_as_v3(store, links["big.bin"][1]), "")
         yield Site(fs, store, links, before)
     finally:

@@ -40,7 +40,8 @@ def add_commands(sub) -> None:
                        description="Revoke a share link, given as the link or as the shared"
                                    " path: downloads of it started afterwards fail.")
     p.add_argument("target", metavar="LINK_OR_PATH",
-                   help="the link (megafs+...), or the shared file or folder in a mount")
+                   help="the link (megafs+... or https://...), or the shared file or folder"
+                        " in a mount")
     p.set_defaults(fn=_unshare)
     p = sub.add_parser("get", help="download what a link shares (no passphrase needed)",
                        description="Download, decrypt and verify the file or folder a link"
@@ -138,10 +139,10 @@ def _shares(args) -> int:
 
 
 def _unshare(args) -> int:
-    if args.target.startswith("megafs+"):
+    if args.target.startswith(("megafs+", "https://", "http://")):
         url, share_id, _key, _public = share_format.parse_link(args.target)
         for mnt, source in _mounts().items():
-            if source.rstrip("/") == url.rstrip("/"):
+            if url.rstrip("/") in (source.rstrip("/"), share_format.web_base(source)):
                 try:
                     os.setxattr(mnt, "megafs.unshare", share_id.encode())
                 except OSError as e:
