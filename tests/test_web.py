@@ -294,6 +294,50 @@ def test_page_fits_a_phone_screen(site, browser, tmp_path):
         browser.driver.set_window_size(1024, 768)
 
 
+#: Stands in for the save dialog of the File System Access API: a file in the origin's
+#: private file system (a real FileSystemFileHandle: writes go to a temporary file that
+#: only close() commits), and a lower in-memory limit so that 5 MiB already streams.
+_SAVE_TO_OPFS = """
+window.megafsBlobLimit = %d;
+window.showSaveFilePicker = async function (options) {
+  const root = await navigator.storage.getDirectory();
+  return root.getFileHandle(options.suggestedName, {create: true});
+};
+"""
+_OPFS_FILE = """
+navigator.storage.getDirectory()
+  .then(root => root.getFileHandle(arguments[0]))
+  .then(handle => handle.getFile())
+  .then(file => file.arrayBuffer())
+  .then(bytes => crypto.subtle.digest('SHA-256', bytes).then(d => [bytes.byteLength,
+        [...new Uint8Array(d)].map(x => x.toString(16).padStart(2, '0')).join('')]))
+  .catch(e => 'error: ' + e);
+"""
+
+
+@pytest.mark.parametrize(("name", "limit", "expected", "saved"), [
+    pytest.param("big.bin", 1 << 20, "done", "all", id="5-mib-streamed-to-disk"),
+    pytest.param("tamper.bin", 64 << 10, "tampered: tamper.bin: block 1", "nothing",
+                 id="tampered-block-streams-nothing"),
+])
+def test_page_streams_large_files(site, browser, tmp_path, name, limit, expected, saved):
+    script = browser.before_page_scripts(_SAVE_TO_OPFS % limit)
+    try:
+        browser.open(site.links[name][0], tmp_path)
+        assert browser.wait_status() == "ready"
+        browser.click("download")
+        assert browser.wait_status().startswith(expected)
+        got = browser.run_async(_OPFS_FILE.rstrip().rstrip(";") + ".then(done);", name)
+    finally:
+        browser.forget_script(script)
+    if saved == "all":
+        data = (site.fs.mnt / name).read_bytes()
+        assert got == [len(data), hashlib.sha256(data).hexdigest()]
+    else:
+        assert got == [0, hashlib.sha256(b"").hexdigest()]
+    assert list(tmp_path.iterdir()) == []  # nothing went through the browser's downloads
+
+
 def _unreachable(browser):
     browser.block(["*/s/*"])
 

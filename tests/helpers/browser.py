@@ -74,6 +74,22 @@ class Browser:
     def click(self, element_id: str) -> None:
         self.driver.find_element(By.ID, element_id).click()
 
+    def before_page_scripts(self, source: str) -> str:
+        """Run *source* in every new document before its own scripts; returns an id for
+        :meth:`forget_script`."""
+        return self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                           {"source": source})["identifier"]
+
+    def forget_script(self, identifier: str) -> None:
+        self.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                    {"identifier": identifier})
+
+    def run_async(self, source: str, *args):
+        """The value *source* passes to ``done`` (a promise's result, within 60 s)."""
+        self.driver.set_script_timeout(60)
+        return self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];" + source, *args)
+
     def block(self, patterns: list[str]) -> None:
         """Make requests to URLs matching *patterns* fail as if the network were down."""
         self.driver.execute_cdp_cmd("Network.enable", {})

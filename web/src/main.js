@@ -5,7 +5,9 @@
 "use strict";
 
 (function () {
-  var BLOB_LIMIT = 512 * 1024 * 1024; // bytes held in memory at most (files, .zip)
+  // Bytes held in memory at most (a file, a .zip); larger files stream to disk. Only a
+  // script run before this one can lower it (the tests, through the DevTools protocol).
+  var BLOB_LIMIT = Math.min(512 * 1024 * 1024, window.megafsBlobLimit || Infinity);
   var PARALLEL = 4;
   var KIND_BLOCK = 1, KIND_SHARE = 6;
   var MIN_BS = 64 << 10, MAX_BS = 64 << 20, MAX_SIZE = Math.pow(2, 44);
