@@ -500,3 +500,14 @@ def test_web_serve_a_local_store_read_only(mounted, browser, tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_fsck_keeps_the_page(mounted):
+    mounted.run("megafs", "web", "enable", mounted.url)
+    mounted.umount()
+    r = mounted.fsck()
+    assert r.returncode == 0, r.stdout + r.stderr
+    from megafs.web import page
+
+    assert mounted.store.read("megafs.html") == page()

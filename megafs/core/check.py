@@ -40,6 +40,7 @@ from megafs.core.rebuild import rebuild_head
 from megafs.errors import CorruptObject, RollbackDetected, UnsupportedFormat
 from megafs.store import lock as store_lock
 from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
+from megafs.store.share import WEB_PAGE
 from megafs.store.superblock import OBJECT_KEY as SUPERBLOCK_KEY
 
 
@@ -354,7 +355,7 @@ class Checker:
 
     async def _check_unreferenced(self, stored: set[str], head: dict) -> int:
         known = {SUPERBLOCK_KEY, HEAD_KEY, store_lock.LOCK_KEY, head["snapshot"],
-                 *head.get("deltas", [])}
+                 *head.get("deltas", []), WEB_PAGE}  # the page of megafs web enable
         known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
         metadata = sorted(k for k in stored if k not in known and k.startswith("m/"))
