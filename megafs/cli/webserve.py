@@ -66,7 +66,7 @@ def _handler(root: str, page: bytes, csp: str):
         def do_GET(self) -> None:
             if self.path == "/megafs.html":
                 self._send(200, page, "text/html; charset=utf-8",
-                           [("Content-Security-Policy", csp),
+                           [("Content-Security-Policy", csp + "; frame-ancestors 'none'"),
                             ("Referrer-Policy", "no-referrer")])
                 return
             data = self._object()
