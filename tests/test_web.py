@@ -20,6 +20,7 @@ from helpers.browser import Browser, chromium_missing, wait_download
 from megafs.errors import ExitCode
 from megafs.store import envelope
 from megafs.store import share as share_format
+from megafs.web import page as web_page
 
 pytestmark = pytest.mark.s3
 
@@ -487,6 +488,9 @@ def test_web_serve_a_local_store_read_only(mounted, browser, tmp_path):
             for path in ("/superblock", "/head", "/lock", "/s/../superblock", "/"):
                 assert client.get(base + path).status_code == 404, path
             assert client.put(f"{base}/s/{link.share_id}", content=b"x").status_code == 501
+            page = client.get(f"{base}/megafs.html")
+            assert page.content == web_page()
+            assert page.headers["content-security-policy"].endswith("; frame-ancestors 'none'")
         browser.open(web, tmp_path / "downloads")
         assert browser.wait_status() == "ready"
         browser.click("download")
@@ -508,6 +512,4 @@ def test_fsck_keeps_the_page(mounted):
     mounted.umount()
     r = mounted.fsck()
     assert r.returncode == 0, r.stdout + r.stderr
-    from megafs.web import page
-
-    assert mounted.store.read("megafs.html") == page()
+    assert mounted.store.read("megafs.html") == web_page()
