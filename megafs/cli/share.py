@@ -28,7 +28,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("share", help="print a link to a file or folder (only the link's"
                                      " holder can decrypt it)",
                        description="Print a link to PATH, a file or folder in a megafs mount:"
-                                   " it carries the key of what it shares and nothing else.")
+                                   " it carries the key of what it shares and nothing else."
+                                   " On an S3 store, first a browser link"
+                                   " (https://HOST/BUCKET/PREFIX/megafs.html#s=ID&k=KEY, see"
+                                   " 'megafs web enable'), then the megafs+ link; a warning"
+                                   " with the bucket policy to apply when browsers cannot"
+                                   " read it anonymously yet.")
     p.add_argument("path", metavar="PATH", help="a file or folder inside a megafs mount")
     p.set_defaults(fn=_share)
     p = sub.add_parser("shares", help="list the active share links of a mount",
@@ -46,7 +51,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("get", help="download what a link shares (no passphrase needed)",
                        description="Download, decrypt and verify the file or folder a link"
                                    " shares; no passphrase and no mount are needed.")
-    p.add_argument("link", metavar="LINK", help="a link printed by 'megafs share'")
+    p.add_argument("link", metavar="LINK", help="a link printed by 'megafs share' (a browser"
+                                                " link is read without credentials)")
     p.add_argument("dest", metavar="DEST", nargs="?",
                    help="where to put it: a new name, or an existing folder that receives"
                         " it under its own name (default: the current directory)")
