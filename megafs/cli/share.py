@@ -83,14 +83,15 @@ def _share(args) -> int:
     except OSError as e:
         raise _share_error(f"cannot share {args.path}", e) from None
     parsed = share_format.parse_link(link)
-    web = None
-    if parsed.key is not None and parsed.public_key is not None:
-        web = share_format.web_link(parsed.url, parsed.share_id, parsed.key, parsed.public_key)
-    if web is None:
+    if share_format.web_base(parsed.url) is None:
         print(link)
         print("megafs: a browser link needs the store on an S3 endpoint (this link is for"
               " megafs get; on this machine 'megafs web serve' serves it)", file=sys.stderr)
         return 0
+    if parsed.key is None or parsed.public_key is None:  # (a daemon older than signing)
+        print(link)
+        return 0
+    web = share_format.web_link(parsed.url, parsed.share_id, parsed.key, parsed.public_key)
     print(web)
     print(link, flush=True)
     trio.run(_check_anonymous, parsed)
