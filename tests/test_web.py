@@ -351,6 +351,8 @@ ATTACKS = [
     pytest.param("big.bin", _wrong_key, None, False, "wrong key:", id="wrong-key"),
     pytest.param("big.bin", _forged, None, False, "tampered: the share manifest is not signed"
                  " by the link's owner (forged)", id="forged-signature"),
+    pytest.param("big.bin", lambda link: link[:-3], None, False, "this link is incomplete: its"
+                 " key after &k= is missing or damaged", id="truncated-link"),
     pytest.param("big.bin", None, _unreachable, False, "unreachable: the store cannot be"
                  " reached", id="unreachable-store"),
 ]

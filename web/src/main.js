@@ -57,7 +57,8 @@
 
   function fromB64url(text) {
     if (!/^[A-Za-z0-9_-]*$/.test(text)) return null;
-    var b = atob(text.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - text.length % 4) % 4));
+    var b;
+    try { b = atob(text.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - text.length % 4) % 4)); } catch (e) { return null; }
     var out = new Uint8Array(b.length);
     for (var i = 0; i < b.length; i++) out[i] = b.charCodeAt(i);
     return out;
