@@ -515,3 +515,30 @@ def test_fsck_keeps_the_page(mounted):
     r = mounted.fsck()
     assert r.returncode == 0, r.stdout + r.stderr
     assert mounted.store.read("megafs.html") == web_page()
+
+
+@pytest.mark.parametrize("current", [
+    pytest.param(None, id="no-policy-yet"),
+    pytest.param({"Version": "2012-10-17", "Statement": {"Sid": "Other", "Effect": "Deny",
+                                                        "Principal": "*", "Action": "s3:*",
+                                                        "Resource": "arn:aws:s3:::b/x/*"}},
+                 id="another-statement-kept"),
+    pytest.param({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Other", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+         "Resource": "arn:aws:s3:::b/x/*"},
+        {"Sid": "MegafsAnonymousRead" + "0" * 12, "Effect": "Allow"}]},
+        id="other-prefix-kept"),
+])
+def test_policy_merge_adds_this_prefix_once(current):
+    from megafs.backends import s3web
+
+    once = s3web.merged(current, "b", "p/q")
+    twice = s3web.merged(once, "b", "p/q")
+    assert once == twice
+    mine = [s for s in once["Statement"] if s["Sid"] == s3web.statement_id("b", "p/q")]
+    assert mine == [s3web.statement("b", "p/q")]
+    assert mine[0]["Resource"] == ["arn:aws:s3:::b/p/q/s/*", "arn:aws:s3:::b/p/q/b/*",
+                                   "arn:aws:s3:::b/p/q/megafs.html"]
+    others = [s for s in once["Statement"] if s is not mine[0]]
+    before = current["Statement"] if current else []
+    assert others == (before if isinstance(before, list) else [before])
