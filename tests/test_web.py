@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import uuid
 import zipfile
@@ -45,14 +46,44 @@ def _links(run) -> tuple[str, str]:
     return web, plus
 
 
+def _manifest(store: S3Store, plus_link: str) -> dict:
+    link = share_format.parse_link(plus_link)
+    return share_format.open_manifest(link.key, link.share_id,
+                                      store.read(share_format.object_key(link.share_id)),
+                                      link.public_key)
+
+
+def _publish(store: S3Store, raw: dict, version: int) -> str:
+    """*raw* as a new share signed with a key of its own (version 1: bare JSON, the link
+    still carrying a public key); returns its browser link."""
+    share_id, key = share_format.new_share()
+    signer = Ed25519PrivateKey.generate()
+    if version == 1:
+        blob = envelope.seal(key, envelope.KIND_SHARE, share_format.object_key(share_id),
+                             json.dumps({**raw, "v": 1}).encode())
+    else:
+        blob = share_format.seal_manifest(key, share_id, {**raw, "v": version}, signer,
+                                          version=version)
+    store.write(share_format.object_key(share_id), blob)
+    return share_format.web_link(store.url, share_id, key, signer.public_key().public_bytes_raw())
+
+
+def _unsafe_path(store: S3Store, plus_link: str) -> str:
+    """A folder manifest, correctly signed, naming a file outside the download."""
+    raw = _manifest(store, plus_link)
+    file = {**raw["entries"][1], "path": "../escaped.jpg"}
+    return _publish(store, {**raw, "entries": [raw["entries"][0], file]}, 2)
+
+
+def _downgraded(store: S3Store, plus_link: str) -> str:
+    return _publish(store, _manifest(store, plus_link), 1)
+
+
 def _repack_as_v3(store: S3Store, plus_link: str) -> str:
     """A version 3 manifest (issue 15's contract) of the file *plus_link* shares: its
     blocks' envelopes copied into one larger object between junk bytes, read by range.
     Signed with a key of its own: returns the browser link of the new share."""
-    link = share_format.parse_link(plus_link)
-    raw = share_format.open_manifest(link.key, link.share_id,
-                                     store.read(share_format.object_key(link.share_id)),
-                                     link.public_key)
+    raw = _manifest(store, plus_link)
     pack_key = f"b/{uuid.uuid4().hex}"
     pack = bytearray(os.urandom(1000))
     for entry in raw["entries"]:
@@ -64,13 +95,7 @@ def _repack_as_v3(store: S3Store, plus_link: str) -> str:
             pack += env + os.urandom(333)
         entry["blocks"] = blocks
     store.write(pack_key, bytes(pack))
-    raw["v"] = 3
-    share_id, key = share_format.new_share()
-    signer = Ed25519PrivateKey.generate()
-    store.write(share_format.object_key(share_id),
-                share_format.seal_manifest(key, share_id, raw, signer, version=3))
-    public = signer.public_key().public_bytes_raw()
-    return share_format.web_link(store.url, share_id, key, public)
+    return _publish(store, raw, 3)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +132,8 @@ def site(seaweed, tmp_path_factory):
         store.write(victim, bytes(data))
         fs.run("megafs", "unshare", links["revoked.bin"][0])  # the browser link revokes too
         links["v3"] = (_repack_as_v3(store, links["big.bin"][1]), "")
+        links["unsafe-path"] = (_unsafe_path(store, links["photos"][1]), "")
+        links["downgraded"] = (_downgraded(store, links["big.bin"][1]), "")
         yield Site(fs, store, links, before)
     finally:
         fs.cleanup()
@@ -215,6 +242,10 @@ def test_get_of_an_https_browser_link(site, tmp_path):
                  "key commitment", id="wrong-key"),
     pytest.param(lambda site: _forged(site.links["big.bin"][0]), ExitCode.CORRUPT, "forged",
                  id="forged-signature"),
+    pytest.param(lambda site: site.links["unsafe-path"][0], ExitCode.CORRUPT,
+                 "leaves the download", id="path-escapes"),
+    pytest.param(lambda site: site.links["downgraded"][0], ExitCode.CORRUPT, "downgraded",
+                 id="downgraded-to-unsigned"),
     pytest.param(lambda site: site.links["big.bin"][0].replace(
         f":{site.store.server.s3_port}/", ":9/"), ExitCode.BACKEND_UNAVAILABLE,
         "cannot reach http://127.0.0.1:9/", id="unreachable-store"),
@@ -351,6 +382,10 @@ ATTACKS = [
     pytest.param("big.bin", _wrong_key, None, False, "wrong key:", id="wrong-key"),
     pytest.param("big.bin", _forged, None, False, "tampered: the share manifest is not signed"
                  " by the link's owner (forged)", id="forged-signature"),
+    pytest.param("unsafe-path", None, None, False, "tampered: the share manifest is malformed:"
+                 " the path \"../escaped.jpg\" has an unsafe component", id="path-escapes"),
+    pytest.param("downgraded", None, None, False, "tampered: the share manifest is unsigned"
+                 " but the link is signed (downgraded)", id="downgraded-to-unsigned"),
     pytest.param("big.bin", lambda link: link[:-3], None, False, "this link is incomplete: its"
                  " key after &k= is missing or damaged", id="truncated-link"),
     pytest.param("big.bin", None, _unreachable, False, "unreachable: the store cannot be"
