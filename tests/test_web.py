@@ -71,7 +71,7 @@ def _publish(store: S3Store, raw: dict, version: int) -> str:
 def _unsafe_path(store: S3Store, plus_link: str) -> str:
     """A folder manifest, correctly signed, naming a file outside the download."""
     raw = _manifest(store, plus_link)
-    file = {**raw["entries"][1], "path": "../escaped.jpg"}
+    file = {**next(e for e in raw["entries"] if e["type"] == "file"), "path": "../escaped.jpg"}
     return _publish(store, {**raw, "entries": [raw["entries"][0], file]}, 2)
 
 
@@ -115,6 +115,7 @@ def site(seaweed, tmp_path_factory):
         (fs.mnt / "photos" / "cat.jpg").write_bytes(os.urandom(300_000))
         (fs.mnt / "photos" / "sub" / "note.txt").write_text("a note\n" * 1000)
         (fs.mnt / "photos" / "empty.txt").write_bytes(b"")
+        os.symlink("cat.jpg", fs.mnt / "photos" / "link")
         for name in ("tamper.bin", "revoked.bin"):
             (fs.mnt / name).write_bytes(os.urandom(200_000))
         fs.flush()
@@ -213,6 +214,7 @@ def test_get_of_a_browser_link_needs_no_credentials(site, tmp_path):
     assert (tmp_path / "big.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
     site.fs.run("megafs", "get", site.links["photos"][0], tmp_path / "p", env=env)
     assert (tmp_path / "p" / "sub" / "note.txt").read_text() == "a note\n" * 1000
+    assert os.readlink(tmp_path / "p" / "link") == "cat.jpg"
     site.fs.run("megafs", "get", site.links["v3"][0], tmp_path / "v3.bin", env=env)
     assert (tmp_path / "v3.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
 
@@ -322,6 +324,9 @@ def test_page_fits_a_phone_screen(site, browser, tmp_path):
             ".map(b => b.getAttribute('aria-label'))")
         assert sorted(labels) == ["Download cat.jpg", "Download empty.txt",
                                   "Download sub/note.txt"]
+        items = browser.driver.execute_script(
+            "return [...document.querySelectorAll('#files li')].map(li => li.textContent)")
+        assert "link \u2192 cat.jpg (a symbolic link: megafs get recreates it)" in items
     finally:
         browser.driver.set_window_size(1024, 768)
 

@@ -195,7 +195,12 @@
       // nanoseconds lose precision as JavaScript numbers: only milliseconds are used
       if (typeof e.mtime_ns !== "number" || !Number.isInteger(e.mtime_ns) || Math.abs(e.mtime_ns) > Math.pow(2, 63))
         throw bad("a time is out of range");
-      var out = { path: e.path, type: e.type, mtime: e.mtime_ns / 1e6, size: 0, blocks: [] };
+      var out = { path: e.path, type: e.type, mtime: e.mtime_ns / 1e6, size: 0, blocks: [], target: "" };
+      if (e.type === "symlink") {
+        if (typeof e.target !== "string" || !e.target || e.target.indexOf("\0") >= 0 || enc.encode(e.target).length > 4096)
+          throw bad(e.path + ": the symlink target is empty or too long");
+        out.target = e.target;
+      }
       int(e.mode, "a mode", 0, 4095);
       if (e.type === "file") {
         out.size = int(e.size, "a size", 0, MAX_SIZE);
@@ -427,6 +432,12 @@
         b.setAttribute("aria-label", "Download " + e.path);
         b.addEventListener("click", function () { downloadFile(e); });
         li.append(label, " ", b);
+        list.appendChild(li);
+      });
+      manifest.entries.forEach(function (e) {
+        if (e.type !== "symlink") return;
+        var li = document.createElement("li");
+        li.textContent = e.path + " \u2192 " + e.target + " (a symbolic link: megafs get recreates it)";
         list.appendChild(li);
       });
       list.hidden = false;
