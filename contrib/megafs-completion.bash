@@ -7,7 +7,7 @@
 # for a flag, =KIND for an optional --opt=VALUE), positionals' kinds, subcommands.
 declare -gA _megafs_opts=(
     [mkfs.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --block-size:none --quota:none --force:'
-    [mount.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --fg: --cache-dir:dir --cache-size:none -o:list:cache_dir=|cache_size=|passphrase_file=|nonempty|allow_other|allow_root|ro|rw|_netdev|nofail|noauto --upload-delay:none --metadata-interval:none --timeout:none --force:'
+    [mount.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --fg: --cache-dir:dir --cache-size:none -o:list:cache_dir=|cache_size=|passphrase_file=|nonempty|allow_other|allow_root|ro|rw|_netdev|nofail|noauto --upload-delay:none --metadata-interval:none --compact-below:none --compact-interval:none --timeout:none --force:'
     [umount.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [fsck.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --dry-run: -n: --cache-dir:dir --force:'
     [megafs/stat]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'

@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 #: Version of the on-storage format (see docs/format.md).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3

@@ -9,6 +9,7 @@ the mount is usable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -32,6 +33,7 @@ from megafs.errors import (
     LockLost,
     MegafsError,
 )
+from megafs.fs import control
 from megafs.fs.operations import Operations
 from megafs.osutil import private_dir, set_fuse_readahead
 from megafs.store import lifecycle
@@ -54,6 +56,8 @@ class MountConfig:
     fuse_options: set[str] = field(default_factory=set)
     upload_delay: float = 5.0
     metadata_interval: float = 2.0
+    compact_below: float = 0.8  #: rewrite packs whose live blocks fill less than this
+    compact_interval: float = 30.0  #: seconds between compaction rounds
     force: bool = False
     timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
     atime: bool = True  #: relatime updates of atime (-o noatime: none)
@@ -77,12 +81,11 @@ def check_mountpoint(path: str, *, nonempty_ok: bool = False) -> None:
 class Control:
     """Answers the control channel on the mount's root (see megafs.fs.operations).
 
-    ``getxattr``: ``pid``, ``status``. ``setxattr("ctrl", ACTION)`` with ACTION one of
+    ``getxattr``: ``megafs.pid``, ``megafs.status``. ``setxattr("megafs.ctrl", ACTION)`` with ACTION one of
     ``flush``, ``dropcache``, ``log-level LEVEL [MODULES]``, ``cachesize BYTES``
     (``megafs ctrl``); anything else fails with EINVAL.
     """
 
-    EINVAL, ENODATA = 22, 61
     LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR, "critical": logging.CRITICAL}
 
@@ -90,26 +93,29 @@ class Control:
         self.daemon = daemon
 
     def getxattr(self, name: bytes) -> bytes:
-        if name == b"pid":
+        if name == control.PID.encode():
             return str(os.getpid()).encode()
-        if name == b"status":
-            fs = self.daemon.fs
-            return (f"dirty_bytes={fs.cache.dirty_bytes} cache_bytes={fs.cache.total}"
-                    f" cache_max={fs.cache.max_bytes}"
-                    f" log_level={logging.getLevelName(logging.getLogger().level).lower()}"
-                    f" upload_error={self._error()}"
-                    f" lock_lost={int(bool(self.daemon.lease.lost))}").encode()
-        raise pyfuse3.FUSEError(self.ENODATA)
+        if name == control.STATUS.encode():
+            return control.encode(self.status())
+        raise pyfuse3.FUSEError(errno.ENODATA)
 
-    def _error(self) -> str:
-        """The storage error uploads are stuck on, as one space-free field."""
+    def status(self) -> dict:
+        """The ``megafs.status`` fields (:data:`megafs.fs.control.STATUS_FIELDS`)."""
         fs = self.daemon.fs
-        text = fs.uploader.last_error or getattr(fs.store.backend, "failing", None) or ""
-        return text.replace(" ", "\u00a0")
+        return {
+            "dirty_bytes": fs.cache.dirty_bytes,
+            "cache_bytes": fs.cache.total,
+            "cache_max": fs.cache.max_bytes,
+            "log_level": logging.getLevelName(logging.getLogger().level).lower(),
+            "upload_error": (fs.uploader.last_error
+                             or getattr(fs.store.backend, "failing", None) or ""),
+            "lock_lost": bool(self.daemon.lease.lost),
+        }
 
     async def setxattr(self, name: bytes, value: bytes) -> None:
         try:
-            action, *args = value.decode("ascii").split() if name == b"ctrl" else [""]
+            is_ctrl = name == control.CTRL.encode()
+            action, *args = value.decode("ascii").split() if is_ctrl else [""]
         except (UnicodeDecodeError, ValueError):
             action, args = "", []
         if action == "flush" and not args:
@@ -122,12 +128,12 @@ class Control:
         elif action == "cachesize" and len(args) == 1 and args[0].isdigit() and int(args[0]):
             self._cache_size(int(args[0]))
         else:
-            raise pyfuse3.FUSEError(self.EINVAL)
+            raise pyfuse3.FUSEError(errno.EINVAL)
 
     def _log_level(self, level: str, modules: str | None = None) -> None:
         number = self.LEVELS.get(level.lower())
         if number is None:
-            raise pyfuse3.FUSEError(self.EINVAL)
+            raise pyfuse3.FUSEError(errno.EINVAL)
         names = [m for m in (modules or "").split(",") if m] or [""]
         for name in names:
             logging.getLogger(name or None).setLevel(number)
@@ -204,6 +210,9 @@ class Daemon:
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
                              timeout=cfg.timeout, quota=sb.get("quota"), atime=cfg.atime,
                              diratime=cfg.diratime)
+        # a read-only mount writes nothing to the store: no compaction either
+        self.fs.compactor.live_fraction = 0.0 if "ro" in cfg.fuse_options else cfg.compact_below
+        self.fs.compactor.interval = cfg.compact_interval
         dirty = self.fs.recover()
         if dirty:
             log.warning("recovered %d blocks not yet uploaded by an earlier run", dirty)
@@ -237,6 +246,7 @@ class Daemon:
         self._uploads.cancel()
         self.ops.refuse_writes = self.lease.lost
         self.fs.uploader.last_error = self.lease.lost
+        self.fs.compactor.live_fraction = 0.0  # no more compaction rounds
 
     async def flush(self) -> None:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
@@ -337,6 +347,7 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             tasks = {"signals": self._signals, "snapshots": self._periodic_snapshots,
                      "commits": self._commits, "lock": self._keep_lock,
+                     "compactor": self.fs.compactor.run,
                      "readahead": lambda: self._tune_readahead(self.ops.initialized)}
             await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery

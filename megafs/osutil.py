@@ -5,9 +5,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 
 _libc = ctypes.CDLL(None, use_errno=True)
+#: How /proc/mounts and mountinfo escape characters of paths (see getmntent(3)).
+_MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
 _UMOUNT_NOFOLLOW = 8  # as fusermount3: never follow a symlink swapped in for the path
 _MNT_DETACH = 2  # lazy: detach now (a dead FUSE mount), clean up when no longer busy
 
@@ -39,6 +42,12 @@ def umount(path: str, *, lazy: bool = False) -> bool:
     raise OSError(err, os.strerror(err), path)
 
 
+def unescape_mount_field(field: str) -> str:
+    """A path field of /proc/self/mounts or mountinfo as the path it names: the
+    kernel writes space, tab, newline and backslash as octal escapes (``\\040``)."""
+    return _MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
 def set_fuse_readahead(mountpoint: str, kib: int) -> bool:
     """Raise the kernel's readahead for the FUSE mount on *mountpoint* to *kib* KiB.
 
@@ -54,7 +63,7 @@ def set_fuse_readahead(mountpoint: str, kib: int) -> bool:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.split()
-                path = fields[4].replace("\\040", " ").replace("\\011", "\t")
+                path = unescape_mount_field(fields[4])
                 if path == target and " - fuse" in line:
                     dev = fields[2]  # the last mount on a path wins
         if dev is None:

@@ -203,9 +203,10 @@ ROWS = [
         code=ExitCode.NO_SUCH_PATH, says="No such file"),
     row("shares-not-a-mount", "none", "megafs", "shares", "{tmp}", code=ExitCode.NOT_MOUNTED,
         says="not inside a megafs mount"),
-    row("get-to-proc-version", "shared", "megafs", "get", "--force", "{link}", "/proc/version",
-        code=IO,
-        says="/proc/version"),
+    row("get-over-proc-version", "shared", "megafs", "get", "{link}", "/proc/version",
+        code=ExitCode.ALREADY_EXISTS, says="/proc/version exists (--force replaces it)"),
+    row("get-force-over-proc-version", "shared", "megafs", "get", "--force", "{link}",
+        "/proc/version", code=IO, says="/proc"),
     row("get-to-read-only-fs", "shared", "megafs", "get", "{link}", "{ro}/f", code=IO,
         says="Read-only file system"),
     row("get-store-does-not-exist", "none", "megafs", "get", "{nostore_link}",
@@ -230,7 +231,7 @@ def _closed_port() -> int:
 
 def _link(url: str) -> str:
     share_id, key = share_format.new_share()
-    return share_format.make_link(url, share_id, key, None)  # no signing key: an old link
+    return share_format.make_link(url, share_id, key, os.urandom(32))
 
 
 class Scene:

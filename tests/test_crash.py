@@ -145,7 +145,7 @@ def test_kill9_right_after_upload_of_fsynced_data(mounted):
     new = os.urandom(3 * BS)
     _write_synced(mnt / "f", new)
     _write_synced(mnt / "g", new[::-1])
-    _poll(lambda: mounted.status()["dirty_bytes"] == "0")
+    _poll(lambda: mounted.status()["dirty_bytes"] == 0)
     cache = mounted.cache_dir
     mounted.kill9()
     mounted.mount(cache_dir=cache)

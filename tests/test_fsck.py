@@ -8,12 +8,11 @@ import json
 import os
 import socket
 
-import apsw
 import pytest
 import trio
 from helpers import PASSPHRASE, MegaFS, assert_cli_error
 
-from megafs.core import schema, snapshot
+from megafs.core import snapshot
 from megafs.core.blockmap import BlockMap
 from megafs.errors import ExitCode
 from megafs.store import envelope, lifecycle
@@ -71,11 +70,13 @@ def test_clean_filesystem(fs):
     assert r.returncode == 0 and r.stdout.strip().endswith("no problems")
 
 
-def test_unreferenced_objects_are_removed(fs):
-    (fs.store.path / "b" / "ab").mkdir(exist_ok=True)
-    fs.store.write(JUNK, b"junk")
+@pytest.mark.parametrize("prefix", ["b", "p"], ids=["one-block-object", "pack"])
+def test_unreferenced_objects_are_removed(fs, prefix):
+    junk = prefix + JUNK[1:]
+    (fs.store.path / prefix / "ab").mkdir(parents=True, exist_ok=True)
+    fs.store.write(junk, b"junk")
     _repair(fs, "1 objects in the store are not referenced")
-    assert not (fs.store.path / JUNK).exists()
+    assert not (fs.store.path / junk).exists()
 
 
 def test_wrong_reference_counts(fs):
@@ -123,7 +124,7 @@ def test_leftover_lock_is_removed(fs):
 
 
 def test_no_repairs_while_mounted(fs):
-    (fs.store.path / "b" / "ab").mkdir(exist_ok=True)
+    (fs.store.path / "b" / "ab").mkdir(parents=True, exist_ok=True)
     fs.store.write(JUNK, b"junk")
     fs.mount()
     r = _fsck(fs)
@@ -139,33 +140,3 @@ def test_wrong_block_count(fs):
     _repair(fs, "/dir/file: block count 7, should be 2")
     fs.mount(fresh_cache=True)
     assert os.stat(fs.mnt / "dir" / "file").st_blocks == 100_000 // 4096 * 8 + 8
-
-
-def test_metadata_of_schema_version_1_is_upgraded(fs):
-    """A store written before inodes.nblocks existed (schema version 1) is checked, mounted
-    and upgraded: st_blocks right away, and a full snapshot of version 2 at the next upload
-    (a delta of the new schema would not apply to the old snapshot)."""
-    _edit(fs, "ALTER TABLE inodes DROP COLUMN nblocks", "ALTER TABLE objects DROP COLUMN sha256",
-          *(f"DROP TRIGGER {t}_{op}" for t in ("damaged", "heads")
-            for op in ("insert", "update", "delete")),
-          "DROP TABLE damaged", "DROP TABLE heads", "PRAGMA user_version = 1")
-    r = _fsck(fs, "--dry-run")
-    assert r.returncode == 0 and r.stdout.strip().endswith("no problems"), r.stdout
-    fs.mount(fresh_cache=True)
-    assert os.stat(fs.mnt / "dir" / "file").st_blocks == 100_000 // 4096 * 8 + 8
-    (fs.mnt / "new").write_bytes(b"z" * 70_000)
-    fs.umount()
-
-    async def head_schema():
-        backend = await lifecycle.connect(fs.url)
-        store, _ = await lifecycle.unlock(backend, passphrase=PASSPHRASE.encode())
-        head = await store.read_head()
-        conn = apsw.Connection(":memory:")
-        conn.deserialize("main", await store.get_metadata(head["snapshot"]))
-        return head, conn.execute("PRAGMA user_version").fetchone()[0]
-
-    head, version = trio.run(head_schema)
-    assert version == schema.SCHEMA_VERSION and head["deltas"] == []
-    fs.mount(fresh_cache=True)
-    assert os.stat(fs.mnt / "new").st_blocks == (70_000 + 4095) // 4096 * 8
-    assert (fs.mnt / "dir" / "file").read_bytes() == b"x" * 100_000

@@ -239,4 +239,4 @@ def test_only_remote_stacks_hedge(tmp_path, monkeypatch):
     assert isinstance(s3, RetryBackend) and isinstance(s3.inner, HedgeBackend)
     assert s3.inner.write_once == ()  # PUTs are only hedged for keys the caller names
     s3 = open_backend("s3+http://127.0.0.1:9/bucket/prefix", write_once=WRITE_ONCE_PREFIXES)
-    assert s3.inner.write_once == ("b/", "m/")
+    assert s3.inner.write_once == ("b/", "m/", "p/")

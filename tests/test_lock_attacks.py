@@ -218,7 +218,7 @@ def holder_that_lost_its_lock(fs: MegaFS):
         return False
 
     wait_for(refused, "the mount to refuse writes after losing its lock")
-    assert fs.status()["lock_lost"] == "1"
+    assert fs.status()["lock_lost"] is True
     head = fs.store.read("head")
     other = second_mountpoint(fs)
     fs.mount(fresh_cache=True, mnt=other, args=("--force",))

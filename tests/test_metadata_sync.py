@@ -6,6 +6,7 @@ from megafs.backends.local import LocalBackend
 from megafs.core import schema, snapshot
 from megafs.core.blockmap import BlockMap
 from megafs.crypto.keys import KeyRing
+from megafs.store import envelope
 from megafs.store.objects import ObjectStore
 
 
@@ -32,22 +33,40 @@ async def test_one_chmod_among_100k_files_uploads_kilobytes(tmp_path):
 
     conn.execute("UPDATE inodes SET mode=33261, ctime_ns=2 WHERE id=54321")
     await snap.upload()
-    assert snap.last_size < 4096, snap.last_size  # kilobytes, not the database
+    assert snap.last_size == envelope.BUCKET_MIN  # kilobytes, not the database
+    # a change of a hundred rows looks the same: deltas are padded to coarse buckets
+    conn.execute("UPDATE inodes SET ctime_ns=3 WHERE id BETWEEN 1000 AND 1099")
+    await snap.upload()
+    assert snap.last_size == envelope.BUCKET_MIN
 
     # A few more kinds of change, then rebuild from the store alone and compare.
     conn.execute("DELETE FROM dentries WHERE inode=777")
     conn.execute("DELETE FROM inodes WHERE id=777")
     conn.execute("UPDATE dentries SET name=x'6e6577' WHERE inode=888")
     conn.execute("INSERT INTO xattrs VALUES (999, x'7573', x'76')")
-    conn.execute("INSERT INTO objects VALUES (5, 'b/00', x'01', 1, 10, 20, NULL)")
+    conn.execute("INSERT INTO objects VALUES (5, 'b/00', x'01', 1, 10, 20, NULL, NULL, NULL)")
     conn.execute("INSERT INTO blocks VALUES (999, 0, 5)")
     await snap.upload()
     head = await store.read_head()
-    assert len(head["deltas"]) == 2
+    assert len(head["deltas"]) == 3
+    assert len(await store.backend.get("head")) == envelope.BUCKET_MIN  # padded too
     copy = await snapshot.download(store, head, str(tmp_path / "copy.db"))
     schema.commit_batch(conn, reopen=False)
     assert _dump(copy) == _dump(conn)
     assert copy.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
+
+
+def test_metadata_size_buckets():
+    bucket = envelope.bucket
+    assert [bucket(n) for n in (0, 1, 16384)] == [16384] * 3
+    assert [bucket(n) for n in (16385, 40000, 65536, 65537)] == [32768, 65536, 65536, 131072]
+    assert [bucket(n) for n in (1 << 20, (1 << 20) + 1, 5_000_000)] == [
+        1 << 20, 2 << 20, 5 << 20]
+    for n in (0, 100, 20_000, 3_000_000):  # the whole envelope has the bucket's size
+        blob = envelope.seal(bytes(32), envelope.KIND_DELTA, "m/x", os.urandom(n),
+                             coarse=True)
+        assert len(blob) == bucket(n + envelope.OVERHEAD)
+        assert envelope.open_(bytes(32), envelope.KIND_DELTA, "m/x", blob) is not None
 
 
 async def test_failed_upload_keeps_changes_for_the_next_one(tmp_path):

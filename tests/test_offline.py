@@ -270,8 +270,8 @@ WAITING = re.compile(r"^umount\.megafs: still waiting after \d+s: \d+\.\d MiB le
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
 @pytest.mark.expect_log_errors(  # storage requests failing (or unanswered) for --timeout
     r"ERROR: read of /uncached \(inode \d+\) at offset \d+ failed: s3\+http://\S+: "
-    r"GET b/[0-9a-f]+ (failed|got no answer) for \d+s",
-    r"ERROR: upload failed \(attempt \d+\): s3\+http://\S+: PUT b/[0-9a-f]+ "
+    r"GET p/[0-9a-f]+ \(bytes \d+\+\d+\) (failed|got no answer) for \d+s",
+    r"ERROR: upload failed \(attempt \d+\): s3\+http://\S+: PUT p/[0-9a-f]+ "
     r"(failed|got no answer) for \d+s",
     r"ERROR: metadata upload failed: s3\+http://\S+: PUT m/[0-9a-f]+ "
     r"(failed|got no answer) for \d+s")
@@ -290,7 +290,7 @@ def test_endpoint_outage_while_mounted(megafs, store, second_fs, outage, tmp_pat
     fs.mount(args=args)
     subprocess.run(["cp", "-a", str(staging / "cached"), str(fs.mnt)], check=True)
     fs.flush()
-    assert fs.status()["dirty_bytes"] == "0"
+    assert fs.status()["dirty_bytes"] == 0
     # other: a file in the store only (mounted with an empty cache directory).
     uncached = os.urandom(MiB)
     other.mkfs()
@@ -329,7 +329,7 @@ def test_endpoint_outage_while_mounted(megafs, store, second_fs, outage, tmp_pat
         for root in (staging, fs.mnt):
             os.utime(root / "cached" / "sub", ns=(2, 1_500_000_000_000_000_002))
         assert time.monotonic() - start < TIMEOUT, "writes waited for the storage"
-        assert int(fs.status()["dirty_bytes"]) >= len(big)
+        assert fs.status()["dirty_bytes"] >= len(big)
         assert read_file(fs.mnt / "new" / "big") == big
 
         # A block that is not cached: EIO after about --timeout, not a hang. (The kernel

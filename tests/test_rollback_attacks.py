@@ -247,10 +247,15 @@ DAMAGE = [("snapshot", _truncate), ("delta", _truncate), ("delta", _grow),
 def test_damaged_metadata_named_by_head_stops_the_mount(made, target, damage):
     fs = made
     write_and_umount(fs, "second", "two deltas now")
+    if damage is _swap:  # a delta in another size bucket than the snapshot (§2)
+        fs.mount()  # one change of 60 KB that does not compress: a delta of 128 KiB
+        os.setxattr(fs.mnt / "second", "user.big", os.urandom(60_000))
+        fs.umount()
     head = read_head(fs)
     assert len(head["deltas"]) >= 2, head
     key = head["snapshot"] if target == "snapshot" else head["deltas"][-1]
     other = head["deltas"][-1]  # swapped with the snapshot: another size
+    assert damage is not _swap or len(get(fs, key)) != len(get(fs, other))
     damage(fs, key, other)
     head_bytes = get(fs, "head")
     r = fs.mount(check=False)  # the same machine, whose local copy is current
@@ -343,13 +348,14 @@ def test_an_idle_mount_writes_no_head(made):
 
 # -- the format ---------------------------------------------------------------------------
 
-def test_new_stores_are_format_2_which_format_1_readers_refuse(made):
+def test_new_stores_are_format_3_which_older_readers_refuse(made):
     fs = made
-    # A format-1 megafs requires envelope version 1 and superblock format 1 (exit 16).
+    # A format-1 megafs requires envelope version 1 and superblock format 1, a format-2
+    # one superblock and head formats 1 and 2 (exit 16).
     assert get(fs, "head")[4] == 2
-    assert json.loads(get(fs, "superblock"))["format"] == 2
+    assert json.loads(get(fs, "superblock"))["format"] == 3
     head = read_head(fs)
-    assert head["format"] == 2 and head["sb_version"] == 0 and head["prev"]
+    assert head["format"] == 3 and head["sb_version"] == 0 and head["prev"]
     assert set(head["objects"]) == {head["snapshot"], *head["deltas"]}
     for key, (size, digest) in head["objects"].items():
         import hashlib
@@ -384,7 +390,7 @@ def test_format_1_store_is_read_and_upgraded(store, tmp_path):
         (fs.mnt / "after-upgrade").write_text("format 2")
         fs.umount()
         head = read_head(fs, v1.PASSPHRASE)
-        assert head["format"] == 2 and get(fs, "head")[4] == 2
+        assert head["format"] == 3 and get(fs, "head")[4] == 2
         # the upgrade's first upload is a full snapshot of the new schema (later deltas,
         # such as the share's manifest republished in the new format, build on it)
         new_objects = {head["snapshot"], *head["deltas"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import apsw
 import pytest
 from helpers import assert_cli_error
 
@@ -89,19 +90,29 @@ def test_a_link_opens_nothing_else(tree, tmp_path):
     granted = {f"s/{share_id}"}
     keys = [key]
     for entry in manifest["entries"]:
-        for _blockno, objkey, keyhex, _size, _sha256 in entry.get("blocks", []):
-            granted.add(objkey)
+        for _blockno, block_id, keyhex, _size, _sha256, *_where in entry.get("blocks", []):
+            granted.add(block_id)
             keys.append(bytes.fromhex(keyhex))
     assert len(granted) == 2  # the manifest and note.txt's one block
+    # every envelope in the store: whole objects, and each block's range in its pack
+    # (from the owner's metadata), tried under every name a link holder could know
+    envelopes = dict(objects)
+    db = apsw.Connection(str(fs.cache_dir / "metadata.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    for block_id, pack, offset, length in db.execute(
+            "SELECT key, pack, pack_offset, stored_size FROM objects WHERE pack IS NOT NULL"):
+        envelopes[block_id] = objects[pack][offset:offset + length]
+    db.close()
+    assert any(k.startswith("p/") for k in objects)
     opened = set()
-    for name, blob in objects.items():
+    for name, blob in envelopes.items():
         for k in keys:
             for kind in range(1, 7):
-                try:
-                    envelope.open_(k, kind, name, blob)
-                except (CorruptObject, UnsupportedFormat):
-                    continue
-                opened.add(name)
+                for as_name in {name, *granted}:
+                    try:
+                        envelope.open_(k, kind, as_name, blob)
+                    except (CorruptObject, UnsupportedFormat):
+                        continue
+                    opened.add(name)
     assert opened == granted
 
 

@@ -32,7 +32,7 @@ from helpers import (
 )
 
 from megafs.core import snapshot
-from megafs.core.blockmap import BlockMap
+from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.crypto.keys import KeyRing
 from megafs.errors import ExitCode
 from megafs.store import envelope, lifecycle
@@ -45,10 +45,28 @@ TAIL = 1000  # bytes of each file's second, unshared block
 
 
 class Raw:
-    """Raw objects of a store by their megafs key (``b/<hex>``), outside megafs."""
+    """Raw objects of a store by their megafs key (``p/<hex>``, ``q/<hex>``), outside
+    megafs, and the envelopes of blocks by their block id (``b/<hex>``): the range of
+    the pack holding each (*where*: block id -> (pack, offset, length), as the owner's
+    metadata says; an attacker finds them by the envelopes' magic bytes)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, where: dict[str, tuple[str, int, int]] | None = None):
         self.store = store
+        self.where = where or {}
+
+    def envelope(self, block: str) -> bytes | None:
+        """The stored envelope of *block* (None if its pack is gone)."""
+        pack, offset, length = self.where[block]
+        blob = self.get(pack)
+        return None if blob is None else blob[offset:offset + length]
+
+    def put_envelope(self, block: str, data: bytes) -> None:
+        """Write *data* over the envelope of *block* in its pack (same length)."""
+        pack, offset, length = self.where[block]
+        assert len(data) == length
+        blob = bytearray(self.get(pack))
+        blob[offset:offset + length] = data
+        self.put(pack, bytes(blob))
 
     def _path(self, key: str) -> Path:
         head, _, last = key.rpartition("/")  # the local backend's fan-out (docs/format.md)
@@ -82,8 +100,9 @@ class Raw:
         return {f"{prefix}{p.name}" for p in top.glob("*/*") if ".tmp." not in p.name}
 
 
-def _metadata(fs: MegaFS) -> tuple[KeyRing, dict[str, list[str]]]:
-    """The store's KeyRing and, per top-level file name, the object key of each block."""
+def _metadata(fs: MegaFS) -> tuple[KeyRing, dict[str, list[str]], dict]:
+    """The store's KeyRing, per top-level file name the block id of each block, and
+    where each block's envelope is (block id -> (pack, offset, length))."""
 
     async def go():
         backend = await lifecycle.connect(fs.url)
@@ -92,12 +111,14 @@ def _metadata(fs: MegaFS) -> tuple[KeyRing, dict[str, list[str]]]:
             head = await store.read_head()
             conn = await snapshot.load(store, head)
             files: dict[str, list[str]] = {}
-            for name, key in conn.execute(
-                    "SELECT d.name, o.key FROM dentries d JOIN blocks b ON b.inode = d.inode"
-                    " JOIN objects o ON o.id = b.object WHERE d.parent = 1"
-                    " ORDER BY d.name, b.blockno"):
+            where = {}
+            for name, key, pack, offset, length in conn.execute(
+                    "SELECT d.name, o.key, o.pack, o.pack_offset, o.stored_size FROM dentries d"
+                    " JOIN blocks b ON b.inode = d.inode JOIN objects o ON o.id = b.object"
+                    " WHERE d.parent = 1 ORDER BY d.name, b.blockno"):
                 files.setdefault(name.decode(), []).append(key)
-            return store.keys, files
+                where[key] = (pack, offset, length)
+            return store.keys, files, where
         finally:
             await backend.aclose()
 
@@ -105,35 +126,40 @@ def _metadata(fs: MegaFS) -> tuple[KeyRing, dict[str, list[str]]]:
 
 
 def _reseal(raw: Raw, keys: KeyRing, key: str, other: str) -> None:
-    """A link holder's forgery: new contents sealed under the block's own key K_obj."""
+    """A link holder's forgery: new contents sealed under the block's own key K_obj (in
+    place of the original envelope: uncompressed, so of the same length)."""
     k_obj = keys.block_key(key)  # what a share manifest hands out for this object
-    plain = envelope.open_(k_obj, envelope.KIND_BLOCK, key, raw.get(key))
+    plain = envelope.open_(k_obj, envelope.KIND_BLOCK, key, raw.envelope(key))
     forged = b"EVIL" * (len(plain) // 4) + plain[len(plain) // 4 * 4:]
-    raw.put(key, envelope.seal(k_obj, envelope.KIND_BLOCK, key, forged))
+    raw.put_envelope(key, envelope.seal(k_obj, envelope.KIND_BLOCK, key, forged,
+                                        compress=False))
 
 
 def _flip(raw: Raw, keys: KeyRing, key: str, other: str) -> None:
-    data = bytearray(raw.get(key))
+    """One bit flipped inside the block's envelope, in the middle of its pack's range."""
+    data = bytearray(raw.envelope(key))
     data[len(data) // 2] ^= 0x10
-    raw.put(key, bytes(data))
+    raw.put_envelope(key, bytes(data))
 
 
 def _delete(raw: Raw, keys: KeyRing, key: str, other: str) -> None:
-    raw.delete(key)
+    """The pack holding the block deleted (every block in it is gone)."""
+    raw.delete(raw.where[key][0])
 
 
 def _swap(raw: Raw, keys: KeyRing, key: str, other: str) -> None:
-    a, b = raw.get(key), raw.get(other)
-    raw.put(key, b)
-    raw.put(other, a)
+    """Two envelopes of the same length swapped within their pack."""
+    a, b = raw.envelope(key), raw.envelope(other)
+    raw.put_envelope(key, b)
+    raw.put_envelope(other, a)
 
 
-#: name -> (what the attacker does to the shared block's object, words fsck must use)
+#: name -> (what the attacker does to the shared block's envelope, words fsck must use)
 ATTACKS = {
     "resealed-with-link-key": (_reseal, "does not match the hash recorded"),
-    "flipped-byte": (_flip, "failed authentication"),
-    "deleted-object": (_delete, "missing from the store"),
-    "swapped-objects": (_swap, "failed authentication"),
+    "flipped-bit-in-pack": (_flip, "failed authentication"),
+    "deleted-pack": (_delete, "missing from the store"),
+    "swapped-envelopes-in-pack": (_swap, "failed authentication"),
 }
 
 
@@ -168,67 +194,79 @@ def test_attack_is_detected_and_never_hidden(megafs, s3_env, attack):
     for name, data in files.items():
         (fs.mnt / name).write_bytes(data)
     fs.umount()
-    keys, blocks = _metadata(fs)
+    keys, blocks, where = _metadata(fs)
     victim = blocks["private"][0]
     assert blocks["shared"][0] == victim, "the never-shared file must dedup to the shared block"
-    raw = Raw(fs.store)
-    original = raw.get(victim)
+    pack = where[victim][0]
+    assert {w[0] for w in where.values()} == {pack}, "all blocks went into one pack"
+    raw = Raw(fs.store, where)
+    original = raw.envelope(victim)
     do(raw, keys, victim, blocks["other"][0])
-    tampered = raw.get(victim)
-    damaged = ["private", "shared"] + (["other"] if attack == "swapped-objects" else [])
-    damaged_objects = set() if attack == "deleted-object" else {
-        blocks[name][0] for name in damaged}  # what fsck can move aside
+    tampered = raw.envelope(victim)
+    hit = {victim, blocks["other"][0]} if "swapped" in attack else {victim}
+    if attack == "deleted-pack":  # every block in the pack is gone
+        hit = set(where)
+    damaged = {(name, n) for name, ids in blocks.items() for n, b in enumerate(ids) if b in hit}
+    files_hit = sorted({name for name, _ in damaged})
+    ranges = {name: ", ".join(f"{a}-{b}" for a, b in byte_ranges(
+        sorted(n for f, n in damaged if f == name), BS)) for name in files_hit}
 
-    # A fresh cache (another machine): reads go to the store.
+    # A fresh cache (another machine): reads go to the store. Only the ranges of the
+    # blocks hit fail; every other block of the same pack stays readable.
     fs.mount(fresh_cache=True)
-    for name in damaged:
-        assert oserror(read_file, fs.mnt / name, 0, BS) == errno.EIO, f"{name} read other bytes"
-    for name in ("private", "shared"):  # the unshared tails stay readable
-        assert read_file(fs.mnt / name, BS) == files[name][BS:]
+    for name, data in files.items():
+        for n in range(len(blocks[name])):
+            if (name, n) in damaged:
+                assert oserror(read_file, fs.mnt / name, n * BS, 10) == errno.EIO, \
+                    f"{name} read other bytes"
+            else:
+                assert read_file(fs.mnt / name, n * BS, BS) == data[n * BS:(n + 1) * BS]
     log = fs.log()
     assert "/private (inode" in log and victim in log, log
     fs.umount()
 
     r = _fsck(fs, "--dry-run")
     assert r.returncode == ExitCode.FSCK_ERRORS, r.stdout + r.stderr
-    for name in damaged:
-        assert f"/{name}: bytes 0-{BS} unreadable" in r.stdout, r.stdout
+    for name, n in damaged:
+        assert f"/{name}: bytes {n * BS}-{(n + 1) * BS} unreadable" in r.stdout, r.stdout
     assert words in r.stdout and victim in r.stdout, r.stdout
-    assert raw.get(victim) == tampered, "--dry-run changed the store"
+    assert raw.envelope(victim) == tampered, "--dry-run changed the store"
 
-    # Repair quarantines (the object moves to q/, nothing is deleted) and records damage.
+    # Repair quarantines (the block's envelope is copied to q/, nothing is deleted; the
+    # pack stays, it holds other blocks) and records damage.
     quarantined = "q/" + victim[2:]
-    moved = {"q/" + k[2:] for k in {victim, blocks["other"][0]} if k in damaged_objects}
+    moved = set() if attack == "deleted-pack" else {"q/" + k[2:] for k in hit}
     r = _fsck(fs)
     assert r.returncode == ExitCode.FSCK_ERRORS, r.stdout + r.stderr
     assert "recorded as damaged" in r.stdout, r.stdout
-    assert all(f"moved aside to {q}" in r.stdout for q in moved), r.stdout
-    assert raw.get(victim) is None
-    assert raw.get(quarantined) == tampered  # None for the deleted object: nothing to keep
+    assert all(f"copied aside to {q}" in r.stdout for q in moved), r.stdout
+    assert raw.envelope(victim) == tampered  # None for the deleted pack
+    assert raw.get(quarantined) == tampered  # None for the deleted pack: nothing to keep
     assert raw.keys("q/") == moved
     assert tampered != original
 
     # The damage stays: fsck keeps failing and naming the files, q/ is not garbage.
     r = _fsck(fs)
     assert r.returncode == ExitCode.FSCK_ERRORS, r.stdout + r.stderr
-    for name in damaged:
-        assert f"/{name}: damaged, bytes 0-{BS}" in r.stdout, r.stdout
-    assert f"{len(damaged)} damaged file(s) remain" in r.stdout, r.stdout
+    for name in files_hit:
+        assert f"/{name}: damaged, bytes {ranges[name]} " in r.stdout, r.stdout
+    assert f"{len(files_hit)} damaged file(s) remain" in r.stdout, r.stdout
     assert "not referenced by anything" not in r.stdout, r.stdout
     assert raw.get(quarantined) == tampered
 
     fs.mount(fresh_cache=True)
-    for name in damaged:
-        assert oserror(read_file, fs.mnt / name, 0, BS) == errno.EIO, f"{name} after fsck"
-    assert read_file(fs.mnt / "private", BS) == files["private"][BS:]
+    for name, n in damaged:
+        assert oserror(read_file, fs.mnt / name, n * BS, 10) == errno.EIO, f"{name} after fsck"
+    if ("private", 1) not in damaged:
+        assert read_file(fs.mnt / "private", BS) == files["private"][BS:]
     out = _stat(fs)
-    assert f"damaged files: {len(damaged)}" in out, out
-    for name in damaged:
-        assert f"  /{name}: bytes 0-{BS}" in out, out
+    assert f"damaged files: {len(files_hit)}" in out, out
+    for name in files_hit:
+        assert f"  /{name}: bytes {ranges[name]}" in out, out
     # The same bytes written again get a fresh object, not the damaged one (dedup).
     (fs.mnt / "copy").write_bytes(common)
     fs.umount()
-    _, blocks = _metadata(fs)
+    _, blocks, _ = _metadata(fs)
     assert blocks["copy"][0] not in (victim, blocks["other"][0])
     fs.mount(fresh_cache=True)
     assert (fs.mnt / "copy").read_bytes() == common
@@ -268,9 +306,9 @@ def test_what_ends_a_damage_record(megafs, s3_env, how):
     fs.mount()
     (fs.mnt / "victim").write_bytes(data)
     fs.umount()
-    keys, blocks = _metadata(fs)
+    keys, blocks, where = _metadata(fs)
     victim = blocks["victim"][blockno]
-    raw = Raw(fs.store)
+    raw = Raw(fs.store, where)
     _flip(raw, keys, victim, "")
     assert _fsck(fs).returncode == ExitCode.FSCK_ERRORS
 

@@ -12,7 +12,7 @@ BLOCK = 65536  # helpers.SMALL_BLOCK
 
 
 def dirty_bytes(megafs) -> int:
-    return int(megafs.status()["dirty_bytes"])
+    return megafs.status()["dirty_bytes"]
 
 
 def test_full_blocks_upload_before_the_delay_partial_ones_after(megafs):

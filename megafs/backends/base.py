@@ -46,6 +46,13 @@ class Backend(abc.ABC):
     async def get(self, key: str) -> bytes:
         """Return the object's bytes, or raise :class:`NoSuchObject`."""
 
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return *length* bytes of the object from *offset* (fewer if the object ends
+        before), or raise :class:`NoSuchObject`. Packs are read this way (docs/format.md
+        §4a): S3 sends a Range GET, the local backend a pread. The default fetches the
+        whole object."""
+        return (await self.get(key))[offset:offset + length]
+
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, *, if_absent: bool = False,
                   digest: str | None = None) -> None:
@@ -114,6 +121,9 @@ class BackendWrapper(Backend):
 
     async def get(self, key):
         return await self.inner.get(key)
+
+    async def get_range(self, key, offset, length):
+        return await self.inner.get_range(key, offset, length)
 
     async def put(self, key, data, *, if_absent=False, digest=None):
         await self.inner.put(key, data, if_absent=if_absent, digest=digest)

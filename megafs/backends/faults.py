@@ -40,6 +40,10 @@ class FaultyBackend(BackendWrapper):
         await self._before("get")
         return await self.inner.get(key)
 
+    async def get_range(self, key, offset, length):
+        await self._before("get")
+        return await self.inner.get_range(key, offset, length)
+
     async def put(self, key, data, *, if_absent=False, digest=None):
         await self._before("put")
         await self.inner.put(key, data, if_absent=if_absent, digest=digest)

@@ -123,6 +123,9 @@ class HedgeBackend(BackendWrapper):
     async def get(self, key):
         return await self._hedged(self._get, self.inner.get, key)
 
+    async def get_range(self, key, offset, length):
+        return await self._hedged(self._get, self.inner.get_range, key, offset, length)
+
     async def put(self, key, data, *, if_absent=False, digest=None):
         if if_absent or not key.startswith(self.write_once):
             await self.inner.put(key, data, if_absent=if_absent, digest=digest)

@@ -56,6 +56,18 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise NoSuchObject(key) from None
 
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise NoSuchObject(key) from None
+        try:
+            if length <= _SMALL:
+                return os.pread(fd, length, offset)
+            return await trio.to_thread.run_sync(os.pread, fd, length, offset)
+        finally:
+            os.close(fd)
+
     def _put_sync(self, key: str, data: bytes, if_absent: bool) -> None:
         path = self._path(key)
         self._tmp_counter += 1

@@ -65,6 +65,10 @@ class RetryBackend(BackendWrapper):
     async def get(self, key):
         return await self._retry(f"GET {key}", self.inner.get, key, bounded=True)
 
+    async def get_range(self, key, offset, length):
+        return await self._retry(f"GET {key} (bytes {offset}+{length})", self.inner.get_range,
+                                 key, offset, length, bounded=True)
+
     async def put(self, key, data, *, if_absent=False, digest=None):
         # A conditional put whose first attempt landed but whose answer was lost
         # comes back as ObjectExists on the retry; the S3 backend recognises its

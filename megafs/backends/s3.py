@@ -358,6 +358,22 @@ class S3Backend(Backend):
             raise NoSuchObject(key)
         raise self._error(status, body, f"GET {key}")
 
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        what = f"GET {key} (bytes {offset}+{length})"
+        status, _, body = await self._send("GET", self._object_path(key), what,
+                                           headers={"range": f"bytes={offset}-{offset + length - 1}"})
+        if status == 206:
+            return body
+        if status == 200:  # the server ignored the range
+            return body[offset:offset + length]
+        if status == 416:  # the object ends before offset
+            return b""
+        if status == 404 and _parse_error(body)[0] != "NoSuchBucket":
+            raise NoSuchObject(key)
+        raise self._error(status, body, what)
+
     def payload_digest(self, data: bytes) -> str | None:
         return _sha256_hex(data) if self.sign_payload else None
 

@@ -1,18 +1,18 @@
 """``megafs ctrl MOUNTPOINT ACTION``: act on a running mount through its control channel.
 
 The daemon answers ``setxattr(MOUNTPOINT, "megafs.ctrl", b"ACTION [ARGS]")`` on the
-mount's root (see :class:`megafs.mount.Control`); an action it does not know, or a
-bad value, fails with EINVAL.
+mount's root (see :mod:`megafs.fs.control` and :class:`megafs.mount.Control`); an
+action it does not know, or a bad value, fails with EINVAL.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 
 from megafs.cli.common import LEVELS, Progress, positive_size
-from megafs.cli.umount import daemon_pid, flush_mount, megafs_mountpoint
+from megafs.cli.umount import flush_mount
 from megafs.errors import NotMounted, UsageError
+from megafs.fs import control
 
 
 def add_command(sub) -> None:
@@ -39,8 +39,8 @@ def add_command(sub) -> None:
 
 
 def ctrl(args) -> int:
-    mnt = megafs_mountpoint(args.mountpoint)
-    daemon_pid(mnt)  # NotMounted when the daemon does not answer
+    mnt = control.megafs_mountpoint(args.mountpoint)
+    control.daemon_pid(mnt)  # NotMounted when the daemon does not answer
     if args.action == "flush":
         with Progress("megafs ctrl", "uploading data and metadata") as progress:
             flush_mount(mnt, progress, prog="megafs ctrl")
@@ -60,7 +60,7 @@ def ctrl(args) -> int:
 def send(mnt: str, command: str) -> None:
     """Hand *command* to the daemon of *mnt*; return once it is carried out."""
     try:
-        os.setxattr(mnt, "megafs.ctrl", command.encode())
+        control.send(mnt, command)
     except OSError as e:
         if e.errno == errno.EINVAL:
             raise UsageError(f"{mnt}: the daemon refused {command!r}") from None

@@ -285,7 +285,11 @@ class _Writer:
         async def one(block: Block) -> None:
             async with self.limit:
                 try:
-                    blob = await _fetch(self.backend, block)
+                    if block.stored_length is None:
+                        blob = await self.backend.get(block.object_key)
+                    else:  # version 3: the envelope's range of the object holding it
+                        blob = await self.backend.get_range(block.holder, block.offset,
+                                                            block.stored_length)
                 except NoSuchObject:
                     raise CorruptObject(f"{shown}: block {block.number} is missing from the"
                                         " store") from None
@@ -302,22 +306,10 @@ class _Writer:
                 nursery.start_soon(one, block)
 
 
-async def _fetch(backend, block: Block) -> bytes:
-    """A block's envelope: the whole object, or (version 3) its range of a larger one,
-    read with a range request where the backend has them."""
-    if block.container is None:
-        return await backend.get(block.object_key)
-    get_range = getattr(backend, "get_range", None)
-    if get_range is not None:
-        return await get_range(block.container, block.offset, block.size)
-    data = await backend.get(block.container)
-    return data[block.offset:block.offset + block.size]
-
-
 def _verify_and_write(fd: int, block: Block, block_size: int, blob: bytes, shown: str) -> None:
     """(In a worker thread.) Check the stored object against the manifest's hash, open
     it with its key and write its bytes where they belong."""
-    if block.size is not None and len(blob) != block.size:
+    if block.stored_length is not None and len(blob) != block.stored_length:
         raise CorruptObject(f"{shown}: block {block.number} is missing from the store"
                             " (its object is too short)")
     if block.sha256 is not None and hashlib.sha256(blob).digest() != block.sha256:

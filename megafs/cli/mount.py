@@ -116,6 +116,14 @@ def build_parser():
                    metavar="SECONDS",
                    help="upload metadata changes this often (default 2); with the upload"
                         " delay this bounds how far the store lags behind the mount")
+    p.add_argument("--compact-below", type=_fraction, default=0.8, metavar="FRACTION",
+                   help="rewrite a pack once its live data fills less than this fraction of"
+                        " it (default 0.8: deleted data takes at most ~20%% of the space;"
+                        " 0: never)")
+    p.add_argument("--compact-interval", type=seconds(0, allow_lo=False), default=30.0,
+                   metavar="SECONDS",
+                   help="look for packs to compact this often; each round reads and writes"
+                        " at most 16 MiB (default 30)")
     p.add_argument("--timeout", type=seconds(0, allow_lo=False), default=60.0,
                    metavar="SECONDS",
                    help="retry a failing storage request this long; then a read of data not in"
@@ -168,7 +176,19 @@ def _config(args) -> MountConfig:
         cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
+        compact_below=args.compact_below, compact_interval=args.compact_interval,
         **atime)
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (0: never compact)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # nan fails too
+        raise argparse.ArgumentTypeError(f"invalid fraction {text!r} (must be from 0 to 1)")
+    return value
 
 
 def check_cache_dir(cache_dir: str, mountpoint: str) -> None:

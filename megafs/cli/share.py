@@ -21,6 +21,7 @@ from megafs.errors import (
     ShareNotFound,
     UsageError,
 )
+from megafs.fs import control
 from megafs.store import share as share_format
 
 
@@ -61,15 +62,9 @@ def add_commands(sub) -> None:
     p.set_defaults(fn=_get)
 
 
-def _mounts() -> dict[str, str]:
-    from megafs.cli.umount import megafs_mounts
-
-    return megafs_mounts()
-
-
 def _mount_of(path: str) -> str:
     path = os.path.realpath(path)
-    for mnt in sorted(_mounts(), key=len, reverse=True):
+    for mnt in sorted(control.megafs_mounts(), key=len, reverse=True):
         if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
             return mnt
     raise NotMounted(f"{path} is not inside a megafs mount")
@@ -78,8 +73,8 @@ def _mount_of(path: str) -> str:
 def _share(args) -> int:
     _mount_of(args.path)
     try:
-        os.setxattr(args.path, "megafs.share", b"create")
-        link = os.getxattr(args.path, "megafs.share").decode()
+        os.setxattr(args.path, control.SHARE, b"create")
+        link = os.getxattr(args.path, control.SHARE).decode()
     except OSError as e:
         raise _share_error(f"cannot share {args.path}", e) from None
     parsed = share_format.parse_link(link)
@@ -137,7 +132,7 @@ def _share_error(what: str, e: OSError) -> MegafsError:
 def _shares(args) -> int:
     mnt = _mount_of(args.mountpoint)
     try:
-        listing = os.getxattr(mnt, "megafs.shares")
+        listing = os.getxattr(mnt, control.SHARES)
     except OSError as e:
         raise _share_error(f"cannot list the links of {mnt}", e) from None
     for item in json.loads(listing):
@@ -148,10 +143,10 @@ def _shares(args) -> int:
 def _unshare(args) -> int:
     if args.target.startswith(("megafs+", "https://", "http://")):
         url, share_id, _key, _public = share_format.parse_link(args.target)
-        for mnt, source in _mounts().items():
+        for mnt, source in control.megafs_mounts().items():
             if url.rstrip("/") in (source.rstrip("/"), share_format.web_base(source)):
                 try:
-                    os.setxattr(mnt, "megafs.unshare", share_id.encode())
+                    os.setxattr(mnt, control.UNSHARE, share_id.encode())
                 except OSError as e:
                     if e.errno == errno.ENOENT:
                         raise ShareNotFound("that link was already revoked or never"
@@ -161,7 +156,7 @@ def _unshare(args) -> int:
         raise NotMounted(f"mount {url} first: links are revoked by the mounted filesystem")
     _mount_of(args.target)
     try:
-        os.setxattr(args.target, "megafs.share", b"revoke")
+        os.setxattr(args.target, control.SHARE, b"revoke")
     except OSError as e:
         raise _share_error(f"cannot revoke the share of {args.target}", e) from None
     return 0

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 from megafs.cli import ctrl, keys, share, web
 from megafs.cli.common import finish, parser, run, setup_logging
-from megafs.cli.umount import daemon_pid, megafs_mountpoint
-from megafs.errors import NotMounted
+from megafs.fs import control
 
 #: Prose of the man page megafs(1) (see tools/manpages.py), next to the options.
 MANUAL = {
@@ -46,12 +42,9 @@ Set a new passphrase with the recovery key printed by mkfs.megafs:
 
 
 def _stat(args) -> int:
-    mnt = megafs_mountpoint(args.mountpoint)
-    pid = daemon_pid(mnt)
-    try:
-        s = json.loads(os.getxattr(mnt, "megafs.stats"))
-    except OSError as e:
-        raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})") from None
+    mnt = control.megafs_mountpoint(args.mountpoint)
+    pid = control.daemon_pid(mnt)
+    s = control.read_json(mnt, control.STATS)
 
     def size(n):
         if n is None:
@@ -72,8 +65,12 @@ def _stat(args) -> int:
         ("data in files", size(s["file_bytes"])),
         ("saved by holes", saved(s["file_bytes"], s["block_bytes"])),
         ("saved by deduplication", saved(s["block_bytes"], s["unique_bytes"])),
-        ("saved by compression", saved(s["unique_bytes"], s["stored_bytes"])
+        ("saved by compression", saved(s["unique_bytes"],
+                                       s["stored_bytes"] - s.get("dead_bytes", 0))
          + " (net of encryption and size padding)"),
+        ("packs", f"{s.get('packs', 0)}, dead space {size(s.get('dead_bytes', 0))}"
+                  f" (deleted data, counted as used until compacted), padding"
+                  f" {size(s.get('padding_bytes', 0))}"),
         ("cache", f"{size(s['cache_bytes'])} of {size(s['cache_limit'])}"),
         ("waiting for upload", size(s["dirty_bytes"])),
         ("metadata", f"{size(s['metadata_local_bytes'])} local,"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ import time
 
 from megafs.cli.common import Progress, parser, run, setup_logging
 from megafs.errors import BadMountpoint, LockLost, MegafsError, NotMounted
+from megafs.fs import control
 from megafs.osutil import umount
 
 #: Prose of the man page umount.megafs(8) (see tools/manpages.py), next to the options.
@@ -42,42 +42,10 @@ while the daemon is still uploading.""",
 }
 
 
-#: How /proc/mounts escapes characters of mountpoints (see getmntent(3)).
-_MOUNTS_ESCAPES = re.compile(r"\\(040|011|012|134)")
-
-
-def megafs_mounts() -> dict[str, str]:
-    """Mountpoint -> source for every megafs mount in /proc/mounts."""
-    out = {}
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            src, mnt, fstype = line.split()[:3]
-            if fstype == "fuse.megafs":
-                out[_MOUNTS_ESCAPES.sub(lambda m: chr(int(m.group(1), 8)), mnt)] = src
-    return out
-
-
-def megafs_mountpoint(path: str) -> str:
-    """*path* as /proc/mounts names it (symlinks resolved); NotMounted if it is not the
-    mountpoint of a megafs mount. Works on a dead mount too (realpath does not need to
-    stat the mountpoint itself)."""
-    mnt = os.path.realpath(path)
-    if mnt not in megafs_mounts():
-        raise NotMounted(f"{path} is not a megafs mount point")
-    return mnt
-
-
-def daemon_pid(mountpoint: str) -> int:
-    try:
-        return int(os.getxattr(mountpoint, "megafs.pid"))
-    except OSError as e:
-        raise NotMounted(f"{mountpoint}: the megafs daemon does not answer ({e.strerror})") from None
-
-
 def _lock_lost(mnt: str) -> bool:
     try:
-        return b"lock_lost=1" in os.getxattr(mnt, "megafs.status")
-    except OSError:
+        return bool(control.read_status(mnt).get("lock_lost"))
+    except (NotMounted, ValueError):
         return False
 
 
@@ -88,7 +56,7 @@ def flush_mount(mnt: str, progress: Progress | None = None, prog: str = "umount.
 
     def flush():
         try:
-            os.setxattr(mnt, "megafs.ctrl", b"flush")
+            control.send(mnt, "flush")
             result.append(None)
         except OSError as e:
             result.append(e)
@@ -116,13 +84,12 @@ def flush_mount(mnt: str, progress: Progress | None = None, prog: str = "umount.
 
 def _status(mnt: str) -> str:
     try:
-        fields = dict(item.partition("=")[::2]
-                      for item in os.getxattr(mnt, "megafs.status").decode().split(" "))
-    except OSError:
+        fields = control.read_status(mnt)
+    except (NotMounted, ValueError):
         return "the daemon does not answer"
-    text = f"{int(fields.get('dirty_bytes', 0)) / 2**20:.1f} MiB left to upload"
+    text = f"{fields.get('dirty_bytes', 0) / 2**20:.1f} MiB left to upload"
     if fields.get("upload_error"):
-        text += f" (storage error: {fields['upload_error'].replace(chr(0xa0), ' ')})"
+        text += f" (storage error: {fields['upload_error']})"
     return text
 
 
@@ -135,9 +102,9 @@ def build_parser():
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
-    mnt = megafs_mountpoint(args.mountpoint)
+    mnt = control.megafs_mountpoint(args.mountpoint)
     try:
-        pid = int(os.getxattr(mnt, "megafs.pid"))
+        pid = int(os.getxattr(mnt, control.PID))
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             raise NotMounted(f"{mnt}: the megafs daemon does not answer ({e.strerror})"
@@ -156,7 +123,7 @@ def _main(argv=None) -> int:
         except MegafsError:
             # A read-only mount refuses the flush (EROFS) before it reaches the daemon;
             # it uploads what is left after the unmount, and we wait for that below.
-            if "ro" not in _options(mnt):
+            if "ro" not in control.mount_options(mnt):
                 raise
         _unmount(mnt)
         # The daemon uploads whatever changed since the flush, then exits.
@@ -172,16 +139,6 @@ def _main(argv=None) -> int:
     if lost is not None:
         raise lost
     return 0
-
-
-def _options(mnt: str) -> set[str]:
-    """The mount options of *mnt* (``ro``, ``rw``, ...) as /proc/mounts lists them."""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if _MOUNTS_ESCAPES.sub(lambda m: chr(int(m.group(1), 8)), fields[1]) == mnt:
-                return set(fields[3].split(","))
-    return set()
 
 
 def _unmount(mnt: str, *, lazy: bool = False) -> None:

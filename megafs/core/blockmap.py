@@ -20,7 +20,7 @@ from __future__ import annotations
 import apsw
 
 #: Positions in a block reference (:meth:`BlockMap.ref_of`).
-REF_KEY, REF_HASH, REF_DAMAGE = range(3)
+REF_KEY, REF_HASH, REF_DAMAGE, REF_WHERE = range(4)
 
 
 class BlockMap:
@@ -28,13 +28,19 @@ class BlockMap:
         self.db = conn
         self.ex = conn.execute
 
-    def ref_of(self, ino: int, blockno: int) -> tuple[str, bytes | None, str | None] | None:
-        """(object key, its recorded keyed hash, the damage reason or None) of a stored
-        block; None for a hole."""
-        return self.ex(
-            "SELECT o.key, o.hash, d.reason FROM blocks b JOIN objects o ON o.id = b.object"
+    def ref_of(self, ino: int, blockno: int) -> tuple | None:
+        """(object key, its recorded keyed hash, the damage reason or None, where it is
+        stored) of a stored block; None for a hole. Where: (pack key, offset, length)
+        for a block in a pack, None for a one-block object stored under its key."""
+        row = self.ex(
+            "SELECT o.key, o.hash, d.reason, o.pack, o.pack_offset, o.stored_size"
+            " FROM blocks b JOIN objects o ON o.id = b.object"
             " LEFT JOIN damaged d ON d.inode = b.inode AND d.blockno = b.blockno"
             " WHERE b.inode=? AND b.blockno=?", (ino, blockno)).fetchone()
+        if row is None:
+            return None
+        key, digest, damage, pack, offset, length = row
+        return key, digest, damage, (pack, offset, length) if pack is not None else None
 
     def is_damaged(self, ino: int, blockno: int) -> bool:
         return self.ex("SELECT 1 FROM damaged WHERE inode=? AND blockno=?",
@@ -71,11 +77,20 @@ class BlockMap:
         return row[0] if row else None
 
     def add_object(self, key: str, digest: bytes | None, size: int, stored_size: int,
-                   sha256: bytes | None = None) -> int:
+                   sha256: bytes | None = None,
+                   pack: tuple[str, int, int, int] | None = None) -> int:
         """Register a freshly uploaded object (refcount 0); return its id. *sha256* is
-        the SHA-256 of the sealed object as stored (share manifests list it)."""
-        self.ex("INSERT INTO objects (key, hash, refcount, size, stored_size, sha256)"
-                " VALUES (?,?,0,?,?,?)", (key, digest, size, stored_size, sha256))
+        the SHA-256 of the sealed object as stored (share manifests list it); *pack* is
+        (pack key, offset of the envelope in it, the pack's stored size, the bytes of
+        envelopes in it) for a block stored in a pack."""
+        pack_key = offset = None
+        if pack is not None:
+            pack_key, offset, pack_size, used = pack
+            self.ex("INSERT OR IGNORE INTO packs (key, size, used) VALUES (?,?,?)",
+                    (pack_key, pack_size, used))
+        self.ex("INSERT INTO objects (key, hash, refcount, size, stored_size, sha256, pack,"
+                " pack_offset) VALUES (?,?,0,?,?,?,?,?)",
+                (key, digest, size, stored_size, sha256, pack_key, offset))
         return self.db.last_insert_rowid()
 
     def set_sha256(self, key: str, sha256: bytes) -> None:
@@ -122,29 +137,75 @@ class BlockMap:
             if dropped:
                 self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
-    def garbage(self) -> list[tuple[int, str]]:
-        return self.ex("SELECT id, key FROM objects WHERE refcount=0").fetchall()
+    def garbage(self) -> list[tuple[int, str | None]]:
+        """(id, key to delete) of every unreferenced object; the key is None for a block
+        in a pack (the pack goes once no object row names it: :meth:`take_empty_packs`)."""
+        return self.ex("SELECT id, CASE WHEN pack IS NULL THEN key END FROM objects"
+                       " WHERE refcount=0").fetchall()
+
+    def garbage_packs(self) -> list[str]:
+        """The packs holding no referenced block, taken with :meth:`garbage` (in the same
+        step as the metadata image an upload ships): the packs that upload may delete."""
+        return [k for (k,) in self.ex(
+            "SELECT key FROM packs WHERE NOT EXISTS (SELECT 1 FROM objects o"
+            " WHERE o.pack = packs.key AND o.refcount > 0)").fetchall()]
+
+    def take_empty_packs(self, candidates: list[str]) -> list[str]:
+        """Forget those of *candidates* (:meth:`garbage_packs`, taken before the upload)
+        that no object row names any more; return their keys, to delete from the store
+        now that a head without them is written. A pack that was not garbage when the
+        upload started (its blocks moved by compaction since) waits for the next one,
+        whose head names the blocks' new places."""
+        keys = [k for k in candidates if self.ex(
+            "SELECT 1 FROM objects WHERE pack=? LIMIT 1", (k,)).fetchone() is None]
+        for key in keys:
+            self.ex("DELETE FROM packs WHERE key=?", (key,))
+        return keys
 
     def forget_if_garbage(self, obj: int) -> bool:
         """Delete the row of *obj* if it is still unreferenced; True if deleted."""
         self.ex("DELETE FROM objects WHERE id=? AND refcount=0", (obj,))
         return self.db.changes() > 0
 
+    #: Packs still holding a referenced block (a pack holding none is deleted after the
+    #: next metadata upload, as an unreferenced one-block object is).
+    _LIVE_PACKS = ("FROM packs p WHERE EXISTS (SELECT 1 FROM objects o WHERE o.pack = p.key"
+                   " AND o.refcount > 0)")
+
     def stored_bytes(self) -> int:
-        """Bytes of live objects in the store (after deduplication and compression)."""
-        return self.ex("SELECT coalesce(sum(stored_size), 0) FROM objects WHERE refcount>0"
-                       ).fetchone()[0]
+        """Bytes of data in the store (after deduplication and compression): live
+        one-block objects and every envelope in a pack that holds a live block, dead
+        space included (what the quota counts until compaction reclaims it). Pack
+        padding is not counted: see :meth:`padding_bytes`."""
+        return self.ex(
+            "SELECT (SELECT coalesce(sum(stored_size), 0) FROM objects WHERE refcount>0"
+            f" AND pack IS NULL) + (SELECT coalesce(sum(used), 0) {self._LIVE_PACKS})"
+        ).fetchone()[0]
+
+    def dead_bytes(self) -> int:
+        """Bytes of envelopes no block refers to any more (deleted or overwritten data) in
+        packs that still hold live blocks: what compaction would reclaim."""
+        return self.ex(
+            f"SELECT (SELECT coalesce(sum(used), 0) {self._LIVE_PACKS}) - (SELECT"
+            " coalesce(sum(stored_size), 0) FROM objects WHERE refcount>0 AND pack IS NOT NULL)"
+        ).fetchone()[0]
+
+    def padding_bytes(self) -> int:
+        """Bytes of live packs after their envelopes (random padding to whole MiB)."""
+        return self.ex(f"SELECT coalesce(sum(size - used), 0) {self._LIVE_PACKS}").fetchone()[0]
 
     def stats(self) -> dict:
         blocks = self.ex("SELECT count(*) FROM blocks").fetchone()[0]
-        objs, plain, stored = self.ex(
-            "SELECT count(*), coalesce(sum(size),0), coalesce(sum(stored_size),0) FROM objects"
-            " WHERE refcount>0").fetchone()
+        objs, plain = self.ex(
+            "SELECT count(*), coalesce(sum(size),0) FROM objects WHERE refcount>0").fetchone()
+        stored = self.stored_bytes()
+        packs = self.ex(f"SELECT count(*) {self._LIVE_PACKS}").fetchone()[0]
         logical = self.ex(
             "SELECT coalesce(sum(o.size),0) FROM blocks b JOIN objects o ON o.id=b.object"
         ).fetchone()[0]
         return {"blocks": blocks, "objects": objs, "plain_bytes": plain, "stored_bytes": stored,
-                "logical_bytes": logical}
+                "logical_bytes": logical, "packs": packs, "dead_bytes": self.dead_bytes(),
+                "padding_bytes": self.padding_bytes()}
 
 
 def byte_ranges(blocknos: list[int], block_size: int) -> list[tuple[int, int]]:

@@ -40,6 +40,7 @@ import os
 
 import trio
 
+from megafs.backends import NoSuchObject
 from megafs.core import directio
 from megafs.core.blockmap import REF_DAMAGE, BlockMap
 from megafs.core.cacheindex import CacheIndex, Entry, cache_error
@@ -50,6 +51,12 @@ from megafs.threads import run_sync
 log = logging.getLogger(__name__)
 SPILL_SIZE = 128 * 1024
 THREAD_WRITE = 256 * 1024
+#: A cold read of a small block in a pack on a remote store also fetches the blocks
+#: stored near it in the same pack (up to a quarter of this before it, the rest after),
+#: in one request (docs/format.md §4a): reading a folder of small files written
+#: together costs a request per COALESCE_SPAN, not per file.
+COALESCE_SPAN = 1 << 20
+COALESCE_BELOW = 256 * 1024  # envelopes at least this large are fetched alone
 
 
 def _pwrite(fd: int, data, offset: int) -> None:
@@ -150,11 +157,21 @@ class BlockCache(CacheIndex):
         *ev* is registered; wake waiters at the end."""
         try:
             while True:
-                objkey, digest, damage = ref
+                objkey, digest, damage, where = ref
                 if damage is not None:
                     raise CorruptObject(f"block {blk} is recorded as damaged ({damage});"
                                         f" the object {objkey} was moved aside by fsck")
-                data = await self.store.get_block(objkey, digest)
+                try:
+                    if where is not None and where[2] < COALESCE_BELOW \
+                            and self.store.backend.remote:
+                        data = await self._fetch_with_neighbours(objkey, digest, where)
+                    else:
+                        data = await self.store.get_block(objkey, digest, where)
+                except CorruptObject:
+                    # Moved by compaction (or rewritten) while we read, and its old pack
+                    # gone? Then read it as it is now; otherwise it is damage.
+                    if self.blockmap.ref_of(ino, blk) == ref:
+                        raise
                 now = self.blockmap.ref_of(ino, blk)
                 if now == ref:
                     break
@@ -167,6 +184,66 @@ class BlockCache(CacheIndex):
         finally:
             del self.loading[(ino, blk)]
             ev.set()
+
+    async def _fetch_with_neighbours(self, objkey: str, digest: bytes | None,
+                                     where: tuple[str, int, int]) -> bytes:
+        """Fetch a small block together with the live blocks stored near it in its pack
+        (one range request of at most COALESCE_SPAN bytes); the neighbours that verify
+        enter the cache as clean blocks of their files. Return the block's plaintext."""
+        pack, offset, length = where
+        rows = self.blockmap.ex(
+            "SELECT id, key, hash, pack_offset, stored_size FROM objects WHERE pack=?"
+            " AND refcount > 0 AND pack_offset >= ? AND pack_offset + stored_size <= ?"
+            " AND pack_offset != ? ORDER BY pack_offset",
+            (pack, offset - COALESCE_SPAN // 4, offset - COALESCE_SPAN // 4 + COALESCE_SPAN,
+             offset)).fetchall()
+        if not rows:
+            return await self.store.get_block(objkey, digest, where)
+        start = min(offset, rows[0][3])
+        end = max(offset + length, rows[-1][3] + rows[-1][4])
+        try:
+            span = await self.store.backend.get_range(pack, start, end - start)
+        except NoSuchObject:
+            raise CorruptObject(f"data block {objkey} is missing from the store"
+                                f" (pack {pack})") from None
+        view = memoryview(span)
+        own = bytes(view[offset - start:offset - start + length])
+        if len(own) != length:
+            raise CorruptObject(f"data block {objkey} is cut short in pack {pack}")
+        data = await run_sync(self.store.open_verified_block, objkey, own, digest)
+        users = self._users({row[0]: row for row in rows})
+        if users:
+            opened = await run_sync(self._open_neighbours, users, view, start)
+            for (ino, blk), (key, plain) in opened.items():
+                ref = self.blockmap.ref_of(ino, blk)
+                if (ino, blk) in self.entries or (ino, blk) in self.loading or ref is None \
+                        or ref[0] != key or ref[REF_DAMAGE] is not None:
+                    continue  # changed, cached or being fetched meanwhile
+                try:
+                    self._create(ino, blk, plain, dirty=False, stored=True)
+                except CacheError:  # no room: the neighbours are only a bonus
+                    break
+        return data
+
+    def _users(self, rows: dict[int, tuple]) -> dict[tuple[int, int], tuple]:
+        """(inode, block) -> object row, for the blocks naming *rows* not in the cache."""
+        marks = ",".join("?" * len(rows))
+        return {(ino, blk): rows[obj] for ino, blk, obj in self.blockmap.ex(
+            f"SELECT inode, blockno, object FROM blocks WHERE object IN ({marks})",
+            tuple(rows)) if (ino, blk) not in self.entries and (ino, blk) not in self.loading}
+
+    def _open_neighbours(self, users: dict, view: memoryview, base: int) -> dict:
+        """(In a worker thread.) Open and verify the neighbours' envelopes in *view*;
+        those that fail are left out (a reader that needs one reports it)."""
+        out = {}
+        for user, (_obj, key, digest, offset, length) in users.items():
+            try:
+                plain = self.store.open_verified_block(
+                    key, bytes(view[offset - base:offset - base + length]), digest)
+            except CorruptObject:
+                continue
+            out[user] = (key, plain)
+        return out
 
     def readahead(self, ino: int, blk: int, last_blk: int) -> None:
         """Start fetching the stored blocks after *blk* (up to *last_blk*) not yet cached;

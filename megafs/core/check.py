@@ -188,23 +188,28 @@ class Checker:
     async def _check_objects(self, stored: set[str]) -> None:
         """Verify every referenced object not already recorded as damaged; quarantine the
         bad ones (see the module docstring)."""
-        rows = self.db.execute("SELECT id, key, size, hash FROM objects WHERE refcount > 0"
+        rows = self.db.execute("SELECT id, key, size, hash, pack, pack_offset, stored_size"
+                               " FROM objects WHERE refcount > 0"
                                " AND key NOT IN (SELECT key FROM damaged)").fetchall()
+        self._check_packs(stored)
         bad: dict[int, str] = {}
         limit = trio.CapacityLimiter(self.backend.parallelism * 2)
         done = 0
 
-        async def verify(obj: int, key: str, size: int, digest: bytes | None) -> None:
+        async def verify(obj: int, key: str, size: int, digest: bytes | None, pack: str | None,
+                         offset: int | None, length: int) -> None:
             nonlocal done
+            where = (pack, offset, length) if pack is not None else None
             async with limit:
                 try:
-                    if key not in stored:
-                        raise CorruptObject(f"data block {key} is missing from the store")
-                    data = await self.store.get_block(key, digest)
+                    if (pack or key) not in stored:
+                        raise CorruptObject(f"data block {key} is missing from the store"
+                                            + (f" (pack {pack})" if pack else ""))
+                    data = await self.store.get_block(key, digest, where)
                     if len(data) != size:
                         raise CorruptObject(f"data block {key} has the wrong length")
                 except (CorruptObject, UnsupportedFormat, NoSuchObject) as e:
-                    bad[obj] = str(e)
+                    bad[obj] = str(e) if pack is None or pack in str(e) else f"{e} (pack {pack})"
                 done += 1
                 self.progress(f"checked {done} of {len(rows)} data objects")
 
@@ -213,30 +218,55 @@ class Checker:
                 nursery.start_soon(verify, *row)
         bs = self.bs
         for obj, reason in sorted(bad.items()):
-            key = self.db.execute("SELECT key FROM objects WHERE id=?", (obj,)).fetchone()[0]
+            key, pack, offset, length = self.db.execute(
+                "SELECT key, pack, pack_offset, stored_size FROM objects WHERE id=?",
+                (obj,)).fetchone()
+            where = (pack, offset, length) if pack is not None else None
             users = self.db.execute("SELECT inode, blockno FROM blocks WHERE object=?",
                                     (obj,)).fetchall()
             fixed = "recorded as damaged" + (
-                f", object moved aside to {quarantine_key(key)}" if key in stored else "")
+                "" if (pack or key) not in stored else
+                f", object moved aside to {quarantine_key(key)}" if pack is None else
+                f", its envelope copied aside to {quarantine_key(key)} (pack {pack} kept)")
             for ino, blockno in users:
                 self.problem(f"{self.ns.path_of(ino)}: bytes {blockno * bs}-{(blockno + 1) * bs}"
                              f" unreadable: {reason}", fixed=fixed)
             if self.repair:
-                await self._quarantine(key, stored)
+                await self._quarantine(key, stored, where)
                 self.blockmap.mark_damaged(obj, reason, now_ns())
                 self.changed = True
 
-    async def _quarantine(self, key: str, stored: set[str]) -> None:
+    async def _quarantine(self, key: str, stored: set[str],
+                          where: tuple[str, int, int] | None = None) -> None:
         """Copy the object *key* (if it exists) to ``q/<hex>``; the original is deleted
-        once the metadata recording the damage is committed (backends cannot rename)."""
-        if key not in stored:
+        once the metadata recording the damage is committed (backends cannot rename).
+        A block in a pack (*where*) is copied from its range; the pack stays (it holds
+        other blocks) and its damaged range counts as dead space."""
+        if (where[0] if where else key) not in stored:
             return
         try:
-            blob = await self.backend.get(key)
+            if where is None:
+                blob = await self.backend.get(key)
+            else:
+                blob = await self.backend.get_range(*where)
         except NoSuchObject:
             return
         await self.backend.put(quarantine_key(key), blob)
-        self.moved.append(key)
+        if where is None:
+            self.moved.append(key)
+
+    def _check_packs(self, stored: set[str]) -> None:
+        """Every pack the metadata names exists; report the dead space in packs."""
+        packs = self.db.execute("SELECT key, size FROM packs").fetchall()
+        missing = [key for key, _ in packs if key not in stored]
+        for key in missing:
+            self.say(f"pack {key} is missing from the store")
+        if packs:
+            dead, padding = self.blockmap.dead_bytes(), self.blockmap.padding_bytes()
+            total = sum(size for _, size in packs)
+            self.say(f"{len(packs)} packs, {total} bytes: {dead} bytes of dead space"
+                     f" (deleted data, {100 * dead // max(total, 1)}%), {padding} bytes of"
+                     " padding")
 
     async def _finish_quarantine(self, stored: set[str]) -> None:
         """Damage already recorded whose object is still in place (a run stopped between
@@ -357,6 +387,7 @@ class Checker:
         known = {SUPERBLOCK_KEY, HEAD_KEY, store_lock.LOCK_KEY, head["snapshot"],
                  *head.get("deltas", []), WEB_PAGE}  # the page of megafs web enable
         known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
+        known |= {r[0] for r in self.db.execute("SELECT key FROM packs")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
         metadata = sorted(k for k in stored if k not in known and k.startswith("m/"))
         if metadata:  # perhaps a newer state than the head's: never deleted by fsck

@@ -28,6 +28,7 @@ import trio
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
+from megafs.core.compactor import Compactor
 from megafs.core.namespace import (
     ENTRY_COOKIE,
     ENTRY_NAME,
@@ -66,6 +67,7 @@ class Filesystem:
         self.bs = block_size
         self.cache = BlockCache(cache_dir, store, self.blockmap, block_size, cache_size)
         self.uploader = Uploader(self.cache, self.blockmap, store, delay=upload_delay)
+        self.compactor = Compactor(self.blockmap, store)  # run by the mount
         self.timeout = timeout  # how long a writer waits for cache room before ENOSPC
         self.quota = quota  # bytes the store may hold (after dedup and compression)
         self.stored = self.blockmap.stored_bytes()  # refreshed by refresh_usage()
@@ -371,6 +373,9 @@ class Filesystem:
             "block_bytes": blocks["logical_bytes"],  # stored blocks as files use them
             "unique_bytes": blocks["plain_bytes"],  # after deduplication
             "stored_bytes": blocks["stored_bytes"],  # after compression, with padding
+            "packs": blocks["packs"], "dead_bytes": blocks["dead_bytes"],  # in packs
+            "padding_bytes": blocks["padding_bytes"],  # of packs (not in stored_bytes)
+            "compacted_packs": self.compactor.rewritten,  # since the mount
             "quota": self.quota, "cache_bytes": self.cache.total,
             "cache_limit": self.cache.max_bytes, "dirty_bytes": self.cache.dirty_bytes,
             "metadata_local_bytes": os.path.getsize(self.db.filename),

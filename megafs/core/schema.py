@@ -3,7 +3,8 @@
 The same database is the local working copy in the cache directory and, as a
 serialized image sealed in a metadata object, the filesystem's state in the
 store. Schema version lives in ``PRAGMA user_version``: 2 added ``inodes.nblocks``,
-3 added ``objects.sha256`` and the tables ``damaged`` and ``heads``. Databases of
+3 added ``objects.sha256`` and the tables ``damaged`` and ``heads``, 4 (format 3)
+``objects.pack``, ``objects.pack_offset`` and the table ``packs``. Databases of
 older versions are upgraded when opened (:func:`upgrade`).
 
 Tables
@@ -23,7 +24,12 @@ objects   stored data objects: ``key`` is the backend key (``b/<hex>``),
           deleted from the store after the next metadata snapshot is committed.
           ``sha256`` is the SHA-256 of the sealed object as stored (what share
           manifests list, so that a link holder can verify what it fetches); NULL
-          until known.
+          until known. ``pack`` is the pack object holding it (NULL: the object is
+          stored alone under ``key``), at ``pack_offset``, ``stored_size`` bytes long.
+packs     pack objects (``p/<hex>``): their stored (padded) ``size`` and the bytes
+          ``used`` by envelopes (the rest is padding); a pack no object row names
+          any more is garbage. Envelopes of unreferenced objects in it are dead
+          space (compaction reclaims it).
 blocks    (inode, blockno) -> object. A missing row is a hole (reads as zeros).
 damaged   (inode, blockno) ranges whose stored object was found damaged or missing
           (by fsck or a verified read): ``key`` the object it named, ``reason``
@@ -43,9 +49,9 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Older schema versions this megafs upgrades when it opens them.
-UPGRADABLE = (1, 2)
+UPGRADABLE = (1, 2, 3)
 
 SCHEMA = """
 CREATE TABLE inodes (
@@ -84,9 +90,17 @@ CREATE TABLE objects (
     refcount INTEGER NOT NULL,
     size INTEGER NOT NULL,
     stored_size INTEGER NOT NULL,
-    sha256 BLOB
+    sha256 BLOB,
+    pack TEXT,
+    pack_offset INTEGER
 );
 CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;
+CREATE INDEX objects_pack ON objects (pack) WHERE pack IS NOT NULL;
+CREATE TABLE packs (
+    key TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    used INTEGER NOT NULL
+);
 CREATE TABLE blocks (
     inode INTEGER NOT NULL,
     blockno INTEGER NOT NULL,
@@ -134,7 +148,8 @@ CREATE TABLE journal_sent (
 _JOURNAL_KEYS = {"inodes": ("id", None), "dentries": ("id", None),
                  "xattrs": ("inode", "name"), "objects": ("id", None),
                  "blocks": ("inode", "blockno"), "shares": ("id", None),
-                 "damaged": ("inode", "blockno"), "heads": ("seq", None)}
+                 "damaged": ("inode", "blockno"), "heads": ("seq", None),
+                 "packs": ("key", None)}
 
 
 def journal_trigger(table: str) -> str:
@@ -155,7 +170,8 @@ JOURNALED = {t: tuple(c for c in cols if c) for t, cols in _JOURNAL_KEYS.items()
 
 #: The data tables alone (what a delta image holds), without indexes or triggers.
 DELTA_SCHEMA = SCHEMA[:SCHEMA.index("CREATE TABLE state")].replace(
-    "CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;", "") + \
+    "CREATE INDEX objects_garbage ON objects (refcount) WHERE refcount = 0;", "").replace(
+    "CREATE INDEX objects_pack ON objects (pack) WHERE pack IS NOT NULL;", "") + \
     SCHEMA[SCHEMA.index("CREATE TABLE shares"):SCHEMA.index("CREATE TABLE journal (")]
 
 
@@ -227,6 +243,8 @@ def upgrade(conn: apsw.Connection) -> bool:
     1 -> 2: ``inodes.nblocks``, counted from ``blocks``.
     2 -> 3: ``objects.sha256`` (NULL: not known yet), tables ``damaged`` and ``heads``
     (empty) with their journal triggers.
+    3 -> 4: ``objects.pack`` and ``objects.pack_offset`` (NULL: one-block objects), the
+    table ``packs`` (empty) with its journal triggers.
     The caller must make the next upload a full snapshot: deltas of the new schema
     cannot apply to an old snapshot, and an older megafs refuses the new snapshot
     clearly (its schema version).
@@ -246,6 +264,14 @@ def upgrade(conn: apsw.Connection) -> bool:
                                        " AND name='journal'").fetchone()
             if has_journal:
                 conn.execute("".join(journal_trigger(t) for t in ("damaged", "heads")))
+        if version < 4:
+            conn.execute("ALTER TABLE objects ADD COLUMN pack TEXT")
+            conn.execute("ALTER TABLE objects ADD COLUMN pack_offset INTEGER")
+            conn.execute(_section("CREATE INDEX objects_pack", "CREATE TABLE blocks"))
+            has_journal = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
+                                       " AND name='journal'").fetchone()
+            if has_journal:
+                conn.execute(journal_trigger("packs"))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return True
 

@@ -24,7 +24,6 @@ import time
 import apsw
 import trio
 
-from megafs.backends import NoSuchObject
 from megafs.core.namespace import FsError, Namespace
 from megafs.core.schema import INO, MODE, MTIME_NS, SIZE
 from megafs.errors import CorruptObject, MegafsError
@@ -32,8 +31,9 @@ from megafs.store import share as share_format
 from megafs.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
-#: A manifest lists a file's blocks as [blockno, object key, block key, size, sha256]:
-#: the positions of the object key and the SHA-256 (None until recorded).
+#: A manifest lists a file's blocks as [blockno, block id, block key, size, sha256,
+#: object holding it, offset, length] (version 3): the positions of the block id and
+#: the SHA-256 of its envelope (None until recorded).
 _BLOCK_OBJKEY, _BLOCK_SHA256 = 1, 4
 
 
@@ -126,11 +126,11 @@ class Shares:
 
         async def one(objkey: str) -> None:
             async with limit:
-                try:
-                    blob = await self.store.backend.get(objkey)
-                except NoSuchObject:
-                    raise CorruptObject(f"data block {objkey} is missing from the store") \
-                        from None
+                pack, offset, length = self.db.execute(
+                    "SELECT pack, pack_offset, stored_size FROM objects WHERE key=?",
+                    (objkey,)).fetchone()
+                blob = await self.store.get_envelope(
+                    objkey, (pack, offset, length) if pack is not None else None)
                 plain = self.store.open_block(objkey, blob)
                 expected = self.db.execute("SELECT hash FROM objects WHERE key=?",
                                            (objkey,)).fetchone()
@@ -168,10 +168,12 @@ class Shares:
             keys = self.store.keys
             entry.update(type="file", size=size, blocks=[
                 [blockno, objkey, keys.block_key(objkey).hex(), plain,
-                 sha256.hex() if sha256 is not None else None]
-                for blockno, objkey, plain, sha256 in self.db.execute(
-                    "SELECT b.blockno, o.key, o.size, o.sha256 FROM blocks b JOIN objects o"
-                    " ON o.id = b.object WHERE b.inode=? ORDER BY b.blockno", (ino,))])
+                 sha256.hex() if sha256 is not None else None,
+                 pack or objkey, offset or 0, stored]
+                for blockno, objkey, plain, sha256, pack, offset, stored in self.db.execute(
+                    "SELECT b.blockno, o.key, o.size, o.sha256, o.pack, o.pack_offset,"
+                    " o.stored_size FROM blocks b JOIN objects o ON o.id = b.object"
+                    " WHERE b.inode=? ORDER BY b.blockno", (ino,))])
         else:
             return {}
         return entry

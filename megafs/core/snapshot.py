@@ -176,6 +176,7 @@ class Snapshotter:
         commit_batch(db)
         # One synchronous step: the image, the garbage list and the journal agree.
         garbage = self.blockmap.garbage()
+        garbage_packs = self.blockmap.garbage_packs()
         now = time.time()
         with db:
             record_history(db, seq)
@@ -223,7 +224,8 @@ class Snapshotter:
                 set_state(db, "delta_bytes", 0)
             else:
                 set_state(db, "delta_bytes", int(get_state(db, "delta_bytes", 0)) + size)
-            dead += [k for obj, k in garbage if self.blockmap.forget_if_garbage(obj)]
+            dead += [k for obj, k in garbage if self.blockmap.forget_if_garbage(obj) and k]
+            dead += self.blockmap.take_empty_packs(garbage_packs)
         commit_batch(db)
         self.uploaded_changes = db.total_changes()
         self.last_size = size

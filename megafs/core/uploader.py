@@ -23,6 +23,13 @@ A block is due
   is being rewritten);
 * otherwise once it was left alone for ``delay`` seconds (the write-back delay: a
   block that is being rewritten is not uploaded again and again).
+
+Sealed blocks are not stored one object each but gathered into packs
+(:mod:`megafs.store.packs`, docs/format.md §4a): a pack is stored when the next
+block would not fit (:data:`~megafs.store.packs.PACK_TARGET`), when someone waits
+for uploads and no block is being prepared, or :data:`PACK_LINGER` seconds after
+its first block (:data:`PACK_QUIET` when no other block waits). Its blocks reach the committer only once the pack is stored, so
+the ordering above holds for packs: pack durable (``sync``), then the block map.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from megafs.core.cache import BlockCache, Entry, read_whole
 from megafs.core.schema import commit_batch
 from megafs.errors import CacheError, MegafsError
 from megafs.store.objects import ObjectStore, new_block_key
+from megafs.store.packs import PackBuilder
 from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,13 @@ POLL = 0.1  # seconds between looks for blocks that became due (cheap while none
 _QUEUE = 64  # due blocks taken from the cache per look
 _THREAD_HASH = 128 * 1024  # hash larger blocks in a worker thread
 _RECENT = 4096  # blocks remembered as uploaded: written again, they wait for the delay
+#: Seconds an open pack waits for more blocks before it is stored anyway. Each pack
+#: costs at least 1 MiB of storage, so a slow trickle of small writes costs at most
+#: 1 MiB per this many seconds until compaction.
+PACK_LINGER = 5.0
+#: ... or only this long when no other block waits to be uploaded (nothing more is
+#: coming soon: the data reaches the store without the full wait).
+PACK_QUIET = 1.0
 
 
 def _zero_or_hash(data: bytes, dedup_hash) -> bytes | None:
@@ -94,6 +109,14 @@ class Uploader:
         self._wake = trio.Event()  # set (and replaced) whenever an upload finishes
         self._dup_rate = 0.0  # moving average: how many recent blocks had a duplicate
         self._recent: OrderedDict[tuple[int, int], Entry] = OrderedDict()  # uploaded last
+        self._pack: PackBuilder | None = None  # the pack being filled
+        self._pack_opened = 0.0  # when its first block went in
+        self._pack_members: list[tuple] = []  # (entry, gen, digest, block key, size, sha256)
+        self._packed_bytes = 0  # sealed bytes in the open pack and in packs being stored
+        self._nursery: trio.Nursery | None = None
+        #: digest -> blocks with the same bytes as one in a pack not committed yet; they
+        #: are committed after it (as duplicates), so a pack never holds two copies
+        self._sealing: dict[bytes, list[tuple]] = {}
 
     # -- scheduling -------------------------------------------------------------
     def _signal(self) -> None:
@@ -112,6 +135,11 @@ class Uploader:
         nxt = self.cache.entries.get((e.ino, e.blk + 1))
         return nxt is not None and nxt.last_write >= e.last_write
 
+    def _urgent(self) -> bool:
+        cache = self.cache
+        return bool(self.flushing or cache.wanted.is_set()
+                    or cache.dirty_bytes > cache.max_dirty // 2)
+
     def _next(self) -> Entry | None:
         """The next block to upload, if one is due."""
         queue = self._queue
@@ -121,8 +149,7 @@ class Uploader:
                 if self._startable(e):
                     return e
             cache = self.cache
-            urgent = bool(self.flushing or cache.wanted.is_set()
-                          or cache.dirty_bytes > cache.max_dirty // 2)
+            urgent = self._urgent()
             cutoff = trio.current_time() - self.delay
             for e in cache.dirty.values():
                 if self._startable(e) and self._due(e, urgent, cutoff):
@@ -134,6 +161,7 @@ class Uploader:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._committer)
             task_status.started()
             while True:
@@ -143,12 +171,15 @@ class Uploader:
                     continue
                 e = self._next()
                 if e is None:
+                    if self._pack is not None and not self._inflight and self._pack_due():
+                        self._close_pack()
                     self.cache.wanted = trio.Event()
                     with trio.move_on_after(POLL):
                         await self.cache.wanted.wait()
                     continue
+                busy = self._inflight_bytes + self._packed_bytes
                 if self._inflight >= self.workers or (
-                        self._inflight and self._inflight_bytes + e.size > INFLIGHT_BYTES):
+                        (self._inflight or self._packed_bytes) and busy + e.size > INFLIGHT_BYTES):
                     self._queue.appendleft(e)  # still first in line
                     await self._wake.wait()
                     continue
@@ -200,13 +231,17 @@ class Uploader:
                 self._dup_rate = 0.95 * self._dup_rate + (0.05 if duplicate else 0.0)
             if duplicate:
                 self._done.append((e, gen, digest, None))
+            elif digest in self._sealing:  # the same bytes wait in a pack: share them
+                self._sealing[digest].append((e, gen, digest, None))
             else:
                 if prepared is None:
-                    stored, sha256 = await self.store.put_block(key, data)
+                    blob, sha256 = await self.store.seal_packed(key, data)
                 else:
-                    stored, sha256 = await self.store.put_prepared(key, prepared)
-                self.uploaded_bytes += stored
-                self._done.append((e, gen, digest, (key, len(data), stored, sha256)))
+                    blob, _, sha256 = prepared
+                if digest in self._sealing:  # packed by another upload meanwhile
+                    self._sealing[digest].append((e, gen, digest, None))
+                else:
+                    self._add_to_pack((e, gen, digest, key, len(data), sha256), blob)
             keep = True
             if self.failures or self.last_error:
                 self.failures = 0
@@ -218,6 +253,56 @@ class Uploader:
                 e.uploading = False
             self._inflight -= 1
             self._inflight_bytes -= size
+            self._signal()
+
+    # -- packs ------------------------------------------------------------------
+    def _add_to_pack(self, member: tuple, blob: bytes) -> None:
+        if self._pack is not None and not self._pack.fits(len(blob)):
+            self._close_pack()
+        if self._pack is None:
+            self._pack, self._pack_members = PackBuilder(), []
+            self._pack_opened = trio.current_time()
+        offset = self._pack.add(blob)
+        self._sealing[member[2]] = []
+        self._packed_bytes += len(blob)
+        self._pack_members.append((*member, len(blob), offset))
+
+    def _pack_due(self) -> bool:
+        """Whether the open pack should be stored now (no block is being sealed)."""
+        age = trio.current_time() - self._pack_opened
+        if self._urgent() or age >= PACK_LINGER:
+            return True
+        return age >= PACK_QUIET and all(e.uploading for e in self.cache.dirty.values())
+
+    def _close_pack(self) -> None:
+        """Start storing the open pack."""
+        pack, members = self._pack, self._pack_members
+        self._pack, self._pack_members = None, []
+        self._nursery.start_soon(self._put_pack, pack, members)
+
+    async def _put_pack(self, pack: PackBuilder, members: list[tuple]) -> None:
+        """Store a pack, then hand its blocks to the committer (which syncs first)."""
+        stored = False
+        try:
+            size = await self.store.put_pack(pack)
+            self.uploaded_bytes += size
+            for e, gen, digest, key, n, sha256, length, offset in members:
+                self._done.append((e, gen, digest,
+                                   (key, n, length, sha256, (pack.key, offset, size, pack.length))))
+            stored = True
+            if self.failures or self.last_error:
+                self.failures = 0
+                self.last_error = None
+        except (MegafsError, OSError) as err:  # storage down: the blocks are sent again
+            self._failed(err)
+        finally:
+            aliases = [a for m in members for a in self._sealing.pop(m[2], [])]
+            if stored:  # after the blocks they duplicate: the committer finds those
+                self._done.extend(aliases)
+            else:
+                for e, *_ in (*members, *aliases):
+                    e.uploading = False
+            self._packed_bytes -= pack.length
             self._signal()
 
     # -- committing finished uploads --------------------------------------------
@@ -271,11 +356,11 @@ class Uploader:
             # garbage meanwhile, and the same content may have been stored twice.
             obj = self.blockmap.find_duplicate(digest)
             if new is not None:
-                key, size, stored, sha256 = new
+                key, size, stored, sha256, pack = new
                 if obj is None:
-                    obj = self.blockmap.add_object(key, digest, size, stored, sha256)
+                    obj = self.blockmap.add_object(key, digest, size, stored, sha256, pack)
                 else:  # garbage, deleted later
-                    self.blockmap.add_object(key, None, size, stored, sha256)
+                    self.blockmap.add_object(key, None, size, stored, sha256, pack)
             elif obj is None:
                 return False  # its duplicate vanished: stays dirty, uploaded next round
         if e.removed:

@@ -9,7 +9,7 @@ process is the only writer, so the kernel may cache them.
 
 The root directory also answers a control channel that is never stored:
 ``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
-(see :mod:`megafs.mount`). It, and the share attribute of every file, answer only
+(its names and formats: :mod:`megafs.fs.control`; its actions: :mod:`megafs.mount`). It, and the share attribute of every file, answer only
 the mount's owner (the uid that mounted) and root: on an ``allow_other`` mount
 anyone else gets EACCES.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
 import stat
@@ -30,13 +29,14 @@ from megafs.core.filesystem import Filesystem
 from megafs.core.namespace import ENTRY_COOKIE, ENTRY_NAME, ENTRY_ROW, NAME_MAX, ROOT, FsError
 from megafs.core.schema import INO, MODE
 from megafs.errors import MegafsError
+from megafs.fs import control
 
 log = logging.getLogger(__name__)
-CTRL_PREFIX = b"megafs."
-SHARE_ATTR = b"megafs.share"  # on any file or folder: its link; set to share / revoke
-SHARES_ATTR = b"megafs.shares"  # on the root: all links (JSON)
-UNSHARE_ATTR = b"megafs.unshare"  # on the root: revoke the share with this id
-STATS_ATTR = b"megafs.stats"  # on the root: figures for `megafs stat` (JSON)
+CTRL_PREFIX = control.PREFIX
+SHARE_ATTR = control.SHARE.encode()
+SHARES_ATTR = control.SHARES.encode()
+UNSHARE_ATTR = control.UNSHARE.encode()
+STATS_ATTR = control.STATS.encode()
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
 SYMLINK_MAX = 4095  # bytes in a symlink target: PATH_MAX (4096) less the terminating NUL
@@ -290,7 +290,7 @@ class Operations(pyfuse3.Operations):
             await self.shares.revoke(value.decode(errors="replace"))
             return
         if inode == ROOT and name.startswith(CTRL_PREFIX):
-            await self.control.setxattr(name[len(CTRL_PREFIX):], value)
+            await self.control.setxattr(name, value)
             return
         if name.startswith(b"system."):
             raise FsError(errno.EOPNOTSUPP)
@@ -308,11 +308,11 @@ class Operations(pyfuse3.Operations):
                 raise FsError(errno.ENODATA)
             return link.encode()
         if inode == ROOT and name == STATS_ATTR:
-            return json.dumps(self.fs.stats()).encode()
+            return control.encode(self.fs.stats())
         if inode == ROOT and name == SHARES_ATTR and self.shares:
-            return json.dumps(self.shares.listing()).encode()
+            return control.encode(self.shares.listing())
         if inode == ROOT and name.startswith(CTRL_PREFIX):
-            return self.control.getxattr(name[len(CTRL_PREFIX):])
+            return self.control.getxattr(name)
         return self.fs.getxattr(inode, name)
 
     @_errors

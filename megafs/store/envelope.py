@@ -77,6 +77,22 @@ def padme(length: int) -> int:
     return (length + mask) & ~mask
 
 
+#: Smallest padded size of a metadata object (:func:`bucket`).
+BUCKET_MIN = 16 * 1024
+_MiB = 1 << 20
+
+
+def bucket(length: int) -> int:
+    """Coarse padding for metadata (snapshots, deltas, head): at least 16 KiB, then the
+    next power of two up to 1 MiB, then whole MiB. A delta of one changed row and one of
+    a hundred have the same size; the size tells the order of magnitude only."""
+    if length <= BUCKET_MIN:
+        return BUCKET_MIN
+    if length <= _MiB:
+        return 1 << (length - 1).bit_length()
+    return -(-length // _MiB) * _MiB
+
+
 def _compressible(payload: bytes) -> bool:
     """Whether zstd is worth trying on a large payload: a sample of 8 pieces of 4 KiB
     spread over it shrinks by 3 %. Costs ~3 % of compressing it all, which for
@@ -88,8 +104,9 @@ def _compressible(payload: bytes) -> bool:
 
 
 def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
-         compress: bool = True, version: int = VERSION) -> bytes:
-    """Return the envelope of *payload* for storage under *object_key*."""
+         compress: bool = True, version: int = VERSION, coarse: bool = False) -> bytes:
+    """Return the envelope of *payload* for storage under *object_key*; with *coarse*
+    the whole envelope is padded to a :func:`bucket` size instead of Padme."""
     flags = 0
     if compress and len(payload) >= 64 and (len(payload) < _SAMPLE_FROM
                                             or _compressible(payload)):
@@ -97,7 +114,10 @@ def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
         if len(packed) < len(payload) * 0.97:
             payload, flags = packed, FLAG_ZSTD
     body_len = INNER.size + len(payload)
-    pad = padme(body_len) - body_len
+    if coarse:
+        pad = max(0, bucket(body_len + HEADER.size + 16) - HEADER.size - 16 - body_len)
+    else:
+        pad = padme(body_len) - body_len
     inner = b"".join((INNER.pack(flags, len(payload)), payload, bytes(pad)))
     nonce = os.urandom(12)
     commit = hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")

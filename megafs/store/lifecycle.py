@@ -106,7 +106,7 @@ async def rewrite_superblock(store: ObjectStore, blob: bytes) -> bool:
     store.head_guard = lease.check
     try:
         head = await store.read_head()
-        if head is None or head.get("format", 1) < HEAD_FORMAT:
+        if head is None or head.get("format", 1) < 2:
             return True  # a format-1 store: its first metadata upload records it
         new = dict(head, seq=head["seq"] + 1, prev=head["hash"],
                    sb_version=superblock.version(superblock.parse(blob)), time=time.time(),

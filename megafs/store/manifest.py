@@ -24,27 +24,24 @@ MAX_BLOCK_SIZE = 64 << 20
 MAX_FILE_SIZE = 1 << 44  #: 16 TiB (ext4's limit); larger sizes are refused
 MAX_MTIME_NS = (1 << 63) - 1
 _OBJECT_KEY = re.compile(r"b/[0-9a-f]{32}")
-_CONTAINER_KEY = re.compile(r"[a-z]/[0-9a-f]{32}")  #: version 3: the object holding a block
-MIN_ENVELOPE = 75  #: header, inner header and tag of an empty payload
+_HOLDER_KEY = re.compile(r"[bp]/[0-9a-f]{32}")  #: a one-block object or a pack
+MAX_OFFSET = 1 << 40  #: offsets of envelopes in the objects holding them
+#: An envelope is at most the block plus Padme's 12 % and the envelope overhead.
+_ENVELOPE_SLACK = 1.13
+MIN_ENVELOPE = 75  #: header, inner header and tag of an empty payload (envelope.OVERHEAD)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class Block:
     number: int
-    object_key: str  #: the block's id: the object key its envelope is sealed for (AAD)
-    key: bytes  #: the block's own key K_obj
+    object_key: str
+    key: bytes  #: the object's own key K_obj
     length: int  #: plaintext bytes
-    sha256: bytes | None  #: of its envelope's bytes (None in version 1 manifests)
-    #: Version 3: the object holding the envelope, at [offset, offset + size). Before
-    #: version 3 the envelope is the whole object ``object_key``.
-    container: str | None = None
-    offset: int = 0
-    size: int | None = None
-
-    @property
-    def stored_in(self) -> str:
-        return self.container or self.object_key
+    sha256: bytes | None  #: of the stored envelope (None in version 1 manifests)
+    holder: str = ""  #: the object holding the envelope (version 3; "": object_key)
+    offset: int = 0  #: where the envelope starts in it (version 3)
+    stored_length: int | None = None  #: the envelope's length (version 3; None: all)
 
 
 @dataclass
@@ -134,7 +131,7 @@ def _path(value) -> tuple[str, ...]:
 def _blocks(raw, entry: Entry, block_size: int, version: int) -> list[Block]:
     if not isinstance(raw, list):
         raise _bad(f"{entry.display or 'the file'}: blocks is not a list")
-    width = {1: 4, 2: 5}.get(version, 8)
+    width = 8 if version >= 3 else 5 if version >= 2 else 4
     blocks, seen = [], set()
     for item in raw:
         if not isinstance(item, list) or len(item) != width:
@@ -155,15 +152,16 @@ def _blocks(raw, entry: Entry, block_size: int, version: int) -> list[Block]:
             if not isinstance(item[4], str) or not _HEX64.fullmatch(item[4]):
                 raise _bad(f"{entry.display or 'the file'}: block {number} has a bad hash")
             sha256 = bytes.fromhex(item[4])
+        holder, offset, stored = "", 0, None
         if version >= 3:
-            if not isinstance(item[5], str) or not _CONTAINER_KEY.fullmatch(item[5]):
+            holder = _str(item[5], "an object key")
+            if not _HOLDER_KEY.fullmatch(holder) or (holder[0] == "b" and holder != object_key):
                 raise _bad(f"{entry.display or 'the file'}: block {number} names a bad object")
-            offset = _int(item[6], "an offset", 0, MAX_FILE_SIZE)
-            size = _int(item[7], "an envelope length", MIN_ENVELOPE, 2 * MAX_BLOCK_SIZE)
-            blocks.append(Block(number, object_key, bytes.fromhex(item[2]), length, sha256,
-                                item[5], offset, size))
-            continue
-        blocks.append(Block(number, object_key, bytes.fromhex(item[2]), length, sha256))
+            offset = _int(item[6], "an offset", 0, MAX_OFFSET)
+            stored = _int(item[7], "a stored length", MIN_ENVELOPE,
+                          int(block_size * _ENVELOPE_SLACK) + 4096)
+        blocks.append(Block(number, object_key, bytes.fromhex(item[2]), length, sha256,
+                            holder, offset, stored))
     return blocks
 
 

@@ -8,6 +8,8 @@ Object keys (docs/format.md, "Object naming"):
                     the superblock version it was written under (format 2)
 * ``m/<32 hex>``    a metadata snapshot (random name)
 * ``b/<32 hex>``    a data block (random name; its key is derived from the name)
+* ``p/<32 hex>``    a pack: data block envelopes, each still sealed under its own
+                    ``b/<32 hex>`` block id, padded to whole MiB (:mod:`megafs.store.packs`)
 * ``q/<32 hex>``    a data block fsck found damaged, moved aside (quarantined)
 
 Every block the owner reads is verified twice: the envelope must authenticate under
@@ -24,17 +26,21 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from megafs.backends import Backend, NoSuchObject, ObjectChanged
 from megafs.crypto.keys import KeyRing
 from megafs.errors import CorruptObject, LockLost, UnsupportedFormat
 from megafs.store import envelope
+from megafs.store.packs import PackBuilder
 from megafs.threads import run_sync
 
 HEAD_KEY = "head"
 #: Format of the heads this megafs writes (docs/format.md §5); format 1 heads are read.
-HEAD_FORMAT = 2
-HEAD_FORMATS = (1, 2)
+#: Format 3 (packs) has the fields of format 2; the number tells a megafs that reads only
+#: formats 1 and 2 to refuse the store (its metadata names packs it cannot read).
+HEAD_FORMAT = 3
+HEAD_FORMATS = (1, 2, 3)
 #: The fields of a head that define the state it names; its hash covers these only
 #: (not ``time``, ``host``, ``pid``), so a head rebuilt by fsck for the same state
 #: has the same hash as the lost one.
@@ -48,7 +54,7 @@ def head_hash(head: dict) -> str:
                           .encode()).hexdigest()
 # Keys under these prefixes are random and never reused for other bytes, so two
 # copies of one PUT store the same object (the backend may hedge them).
-WRITE_ONCE_PREFIXES = ("b/", "m/")
+WRITE_ONCE_PREFIXES = ("b/", "m/", "p/")
 BLOCK_PREFIX = "b/"
 QUARANTINE_PREFIX = "q/"  # damaged blocks moved aside by fsck: kept, never garbage
 _INLINE = 128 * 1024  # objects below this are sealed/opened inline (thread hop ~84 us)
@@ -133,18 +139,45 @@ class ObjectStore:
         await self.backend.put(object_key, blob, digest=digest)
         return len(blob), sha256
 
+    async def seal_packed(self, object_key: str, data: bytes) -> tuple[bytes, bytes]:
+        """Seal a block for a pack: its envelope and the envelope's SHA-256."""
+        blob, _digest, sha256 = await _run(self.prepare_block, object_key, data,
+                                           size=len(data))
+        return blob, sha256
+
+    async def put_pack(self, pack: PackBuilder) -> int:
+        """Store a pack (its envelopes and padding); return its stored size."""
+        data = await _run(pack.build, size=pack.length)
+        await self.backend.put(pack.key, data)
+        return len(data)
+
     async def put_block(self, object_key: str, data: bytes) -> tuple[int, bytes]:
         """Seal and store one block; return the stored size and SHA-256."""
         prepared = await _run(self.prepare_block, object_key, data, size=len(data))
         return await self.put_prepared(object_key, prepared)
 
-    async def get_block(self, object_key: str, digest: bytes | None) -> bytes:
-        """Fetch, open and verify a block against its recorded keyed hash *digest*
-        (:meth:`open_verified_block`); CorruptObject if anything is wrong."""
+    async def get_envelope(self, object_key: str,
+                           where: tuple[str, int, int] | None = None) -> bytes:
+        """The sealed bytes of block *object_key*: the whole object, or for a block in a
+        pack (*where* = (pack key, offset, length)) that range of the pack."""
         try:
-            blob = await self.backend.get(object_key)
+            if where is None:
+                return await self.backend.get(object_key)
+            pack, offset, length = where
+            blob = await self.backend.get_range(pack, offset, length)
         except NoSuchObject:
-            raise CorruptObject(f"data block {object_key} is missing from the store") from None
+            place = object_key if where is None else f"{object_key} (pack {where[0]})"
+            raise CorruptObject(f"data block {place} is missing from the store") from None
+        if len(blob) != length:
+            raise CorruptObject(f"data block {object_key} is cut short in pack {pack}")
+        return blob
+
+    async def get_block(self, object_key: str, digest: bytes | None,
+                        where: tuple[str, int, int] | None = None) -> bytes:
+        """Fetch, open and verify a block against its recorded keyed hash *digest*
+        (:meth:`open_verified_block`); CorruptObject if anything is wrong. *where*:
+        see :meth:`get_envelope`."""
+        blob = await self.get_envelope(object_key, where)
         return await _run(self.open_verified_block, object_key, blob, digest, size=len(blob))
 
     # -- metadata -------------------------------------------------------------
@@ -153,8 +186,8 @@ class ObjectStore:
         """Seal and store a snapshot or delta; return its stored size and SHA-256 (hex),
         which the head that names it records."""
         kind = envelope.KIND_DELTA if delta else envelope.KIND_METADATA
-        blob = await _run(envelope.seal, self.keys.meta, kind, object_key, payload,
-                          size=len(payload))
+        blob = await _run(partial(envelope.seal, coarse=True), self.keys.meta, kind,
+                          object_key, payload, size=len(payload))
         await self.backend.put(object_key, blob)
         return len(blob), hashlib.sha256(blob).hexdigest()
 
@@ -180,7 +213,8 @@ class ObjectStore:
         body = {k: v for k, v in head.items() if k != "hash"}
         version = 2 if body.get("format", 1) >= 2 else 1
         blob = envelope.seal(self.keys.meta, envelope.KIND_HEAD, HEAD_KEY,
-                             json.dumps(body, sort_keys=True).encode(), version=version)
+                             json.dumps(body, sort_keys=True).encode(), version=version,
+                             coarse=True)
         return blob, head_hash(body)
 
     async def write_head(self, head: dict, sealed: tuple[bytes, str] | None = None) -> str:

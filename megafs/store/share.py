@@ -7,9 +7,10 @@ and the owner's public signing key::
     megafs+s3+http://host:port/bucket/prefix/s/<32 hex>#<...>
 
 The object ``s/<id>`` is an envelope of kind 6 sealed with the share key. Its
-payload is ``0x02 || Ed25519 signature (64 bytes) || JSON manifest`` (version 2):
-the JSON lists the shared file(s) with, for every block, the object key, that
-object's own key and the SHA-256 of the stored object. The signature is made with
+payload is ``0x03 || Ed25519 signature (64 bytes) || JSON manifest`` (version 3;
+version 2 the same with 0x02): the JSON lists the shared file(s) with, for every
+block, its block id, that block's own key, the SHA-256 of its envelope and (version
+3) the object, offset and length where the envelope is stored. The signature is made with
 a key derived from the master key, so a link holder who can write to the store
 can still not change what other link holders receive. Nothing in a manifest
 leads to the master key, the metadata key or any object that is not shared.
@@ -35,10 +36,9 @@ from megafs.errors import CorruptObject, UnsupportedFormat, UsageError
 from megafs.store import envelope
 
 KIND_SHARE = envelope.KIND_SHARE
-MANIFEST_VERSION = 2
-#: Signed manifest versions this megafs reads. Version 3 (manifests of stores with packs)
-#: has version 2's layout; its block entries also locate each block's envelope inside a
-#: larger object (docs/format.md §5b, "Block entries").
+MANIFEST_VERSION = 3
+#: Signed manifest versions this megafs reads: 3 names where each block is stored
+#: (an object key, offset and length: packs); 2 names one object per block.
 SIGNED_VERSIONS = (2, 3)
 KEY_BYTES = 32
 PUBLIC_KEY_BYTES = 32
@@ -137,18 +137,19 @@ def _signed_message(share_id: str, body: bytes) -> bytes:
     return SIGNATURE_LABEL + share_id.encode() + b"\x00" + body
 
 
-def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateKey,
-                     version: int = MANIFEST_VERSION) -> bytes:
-    """``version || signature || JSON``: the payload of a signed (version 2 or 3) manifest."""
+def manifest_payload(share_id: str, manifest: dict, signing_key: Ed25519PrivateKey) -> bytes:
+    """``version || signature || JSON``: the payload of a signed manifest (the JSON's
+    ``"v"`` is the version)."""
     body = json.dumps(manifest, separators=(",", ":")).encode()
     signature = signing_key.sign(_signed_message(share_id, body))
-    return bytes([version]) + signature + body
+    version = manifest.get("v") if isinstance(manifest, dict) else None
+    return bytes([version if version in SIGNED_VERSIONS else MANIFEST_VERSION]) + signature + body
 
 
 def seal_manifest(key: bytes, share_id: str, manifest: dict,
-                  signing_key: Ed25519PrivateKey, version: int = MANIFEST_VERSION) -> bytes:
+                  signing_key: Ed25519PrivateKey) -> bytes:
     return envelope.seal(key, KIND_SHARE, object_key(share_id),
-                         manifest_payload(share_id, manifest, signing_key, version))
+                         manifest_payload(share_id, manifest, signing_key))
 
 
 def open_manifest(key: bytes, share_id: str, blob: bytes,

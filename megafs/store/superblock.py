@@ -25,7 +25,7 @@ from megafs.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
 
 OBJECT_KEY = "superblock"
 #: Superblock formats this megafs reads: 2 added ``version`` (absent in 1: version 0).
-READABLE_FORMATS = (1, 2)
+READABLE_FORMATS = (1, 2, 3)
 LABEL_RECOVERY = b"megafs v1 recovery"
 
 #: Bounds of what a superblock may hold, checked before Argon2id runs: a provider's

@@ -145,9 +145,16 @@ class Core:
         return fs_errno(self.rename, old, new, flags)
 
     async def stored_block_bytes(self) -> int:
-        """Bytes of the data objects in the store, as the backend has them."""
+        """Bytes of the data envelopes in the store: one-block objects as the backend has
+        them, and the envelopes in each pack (not its padding), after checking that every
+        pack has the size the metadata records."""
         backend = self.store.backend
-        return sum([await backend.size(k) async for k in backend.list("b/")])
+        alone = sum([await backend.size(k) async for k in backend.list("b/")])
+        packs = dict(self.fs.db.execute("SELECT key, size FROM packs").fetchall())
+        assert {k: await backend.size(k) async for k in backend.list("p/")} == packs
+        return alone + self.fs.db.execute(
+            "SELECT coalesce(sum(used), 0) FROM packs p WHERE EXISTS (SELECT 1 FROM objects o"
+            " WHERE o.pack = p.key AND o.refcount > 0)").fetchone()[0]
 
     # -- the state as a whole ----------------------------------------------------------
     def tree(self, path: str = "") -> dict:

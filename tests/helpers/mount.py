@@ -22,6 +22,7 @@ from helpers.procs import (
     wait_pid_gone,
 )
 from helpers.stores import Store
+from megafs.fs import control
 
 TOOL_TIMEOUT = 90  # seconds for one CLI invocation
 SMALL_BLOCK = "64K"
@@ -91,7 +92,7 @@ class MegaFS:
         return proc
 
     def pid(self, mnt: Path | None = None) -> int:
-        return int(os.getxattr(mnt or self.mnt, "megafs.pid"))
+        return control.daemon_pid(str(mnt or self.mnt))
 
     def is_mounted(self, mnt: Path | None = None) -> bool:
         return str(mnt or self.mnt) in mounted_paths()
@@ -112,14 +113,13 @@ class MegaFS:
         self.umount()
         self.mount(fresh_cache=fresh_cache)
 
-    def status(self) -> dict[str, str]:
-        """The daemon's ``megafs.status`` control attribute (dirty_bytes=... ...)."""
-        text = os.getxattr(self.mnt, "megafs.status").decode()
-        return dict(item.partition("=")[::2] for item in text.split())
+    def status(self) -> dict:
+        """The daemon's ``megafs.status`` control attribute, decoded (JSON)."""
+        return control.read_status(str(self.mnt))
 
     def flush(self) -> None:
         """Ask the daemon to upload everything now (the control channel umount uses)."""
-        os.setxattr(self.mnt, "megafs.ctrl", b"flush")
+        control.send(str(self.mnt), "flush")
 
     def kill9(self, *, reap_it: bool = True) -> int:
         """SIGKILL the daemon, wait for it to die, then lazily unmount the dead mount.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import seaweed
 
+from megafs.fs import control
+
 BIN = Path(sys.executable).parent
 PASSPHRASE = "correct horse battery staple"
 
@@ -78,12 +80,8 @@ def is_megafs_daemon(pid: int) -> bool:
 
 
 def mounted_paths() -> set[str]:
-    out = set()
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            mnt = line.split()[1]
-            out.add(mnt.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
-    return out
+    """Every mountpoint (of any filesystem type), as the kernel lists them."""
+    return {mnt for _, mnt, _, _ in control.mount_table()}
 
 
 def assert_cli_error(proc: subprocess.CompletedProcess, tool: str, code: int) -> str:

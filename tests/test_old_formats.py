@@ -1,0 +1,99 @@
+"""Stores written by older megafs (checked in under tests/data, made by their scripts)
+stay readable: fsck finds nothing wrong, a mount reads every file and every old link
+still downloads; the first upload moves the store to the current format (format 3:
+new data in packs, metadata of the current schema as a full snapshot) while the old
+one-block objects stay where they are and stay readable."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import apsw
+import pytest
+import trio
+from helpers import LocalStore, MegaFS
+
+from megafs import FORMAT_VERSION
+from megafs.core import schema
+from megafs.store import lifecycle
+
+DATA = Path(__file__).parent / "data"
+OLD_STORES = ["store-v1", "store-v2"]
+
+
+def _maker(name: str):
+    """The script that made tests/data/<name>: its FILES, SYMLINK, SHARED, PASSPHRASE."""
+    script = DATA / f"make_{name.replace('-', '_')}.py"
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _head_and_schema(fs: MegaFS, passphrase: str) -> tuple[dict, int]:
+    async def go():
+        backend = await lifecycle.connect(fs.url)
+        try:
+            store, _ = await lifecycle.unlock(backend, passphrase=passphrase.encode())
+            head = await store.read_head()
+            conn = apsw.Connection(":memory:")
+            conn.deserialize("main", await store.get_metadata(head["snapshot"]))
+            return head, conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            await backend.aclose()
+
+    return trio.run(go)
+
+
+def _data_objects(root: Path, prefix: str) -> set[str]:
+    return {p.name for p in (root / prefix).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name", OLD_STORES)
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_old_store_is_checked_read_and_upgraded(store, tmp_path, name):
+    old = _maker(name)
+    copy = tmp_path / name
+    shutil.copytree(DATA / name, copy)
+    one_block = _data_objects(copy, "b")
+    assert one_block and not (copy / "p").exists()
+    fs = MegaFS(LocalStore(copy), tmp_path)
+    fs.env["MEGAFS_PASSPHRASE"] = old.PASSPHRASE
+    link = f"megafs+{fs.url}/" + (DATA / f"{name}.link").read_text().strip()
+    try:
+        r = fs.run("fsck.megafs", "--dry-run", fs.url, check=False)
+        assert r.returncode == 0 and r.stdout.strip().endswith("no problems"), r.stdout
+        fs.mount()
+        for path, data in old.FILES.items():
+            assert (fs.mnt / path).read_bytes() == data
+        assert os.readlink(fs.mnt / old.SYMLINK[0]) == old.SYMLINK[1]
+        # st_blocks counted from the block map (schema 1 had no nblocks): a full 64 KiB
+        # block and the 4,468-byte tail in 4 KiB units
+        assert os.stat(fs.mnt / "dir" / "b.txt").st_blocks == (64 * 1024 + 8192) // 512
+        got = fs.run("megafs", "get", link, tmp_path / "got-before")
+        assert (tmp_path / "got-before").read_bytes() == old.FILES[old.SHARED], got.stderr
+        (fs.mnt / "new.bin").write_bytes(os.urandom(100_000))
+        new = (fs.mnt / "new.bin").read_bytes()
+        fs.umount()
+
+        head, version = _head_and_schema(fs, old.PASSPHRASE)
+        assert head["format"] == FORMAT_VERSION == 3
+        assert version == schema.SCHEMA_VERSION  # the upgrade uploaded a full snapshot
+        assert _data_objects(copy, "b") == one_block  # old objects stay as they were
+        packs = [p for p in (copy / "p").rglob("*") if p.is_file()]
+        assert len(packs) == 1 and packs[0].stat().st_size == 1 << 20  # the new file
+        fs.mount(fresh_cache=True)
+        for path, data in old.FILES.items():
+            assert (fs.mnt / path).read_bytes() == data
+        assert (fs.mnt / "new.bin").read_bytes() == new
+        fs.umount()
+        # the link still works: its manifest was republished (version 3) at the upload
+        got = fs.run("megafs", "get", link, tmp_path / "got-after")
+        assert (tmp_path / "got-after").read_bytes() == old.FILES[old.SHARED], got.stderr
+        r = fs.run("fsck.megafs", fs.url, check=False)
+        assert r.returncode == 0 and r.stdout.strip().endswith("no problems"), r.stdout
+    finally:
+        fs.cleanup()
