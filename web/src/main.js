@@ -11,6 +11,12 @@
   var PARALLEL = 4;
   var KIND_BLOCK = 1, KIND_SHARE = 6;
   var MIN_BS = 64 << 10, MAX_BS = 64 << 20, MAX_SIZE = Math.pow(2, 44);
+  // Version 3 block entries (megafs/store/manifest.py): offsets in the object holding
+  // the envelope, the envelope's length from the smallest envelope to a full block's.
+  var MAX_OFFSET = Math.pow(2, 40), MIN_ENVELOPE = 75, ENVELOPE_SLACK = 1.13;
+  // Neighbouring envelopes of one pack are read with one Range GET of at most this
+  // many bytes, skipping at most COALESCE_GAP bytes between two of them.
+  var COALESCE_MAX = 4 << 20, COALESCE_GAP = 64 << 10;
   var enc = new TextEncoder();
   var subtle = window.crypto && window.crypto.subtle;
 
@@ -217,10 +223,12 @@
             throw bad("block " + n + " has a bad key or hash");
           var block = { number: n, id: b[1], key: fromHex(b[2]), length: length, sha256: b[4],
                         object: b[1], range: null };
-          if (version >= 3) {
-            if (typeof b[5] !== "string" || !/^[a-z]\/[0-9a-f]{32}$/.test(b[5])) throw bad("block " + n + " names a bad object");
+          if (version >= 3) { // where the envelope is: a pack p/..., or the block's own b/ object
+            if (typeof b[5] !== "string" || !/^[bp]\/[0-9a-f]{32}$/.test(b[5]) || (b[5][0] === "b" && b[5] !== b[1]))
+              throw bad("block " + n + " names a bad object");
             block.object = b[5];
-            block.range = [int(b[6], "an offset", 0, MAX_SIZE), int(b[7], "an envelope length", 75, 2 * MAX_BS)];
+            block.range = [int(b[6], "an offset", 0, MAX_OFFSET),
+                           int(b[7], "a stored length", MIN_ENVELOPE, Math.floor(bs * ENVELOPE_SLACK) + 4096)];
           }
           out.blocks.push(block);
         });
@@ -248,13 +256,18 @@
     $("progress-text").textContent = size(progress.done) + " of " + size(progress.total);
   }
 
-  async function fetchBlock(entry, block) {
-    var what = (entry.path || manifest.name) + ": block " + block.number;
-    var blob = await fetchBytes(block.object, block.range);
-    if (typeof blob === "number") {
-      if (blob === 404 || blob === 403) throw fail(TAMPERED + what + " is missing from the store (HTTP " + blob + ")");
-      throw fail("unreachable: the store answered HTTP " + blob + " for " + what);
-    }
+  function blockName(entry, block) {
+    return (entry.path || manifest.name) + ": block " + block.number;
+  }
+
+  // A block's envelope bytes, checked like megafs get does (megafs/cli/download.py):
+  // exactly the listed length (version 3), the listed SHA-256 over exactly those bytes,
+  // then the envelope of kind 1 under the block's key with its block id as the AAD's
+  // object key (in a pack too), and the plaintext's length.
+  async function openBlock(entry, block, blob) {
+    var what = blockName(entry, block);
+    if (block.range && blob.length !== block.range[1])
+      throw fail(TAMPERED + what + " is missing from the store (its object is too short)");
     var digest = hex(new Uint8Array(await subtle.digest("SHA-256", blob)));
     if (digest !== block.sha256) throw fail(TAMPERED + what + " is not what the owner shared");
     var data = await openEnvelope(block.key, KIND_BLOCK, block.id, blob, what);
@@ -263,26 +276,75 @@
     return data;
   }
 
-  // Verify every block of *entry*; hand each to sink(offset, bytes) (in any order).
-  async function readFile(entry, sink) {
-    var queue = entry.blocks.slice(), bs = manifest.blockSize;
-    async function worker() {
-      while (queue.length) {
-        var block = queue.shift();
-        var data = await fetchBlock(entry, block);
-        await sink(block.number * bs, data);
-        advance(block.length);
+  // The requests for *items* ({entry, block}): a version 2 block is its whole object; the
+  // envelopes of version 3 blocks in the same object are grouped into runs of
+  // neighbours, each read with one Range GET and cut into the listed ranges.
+  function plan(items) {
+    var reads = [], byObject = new Map();
+    items.forEach(function (item) {
+      if (!item.block.range) { reads.push({ object: item.block.object, range: null, items: [item] }); return; }
+      if (!byObject.has(item.block.object)) byObject.set(item.block.object, []);
+      byObject.get(item.block.object).push(item);
+    });
+    byObject.forEach(function (list, object) {
+      list.sort(function (a, b) { return a.block.range[0] - b.block.range[0]; });
+      var run = null;
+      list.forEach(function (item) {
+        var start = item.block.range[0], end = start + item.block.range[1];
+        if (run && start <= run.end + COALESCE_GAP && Math.max(run.end, end) - run.start <= COALESCE_MAX) {
+          run.end = Math.max(run.end, end);
+          run.items.push(item);
+        } else {
+          run = { object: object, start: start, end: end, items: [item] };
+          reads.push(run);
+        }
+      });
+    });
+    return reads.map(function (r) {
+      return r.range === null ? r : { object: r.object, range: [r.start, r.end - r.start], items: r.items };
+    });
+  }
+
+  async function fetchRead(read, sink) {
+    var blob = await fetchBytes(read.object, read.range);
+    if (blob === 416) blob = new Uint8Array(0); // the object ends before the range: too short
+    if (typeof blob === "number") {
+      var what = blockName(read.items[0].entry, read.items[0].block);
+      if (blob === 404 || blob === 403) throw fail(TAMPERED + what + " is missing from the store (HTTP " + blob + ")");
+      throw fail("unreachable: the store answered HTTP " + blob + " for " + what);
+    }
+    for (var i = 0; i < read.items.length; i++) {
+      var item = read.items[i], block = item.block, bytes = blob;
+      if (read.range) {
+        var from = block.range[0] - read.range[0];
+        bytes = blob.subarray(Math.min(from, blob.length), Math.min(from + block.range[1], blob.length));
       }
+      var data = await openBlock(item.entry, block, bytes);
+      await sink(item.entry, block.number * manifest.blockSize, data);
+      advance(block.length);
+    }
+  }
+
+  // Verify every block of *entries*; hand each to sink(entry, offset, bytes) (in any order).
+  async function readFiles(entries, sink) {
+    var items = [];
+    entries.forEach(function (entry) {
+      entry.blocks.forEach(function (block) { items.push({ entry: entry, block: block }); });
+    });
+    var queue = plan(items);
+    async function worker() {
+      while (queue.length) await fetchRead(queue.shift(), sink);
     }
     var workers = [];
     for (var i = 0; i < PARALLEL; i++) workers.push(worker());
     await Promise.all(workers);
   }
 
-  async function fileBytes(entry) {
-    var buf = new Uint8Array(entry.size); // holes stay zero
-    await readFile(entry, function (offset, data) { buf.set(data, offset); });
-    return buf;
+  async function filesBytes(entries) {
+    var bufs = new Map();
+    entries.forEach(function (e) { bufs.set(e, new Uint8Array(e.size)); }); // holes stay zero
+    await readFiles(entries, function (entry, offset, data) { bufs.get(entry).set(data, offset); });
+    return bufs;
   }
 
   function save(blob, name) {
@@ -304,7 +366,7 @@
     var out = await handle.createWritable();
     try {
       await out.truncate(entry.size);
-      await readFile(entry, function (offset, data) { return out.write({ type: "write", position: offset, data: data }); });
+      await readFiles([entry], function (_, offset, data) { return out.write({ type: "write", position: offset, data: data }); });
       await out.close();
     } catch (e) {
       await out.abort().catch(function () {});
@@ -332,7 +394,7 @@
       progress.total = entry.size;
       advance(0);
       if (entry.size > BLOB_LIMIT) return streamFile(entry, name);
-      var buf = await fileBytes(entry);
+      var buf = (await filesBytes([entry])).get(entry);
       save(new Blob([buf], { type: "application/octet-stream" }), name);
     });
   }
@@ -344,12 +406,13 @@
       advance(0);
       if (progress.total > BLOB_LIMIT)
         throw fail("too large for a .zip in the browser (over " + size(BLOB_LIMIT) + "): download the files one by one, or use megafs get");
+      var bufs = await filesBytes(files); // all of them: neighbours share Range GETs
       var zip = new ZipWriter(), prefix = manifest.name + "/";
       zip.add(prefix, null, Date.now());
       for (var i = 1; i < manifest.entries.length; i++) {
         var e = manifest.entries[i];
         if (e.type === "dir") zip.add(prefix + e.path + "/", null, e.mtime);
-        else if (e.type === "file") zip.add(prefix + e.path, await fileBytes(e), e.mtime);
+        else if (e.type === "file") zip.add(prefix + e.path, bufs.get(e), e.mtime);
       }
       save(zip.finish(), manifest.name + ".zip");
     });
