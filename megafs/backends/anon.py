@@ -65,6 +65,8 @@ class AnonymousBackend(Backend):
                     raise NoSuchObject(key)
                 if response.status_code == 403:
                     raise Forbidden(key)
+                if response.status_code == 416 and "range" in headers:
+                    return response  # the object ends before the range
                 if response.status_code < 500 or attempt == ATTEMPTS - 1:
                     if response.status_code not in (200, 206):
                         raise BackendUnavailable(f"{url}: {method}: HTTP"
@@ -82,6 +84,8 @@ class AnonymousBackend(Backend):
         if length <= 0:
             return b""
         response = await self._get(key, {"range": f"bytes={offset}-{offset + length - 1}"})
+        if response.status_code == 416:
+            return b""
         data = response.content
         return data if response.status_code == 206 else data[offset:offset + length]
 

@@ -2,7 +2,8 @@
 the bucket policy that lets anyone GET what links read, and the download page.
 
 The policy allows anonymous ``s3:GetObject`` on ``PREFIX/s/*`` (manifests),
-``PREFIX/b/*`` (blocks) and ``PREFIX/megafs.html`` only: never ``s3:ListBucket`` (names
+``PREFIX/p/*`` (packs: blocks of format 3, read by range), ``PREFIX/b/*`` (blocks stored
+alone by formats 1 and 2) and ``PREFIX/megafs.html`` only: never ``s3:ListBucket`` (names
 stay unguessable 128-bit values) and never the superblock, head, lock or metadata (the
 superblock would let anyone try passphrases offline). It is one statement, named after the
 prefix, merged into the bucket's existing policy.
@@ -20,7 +21,7 @@ from megafs.backends.s3 import S3Backend
 from megafs.errors import BackendUnavailable
 
 #: What links read, below a store's prefix.
-PUBLIC_KEYS = ("s/*", "b/*", "megafs.html")
+PUBLIC_KEYS = ("s/*", "p/*", "b/*", "megafs.html")
 PAGE_TYPE = "text/html; charset=utf-8"
 
 

@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import os
+import re
 import signal
 import sys
 
@@ -94,15 +95,22 @@ def _share(args) -> int:
 
 
 async def _check_anonymous(link: share_format.Link) -> None:
-    """Warn (with the policy to apply) when a browser cannot read the share or the page."""
+    """Warn (with the policy to apply) when a browser cannot read the share, the page or
+    the share's blocks (a policy set before packs allowed ``b/*`` but not ``p/*``)."""
     from megafs.backends import s3web
     from megafs.backends.s3 import parse_location
 
     base = share_format.web_base(link.url)
-    for key, what in ((share_format.object_key(link.share_id), "the share"),
-                      (share_format.WEB_PAGE, "the download page")):
+    checks = [(share_format.object_key(link.share_id), "the share"),
+              (share_format.WEB_PAGE, "the download page")]
+    while checks:
+        key, what = checks.pop(0)
         status = await s3web.anonymous_status(f"{base}/{key}")
         if status == 200:
+            if what == "the share":
+                block = await _first_block_object(base, link)
+                if block is not None:
+                    checks.append((block, "a block of the share"))
             continue
         loc = parse_location(link.url)
         shown = status if isinstance(status, str) else f"HTTP {status}"
@@ -111,6 +119,31 @@ async def _check_anonymous(link: share_format.Link) -> None:
               f" and upload the page (megafs/web/megafs.html) to {base}/{share_format.WEB_PAGE}:"
               f"\n{s3web.policy_text(loc.bucket, loc.prefix)}", file=sys.stderr)
         return
+
+
+async def _first_block_object(base: str, link: share_format.Link) -> str | None:
+    """The object holding the first block the share's manifest lists (a pack, or a
+    block stored alone), read anonymously; None when there is none or it cannot be
+    read (the link itself is then checked by whoever opens it)."""
+    from megafs.backends.anon import AnonymousBackend
+
+    backend = AnonymousBackend(base)
+    try:
+        blob = await backend.get(share_format.object_key(link.share_id))
+        raw = share_format.open_manifest(link.key, link.share_id, blob, link.public_key)
+    except (MegafsError, KeyError):  # (NoSuchObject is a KeyError)
+        return None
+    finally:
+        await backend.aclose()
+    entries = raw.get("entries")
+    for entry in entries if isinstance(entries, list) else []:
+        blocks = entry.get("blocks") if isinstance(entry, dict) else None
+        for block in blocks if isinstance(blocks, list) else []:
+            if isinstance(block, list) and len(block) in (5, 8):
+                key = block[5] if len(block) == 8 else block[1]
+                if isinstance(key, str) and re.fullmatch(r"[bp]/[0-9a-f]{32}", key):
+                    return key
+    return None
 
 
 def _share_error(what: str, e: OSError) -> MegafsError:

@@ -1,9 +1,10 @@
 """``megafs web serve ADDRESS STORAGE_URL``: a local store's shared objects and the
 download page over plain HTTP, read-only (docs/format.md §5b, "Serving a local store").
 
-Only ``GET``/``HEAD`` of ``/megafs.html``, ``/s/<32 hex>`` and ``/b/<32 hex>`` are
-answered (single byte ranges too); everything else, the superblock and metadata
-included, is 404. Files are opened without following symlinks. Browsers allow the
+Only ``GET``/``HEAD`` of ``/megafs.html``, ``/s/<32 hex>``, ``/p/<32 hex>`` (packs) and
+``/b/<32 hex>`` are answered (single byte ranges too, read with ``pread``: a block's
+range of a 16 MiB pack reads that range only); everything else, the superblock and
+metadata included, is 404. Files are opened without following symlinks. Browsers allow the
 page's WebCrypto only in a secure context: ``http://`` works on this machine
 (127.0.0.1, localhost); from other machines put an https proxy in front.
 """
@@ -14,11 +15,12 @@ import http.server
 import os
 import re
 import signal
+import stat
 import sys
 
 from megafs.errors import LocalIOError, StoreNotFound, UsageError
 
-_KEY = re.compile(r"/([sb])/([0-9a-f]{32})")
+_KEY = re.compile(r"/([spb])/([0-9a-f]{32})")
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
@@ -27,6 +29,18 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"bad address {text!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def _handler(root: str, page: bytes, csp: str):
@@ -50,7 +64,8 @@ def _handler(root: str, page: bytes, csp: str):
             if self.command == "GET":
                 self.wfile.write(body)
 
-        def _object(self) -> bytes | None:
+        def _object(self) -> int | None:
+            """A descriptor of the object the path names, or None."""
             match = _KEY.fullmatch(self.path)
             if not match:
                 return None
@@ -60,8 +75,10 @@ def _handler(root: str, page: bytes, csp: str):
                              os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 return None
-            with os.fdopen(fd, "rb") as f:
-                return f.read()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return None
+            return fd
 
         def do_GET(self) -> None:
             if self.path == "/megafs.html":
@@ -69,22 +86,27 @@ def _handler(root: str, page: bytes, csp: str):
                            [("Content-Security-Policy", csp + "; frame-ancestors 'none'"),
                             ("Referrer-Policy", "no-referrer")])
                 return
-            data = self._object()
-            if data is None:
+            fd = self._object()
+            if fd is None:
                 self._send(404, b"not found\n", "text/plain")
                 return
-            wanted = _RANGE.fullmatch(self.headers.get("Range", "").strip())
-            if wanted:
-                start = int(wanted.group(1))
-                end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
-                if start > end:
-                    self._send(416, b"", "text/plain",
-                               [("Content-Range", f"bytes */{len(data)}")])
+            try:
+                size = os.fstat(fd).st_size
+                wanted = _RANGE.fullmatch(self.headers.get("Range", "").strip())
+                if wanted:
+                    start = int(wanted.group(1))
+                    end = min(int(wanted.group(2) or size - 1), size - 1)
+                    if start > end:
+                        self._send(416, b"", "text/plain",
+                                   [("Content-Range", f"bytes */{size}")])
+                        return
+                    self._send(206, _pread(fd, end + 1 - start, start),
+                               "application/octet-stream",
+                               [("Content-Range", f"bytes {start}-{end}/{size}")])
                     return
-                self._send(206, data[start:end + 1], "application/octet-stream",
-                           [("Content-Range", f"bytes {start}-{end}/{len(data)}")])
-                return
-            self._send(200, data, "application/octet-stream")
+                self._send(200, _pread(fd, size, 0), "application/octet-stream")
+            finally:
+                os.close(fd)
 
         do_HEAD = do_GET
 
