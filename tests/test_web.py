@@ -62,8 +62,7 @@ def _publish(store: S3Store, raw: dict, version: int) -> str:
         blob = envelope.seal(key, envelope.KIND_SHARE, share_format.object_key(share_id),
                              json.dumps({**raw, "v": 1}).encode())
     else:
-        blob = share_format.seal_manifest(key, share_id, {**raw, "v": version}, signer,
-                                          version=version)
+        blob = share_format.seal_manifest(key, share_id, {**raw, "v": version}, signer)
     store.write(share_format.object_key(share_id), blob)
     return share_format.web_link(store.url, share_id, key, signer.public_key().public_bytes_raw())
 
@@ -72,30 +71,95 @@ def _unsafe_path(store: S3Store, plus_link: str) -> str:
     """A folder manifest, correctly signed, naming a file outside the download."""
     raw = _manifest(store, plus_link)
     file = {**next(e for e in raw["entries"] if e["type"] == "file"), "path": "../escaped.jpg"}
-    return _publish(store, {**raw, "entries": [raw["entries"][0], file]}, 2)
+    return _publish(store, {**raw, "entries": [raw["entries"][0], file]}, raw["v"])
 
 
 def _downgraded(store: S3Store, plus_link: str) -> str:
     return _publish(store, _manifest(store, plus_link), 1)
 
 
-def _repack_as_v3(store: S3Store, plus_link: str) -> str:
-    """A version 3 manifest (issue 15's contract) of the file *plus_link* shares: its
-    blocks' envelopes copied into one larger object between junk bytes, read by range.
-    Signed with a key of its own: returns the browser link of the new share."""
+def _blocks(store: S3Store, plus_link: str) -> list[list]:
+    """The block entries (version 3) of the file *plus_link* shares."""
+    return _manifest(store, plus_link)["entries"][0]["blocks"]
+
+
+def _unpacked(store: S3Store, plus_link: str, version: int) -> str:
+    """The share of *plus_link* with every block's envelope copied out of its pack into
+    an object of its own under its block id, as formats 1 and 2 stored blocks; listed
+    by a version 2 manifest (the whole object), or by a version 3 one naming those
+    objects (offset 0). Signed with a key of its own: returns the new browser link."""
     raw = _manifest(store, plus_link)
-    pack_key = f"b/{uuid.uuid4().hex}"
-    pack = bytearray(os.urandom(1000))
+    assert raw["v"] == 3
     for entry in raw["entries"]:
         blocks = []
-        for number, key, k_obj, length, _sha in entry.get("blocks", []):
-            env = store.read(key)
-            blocks.append([number, key, k_obj, length, hashlib.sha256(env).hexdigest(),
-                           pack_key, len(pack), len(env)])
-            pack += env + os.urandom(333)
+        for number, block_id, k_obj, length, sha, holder, offset, size in entry.get("blocks", []):
+            assert holder.startswith("p/")
+            env = store.read(holder)[offset:offset + size]
+            assert hashlib.sha256(env).hexdigest() == sha
+            store.write(block_id, env)
+            blocks.append([number, block_id, k_obj, length, sha]
+                          + ([block_id, 0, size] if version == 3 else []))
         entry["blocks"] = blocks
-    store.write(pack_key, bytes(pack))
+    return _publish(store, raw, version)
+
+
+def _odd_holder(store: S3Store, plus_link: str) -> str:
+    """A version 3 manifest, correctly signed, naming the share's own manifest object as
+    the object holding a block (only packs p/... and the block's own b/... are allowed)."""
+    raw = _manifest(store, plus_link)
+    link = share_format.parse_link(plus_link)
+    raw["entries"][0]["blocks"][0][5] = share_format.object_key(link.share_id)
     return _publish(store, raw, 3)
+
+
+#: Like the page (web/src/main.js, docs/format.md §5b): neighbouring envelopes of one
+#: object are read together, up to 4 MiB a request, skipping up to 64 KiB between two.
+COALESCE_MAX, COALESCE_GAP = 4 << 20, 64 << 10
+
+
+def _expected_reads(blocks: list[list]) -> list[tuple[str, int, int]]:
+    """(object, offset, length) of the Range GETs the page makes for version 3 *blocks*."""
+    by_object: dict[str, list[tuple[int, int]]] = {}
+    for block in blocks:
+        by_object.setdefault(block[5], []).append((block[6], block[6] + block[7]))
+    reads = []
+    for key, ranges in by_object.items():
+        run = None
+        for start, end in sorted(ranges):
+            if run and start <= run[1] + COALESCE_GAP and max(run[1], end) - run[0] <= \
+                    COALESCE_MAX:
+                run[1] = max(run[1], end)
+            else:
+                run = [start, end]
+                reads.append((key, run))
+    return sorted((key, start, end - start) for key, (start, end) in reads)
+
+
+#: Records the page's fetches (path and Range header), before the page's own script.
+_RECORD_FETCHES = """
+window.megafsFetches = [];
+const pageFetch = window.fetch;
+window.fetch = function (url, options) {
+  window.megafsFetches.push([new URL(url).pathname,
+                             (options && options.headers && options.headers.Range) || null]);
+  return pageFetch.apply(this, arguments);
+};
+"""
+
+
+def _block_reads(browser, prefix: str) -> list[tuple[str, int, int]]:
+    """(object, offset, length) of every block object the page fetched (length -1: the
+    whole object, no Range header)."""
+    reads = []
+    for path, wanted in browser.driver.execute_script("return window.megafsFetches"):
+        key = path.split(f"/{prefix}/", 1)[1]
+        if key.startswith(("p/", "b/")):
+            if wanted is None:
+                reads.append((key, 0, -1))
+            else:
+                first, last = map(int, wanted.removeprefix("bytes=").split("-"))
+                reads.append((key, first, last + 1 - first))
+    return sorted(reads)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +171,11 @@ def site(seaweed, tmp_path_factory):
     fs = MegaFS(store, tmp)
     try:
         fs.mkfs()
-        fs.mount()
+        # no compaction: packs stay where the manifests (and the tests) found them
+        fs.mount(args=("--compact-below", "0"))
+        # First and together: neighbour.bin and tamper.bin go into the same pack.
+        for name in ("neighbour.bin", "tamper.bin", "revoked.bin"):
+            (fs.mnt / name).write_bytes(os.urandom(200_000))
         big = os.urandom(BIG - (1 << 20)) + (b"compressible megafs text " * 41944)[:1 << 20]
         assert len(big) == BIG
         (fs.mnt / "big.bin").write_bytes(big)
@@ -116,23 +184,27 @@ def site(seaweed, tmp_path_factory):
         (fs.mnt / "photos" / "sub" / "note.txt").write_text("a note\n" * 1000)
         (fs.mnt / "photos" / "empty.txt").write_bytes(b"")
         os.symlink("cat.jpg", fs.mnt / "photos" / "link")
-        for name in ("tamper.bin", "revoked.bin"):
-            (fs.mnt / name).write_bytes(os.urandom(200_000))
         fs.flush()
         before = _share(fs, fs.mnt / "big.bin")
         fs.run("megafs", "web", "enable", store.url)
         links = {name: _links(_share(fs, fs.mnt / name))
-                 for name in ("big.bin", "photos", "tamper.bin", "revoked.bin")}
-        # tamper.bin: one block object changed in place (a byte of its ciphertext)
-        link = share_format.parse_link(links["tamper.bin"][1])
-        raw = share_format.open_manifest(link.key, link.share_id,
-                                         store.read(f"s/{link.share_id}"), link.public_key)
-        victim = raw["entries"][0]["blocks"][1][1]
-        data = bytearray(store.read(victim))
-        data[envelope.HEADER.size + 5] ^= 1
-        store.write(victim, bytes(data))
+                 for name in ("big.bin", "photos", "neighbour.bin", "tamper.bin",
+                              "revoked.bin")}
+        # tamper.bin: a byte of its block 1's envelope (ciphertext) flipped in its pack,
+        # which holds neighbour.bin's blocks too
+        tampered = _blocks(store, links["tamper.bin"][1])
+        neighbours = _blocks(store, links["neighbour.bin"][1])
+        packs = {b[5] for b in tampered + neighbours}
+        assert len(packs) == 1 and packs.pop().startswith("p/"), \
+            "neighbour.bin and tamper.bin were not stored in one pack"
+        _, _, _, _, _, pack, offset, _ = tampered[1]
+        data = bytearray(store.read(pack))
+        data[offset + envelope.HEADER.size + 5] ^= 1
+        store.write(pack, bytes(data))
         fs.run("megafs", "unshare", links["revoked.bin"][0])  # the browser link revokes too
-        links["v3"] = (_repack_as_v3(store, links["big.bin"][1]), "")
+        links["v2"] = (_unpacked(store, links["big.bin"][1], 2), "")
+        links["v3-own-objects"] = (_unpacked(store, links["photos"][1], 3), "")
+        links["odd-holder"] = (_odd_holder(store, links["big.bin"][1]), "")
         links["unsafe-path"] = (_unsafe_path(store, links["photos"][1]), "")
         links["downgraded"] = (_downgraded(store, links["big.bin"][1]), "")
         yield Site(fs, store, links, before)
@@ -183,8 +255,52 @@ def test_share_prints_both_links_and_the_policy_until_enabled(site):
     assert web.split("&k=")[1] == plus.split("#")[1]
     assert "the browser link does not work yet" in before.stderr
     assert '"s3:GetObject"' in before.stderr and "ListBucket" not in before.stderr
+    assert f'{site.store.prefix}/p/*"' in before.stderr  # packs: format 3's blocks
     after = _share(site.fs, site.fs.mnt / "big.bin")
     assert _links(after) == (web, plus) and after.stderr == ""
+
+
+def test_share_warns_when_the_policy_predates_packs(site, monkeypatch):
+    """A bucket whose policy was set before packs (s/*, b/* and the page, no p/*): the
+    share and the page open anonymously, its blocks do not, and megafs share says so."""
+    import trio
+
+    from megafs.backends import s3web
+    from megafs.backends.s3 import S3Backend
+
+    for name, value in tool_env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+
+    async def policy(change=None):
+        backend = S3Backend.from_url(site.store.url)
+        try:
+            current = await s3web.get_policy(backend)
+            if change is not None:
+                await s3web.put_policy(backend, change(current))
+            return current
+        finally:
+            await backend.aclose()
+
+    sid = s3web.statement_id(site.store.server.bucket, site.store.prefix)
+
+    def without_packs(current):
+        old = json.loads(json.dumps(current))
+        for statement in old["Statement"]:
+            if statement["Sid"] == sid:
+                statement["Resource"] = [r for r in statement["Resource"]
+                                         if not r.endswith("/p/*")]
+        return old
+
+    current = trio.run(policy, without_packs)
+    try:
+        r = _share(site.fs, site.fs.mnt / "big.bin")
+    finally:
+        trio.run(policy, lambda _: current)
+    assert _links(r) == site.links["big.bin"]
+    assert "an anonymous GET of a block of the share got HTTP 403" in r.stderr
+    assert f'{site.store.prefix}/p/*"' in r.stderr
+    assert _share(site.fs, site.fs.mnt / "big.bin").stderr == ""  # the policy is back
 
 
 def test_anonymous_read_covers_links_only(site):
@@ -197,7 +313,12 @@ def test_anonymous_read_covers_links_only(site):
         assert client.get(f"{base}/s/{share_id}").status_code == 200
         page = client.get(f"{base}/megafs.html")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        for private in ("superblock", "head"):
+        pack = _blocks(site.store, site.links["big.bin"][1])[0][5]
+        assert pack.startswith("p/")
+        ranged = client.get(f"{base}/{pack}", headers={"Range": "bytes=0-3"})
+        assert ranged.status_code == 206 and ranged.content == b"MGFS"
+        metadata = next(key for key in site.store.listing() if key.startswith("m/"))
+        for private in ("superblock", "head", "lock", metadata):
             assert client.get(f"{base}/{private}").status_code == 403, private
         listing = client.get(f"{share_format.web_base(site.store.url).rsplit('/', 1)[0]}"
                              f"?list-type=2")
@@ -215,8 +336,13 @@ def test_get_of_a_browser_link_needs_no_credentials(site, tmp_path):
     site.fs.run("megafs", "get", site.links["photos"][0], tmp_path / "p", env=env)
     assert (tmp_path / "p" / "sub" / "note.txt").read_text() == "a note\n" * 1000
     assert os.readlink(tmp_path / "p" / "link") == "cat.jpg"
-    site.fs.run("megafs", "get", site.links["v3"][0], tmp_path / "v3.bin", env=env)
-    assert (tmp_path / "v3.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+    site.fs.run("megafs", "get", site.links["v2"][0], tmp_path / "v2.bin", env=env)
+    assert (tmp_path / "v2.bin").read_bytes() == (site.fs.mnt / "big.bin").read_bytes()
+    site.fs.run("megafs", "get", site.links["v3-own-objects"][0], tmp_path / "own", env=env)
+    assert (tmp_path / "own" / "cat.jpg").read_bytes() == \
+        (site.fs.mnt / "photos" / "cat.jpg").read_bytes()
+    site.fs.run("megafs", "get", site.links["neighbour.bin"][0], tmp_path / "n.bin", env=env)
+    assert (tmp_path / "n.bin").read_bytes() == (site.fs.mnt / "neighbour.bin").read_bytes()
 
 
 def _https(site, link):
@@ -246,6 +372,8 @@ def test_get_of_an_https_browser_link(site, tmp_path):
                  id="forged-signature"),
     pytest.param(lambda site: site.links["unsafe-path"][0], ExitCode.CORRUPT,
                  "leaves the download", id="path-escapes"),
+    pytest.param(lambda site: site.links["odd-holder"][0], ExitCode.CORRUPT,
+                 "block 0 names a bad object", id="block-in-a-manifest-object"),
     pytest.param(lambda site: site.links["downgraded"][0], ExitCode.CORRUPT, "downgraded",
                  id="downgraded-to-unsigned"),
     pytest.param(lambda site: site.links["big.bin"][0].replace(
@@ -266,7 +394,11 @@ def test_get_of_a_browser_link_refuses(site, tmp_path, link, code, message):
 def test_page_downloads_a_5_mib_file(site, browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
-    browser.open(site.links["big.bin"][0], tmp_path)
+    script = browser.before_page_scripts(_RECORD_FETCHES)
+    try:
+        browser.open(site.links["big.bin"][0], tmp_path)
+    finally:
+        browser.forget_script(script)
     assert browser.wait_status() == "ready"
     focused = browser.driver.switch_to.active_element  # the keyboard is enough
     assert focused.get_attribute("id") == "download"
@@ -279,16 +411,64 @@ def test_page_downloads_a_5_mib_file(site, browser, tmp_path):
     origins = browser.driver.execute_script(
         "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)"
         ".concat([location.origin])")
-    assert len(origins) > 80 and set(origins) == {origins[-1]}
+    assert set(origins) == {origins[-1]}
+    # the manifest, then its blocks by Range GETs of neighbouring envelopes in packs
+    blocks = _blocks(site.store, site.links["big.bin"][1])
+    reads = _block_reads(browser, site.store.prefix)
+    assert reads == _expected_reads(blocks) and len(reads) < len(blocks) == 80
+    assert len(origins) == 1 + len(reads) + 1
 
 
-def test_page_reads_version_3_block_ranges(site, browser, tmp_path):
-    browser.open(site.links["v3"][0], tmp_path)
-    assert browser.wait_status() == "ready"
-    browser.click("download")
-    assert browser.wait_status() == "done"
-    assert wait_download(tmp_path, "big.bin").read_bytes() == \
-        (site.fs.mnt / "big.bin").read_bytes()
+@pytest.mark.parametrize(("name", "saved", "source"), [
+    pytest.param("v2", "big.bin", "big.bin", id="version-2-one-object-per-block"),
+    pytest.param("v3-own-objects", "photos.zip", "photos", id="version-3-own-objects"),
+])
+def test_page_reads_blocks_stored_alone(site, browser, tmp_path, name, saved, source):
+    """Manifests naming blocks stored as objects of their own (formats 1 and 2), whole
+    (version 2) or by range (version 3)."""
+    script = browser.before_page_scripts(_RECORD_FETCHES)
+    try:
+        browser.open(site.links[name][0], tmp_path)
+        assert browser.wait_status() == "ready"
+        browser.click("download")
+        assert browser.wait_status() == "done"
+    finally:
+        browser.forget_script(script)
+    got = wait_download(tmp_path, saved).read_bytes()
+    reads = _block_reads(browser, site.store.prefix)
+    assert reads and all(key.startswith("b/") for key, _, _ in reads)
+    if name == "v2":
+        assert got == (site.fs.mnt / source).read_bytes()
+        assert all(length == -1 for _, _, length in reads)  # whole objects, no Range
+    else:
+        with zipfile.ZipFile(io.BytesIO(got)) as z:
+            assert z.read("photos/cat.jpg") == (site.fs.mnt / source / "cat.jpg").read_bytes()
+        assert all(offset == 0 and length > 0 for _, offset, length in reads)
+
+
+def test_page_reads_a_file_from_a_pack_shared_with_others(site, browser, tmp_path):
+    """neighbour.bin's blocks share their pack with tamper.bin's, one of which is
+    damaged: the page reads only neighbour.bin's ranges (one Range GET for its
+    neighbouring envelopes), and each passes its own SHA-256 and envelope."""
+    blocks = _blocks(site.store, site.links["neighbour.bin"][1])
+    tampered = _blocks(site.store, site.links["tamper.bin"][1])
+    assert {b[5] for b in blocks} == {b[5] for b in tampered}  # one pack
+    pack_size = len(site.store.read(blocks[0][5]))
+    assert sum(b[7] for b in blocks) < pack_size and pack_size % (1 << 20) == 0
+    script = browser.before_page_scripts(_RECORD_FETCHES)
+    try:
+        browser.open(site.links["neighbour.bin"][0], tmp_path)
+        assert browser.wait_status() == "ready"
+        browser.click("download")
+        assert browser.wait_status() == "done"
+    finally:
+        browser.forget_script(script)
+    assert wait_download(tmp_path, "neighbour.bin").read_bytes() == \
+        (site.fs.mnt / "neighbour.bin").read_bytes()
+    reads = _block_reads(browser, site.store.prefix)
+    assert reads == _expected_reads(blocks) and len(reads) < len(blocks)
+    flipped = tampered[1][6] + envelope.HEADER.size + 5
+    assert not any(offset <= flipped < offset + length for _, offset, length in reads)
 
 
 def test_page_downloads_a_folder_as_zip_and_file_by_file(site, browser, tmp_path):
@@ -381,7 +561,9 @@ def _unreachable(browser):
 
 ATTACKS = [
     pytest.param("tamper.bin", None, None, True, "tampered: tamper.bin: block 1 is not what"
-                 " the owner shared", id="tampered-block-saves-nothing"),
+                 " the owner shared", id="byte-flipped-in-the-pack-saves-nothing"),
+    pytest.param("odd-holder", None, None, False, "tampered: the share manifest is malformed:"
+                 " block 0 names a bad object", id="block-in-a-manifest-object"),
     pytest.param("revoked.bin", None, None, False, "revoked: this link was revoked",
                  id="revoked-link"),
     pytest.param("big.bin", _wrong_key, None, False, "wrong key:", id="wrong-key"),
@@ -449,6 +631,7 @@ def test_web_enable_refuses(site, tmp_path, url, env, code, message):
     assert message in assert_cli_error(r, "megafs", code)
     if code == ExitCode.BAD_CREDENTIALS:  # the policy to apply by hand, on stdout
         assert '"Action": "s3:GetObject"' in r.stdout and f"{site.store.prefix}/s/*" in r.stdout
+        assert f"{site.store.prefix}/p/*" in r.stdout
 
 
 @pytest.mark.parametrize("link", [
@@ -476,7 +659,10 @@ def _v3_entry(**change):
 @pytest.mark.parametrize("raw", [
     pytest.param(_v3_entry(i5="../" + "4" * 32), id="container-outside-the-store"),
     pytest.param(_v3_entry(i5=None), id="container-missing"),
+    pytest.param(_v3_entry(i5="s/" + "4" * 32), id="container-not-a-pack"),
+    pytest.param(_v3_entry(i5="b/" + "4" * 32), id="container-another-block"),
     pytest.param(_v3_entry(i6=-1), id="negative-offset"),
+    pytest.param(_v3_entry(i6=(1 << 40) + 1), id="offset-beyond-2^40"),
     pytest.param(_v3_entry(i7=10), id="envelope-shorter-than-any"),
     pytest.param(_v3_entry(i7=1 << 30), id="envelope-too-long"),
     pytest.param({**_v3_entry(), "entries": [{**_v3_entry()["entries"][0],
@@ -496,7 +682,7 @@ def test_version_3_block_entry_is_read():
     from megafs.store import manifest as manifest_format
 
     block = manifest_format.parse(_v3_entry()).entries[0].blocks[0]
-    assert (block.object_key, block.stored_in, block.offset, block.size) == \
+    assert (block.object_key, block.holder, block.offset, block.stored_length) == \
         ("b/" + "1" * 32, "p/" + "4" * 32, 100, 200)
 
 
@@ -527,6 +713,24 @@ def test_web_serve_a_local_store_read_only(mounted, browser, tmp_path):
             assert client.get(f"{base}/s/{link.share_id}").status_code == 200
             ranged = client.get(f"{base}/s/{link.share_id}", headers={"Range": "bytes=4-5"})
             assert ranged.status_code == 206 and ranged.content == bytes([1, 6])
+            stored = mounted.store.path / "s" / link.share_id[:2] / link.share_id
+            raw = share_format.open_manifest(link.key, link.share_id, stored.read_bytes(),
+                                             link.public_key)
+            blocks = raw["entries"][0]["blocks"]
+            _, block_id, _, _, sha, pack, offset, length = blocks[0]
+            assert pack.startswith("p/")  # its block is read by range from its pack
+            envelope_range = client.get(f"{base}/{pack}", headers={
+                "Range": f"bytes={offset}-{offset + length - 1}"})
+            assert envelope_range.status_code == 206
+            assert hashlib.sha256(envelope_range.content).hexdigest() == sha
+            pack_size = (mounted.store.path / pack[:2] / pack[2:4] / pack[2:]).stat().st_size
+            assert envelope_range.headers["content-range"] == \
+                f"bytes {offset}-{offset + length - 1}/{pack_size}"
+            assert client.get(f"{base}/{pack}", headers={
+                "Range": f"bytes={pack_size}-"}).status_code == 416
+            assert client.get(f"{base}/{block_id}").status_code == 404  # not stored alone
+            metadata = next(p for p in (mounted.store.path / "m").rglob("*") if p.is_file())
+            assert client.get(f"{base}/m/{metadata.name}").status_code == 404
             for path in ("/superblock", "/head", "/lock", "/s/../superblock", "/"):
                 assert client.get(base + path).status_code == 404, path
             assert client.put(f"{base}/s/{link.share_id}", content=b"x").status_code == 501
@@ -577,8 +781,8 @@ def test_policy_merge_adds_this_prefix_once(current):
     assert once == twice
     mine = [s for s in once["Statement"] if s["Sid"] == s3web.statement_id("b", "p/q")]
     assert mine == [s3web.statement("b", "p/q")]
-    assert mine[0]["Resource"] == ["arn:aws:s3:::b/p/q/s/*", "arn:aws:s3:::b/p/q/b/*",
-                                   "arn:aws:s3:::b/p/q/megafs.html"]
+    assert mine[0]["Resource"] == ["arn:aws:s3:::b/p/q/s/*", "arn:aws:s3:::b/p/q/p/*",
+                                   "arn:aws:s3:::b/p/q/b/*", "arn:aws:s3:::b/p/q/megafs.html"]
     others = [s for s in once["Statement"] if s is not mine[0]]
     before = current["Statement"] if current else []
     assert others == (before if isinstance(before, list) else [before])
