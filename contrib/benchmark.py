@@ -11,6 +11,20 @@ mount, in the same run, and prints the medians of both with their ratio
     create  3000 new 4 KiB files in one directory (no fsync)             >= 0.1
     untar   extract a 2600-file source tarball with tar -xf              >= 0.12
 
+and the small-file workloads after "create": stat, read (readsmall) and delete
+those files with the kernel's caches dropped, rm -r of the untarred tree (rmtree),
+and 1000 editor saves (save: write 4 KiB, fsync, rename over the file).
+
+Beside megafs, the same run measures the null pyfuse3 filesystem (bench/nullfs.py:
+megafs's mount options and replies, in memory: the binding's ceiling; small-file
+workloads only) and the installed peers gocryptfs, securefs and CryFS (``--peers``;
+absent ones are named). ``--before-src DIR`` adds megafs from another checkout.
+``--count-requests`` counts the FUSE requests per operation (kernel tracepoints
+fuse_request_send/end), and the daemon CPU per operation of every FUSE target is
+printed. ``--scale [--scale-files N]`` runs the scale scenario instead
+(bench/scale.py: N files in N/1000 directories; mount times, peak RSS, find, the
+bytes of one chmod, the snapshot size, fsck).
+
 The tarball is built once (in the temp dir) from the running Python's stdlib
 .py files, sorted, topped up with its site-packages' .py files if the stdlib
 has fewer than 2600. Workloads run in that order, each in the same mount.

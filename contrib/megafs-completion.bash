@@ -7,10 +7,11 @@
 # for a flag, =KIND for an optional --opt=VALUE), positionals' kinds, subcommands.
 declare -gA _megafs_opts=(
     [mkfs.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --block-size:none --quota:none --force:'
-    [mount.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --fg: --cache-dir:dir --cache-size:none -o:list:cache_dir=|cache_size=|passphrase_file=|nonempty|allow_other|allow_root|ro|rw|_netdev|nofail|noauto --upload-delay:none --metadata-interval:none --compact-below:none --compact-interval:none --timeout:none --force:'
+    [mount.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --fg: --cache-dir:dir --cache-size:none -o:list:cache_dir=|cache_size=|passphrase_file=|nonempty|allow_other|allow_root|ro|rw|_netdev|nofail|noauto --upload-delay:none --metadata-interval:none --compact-below:none --compact-interval:none --timeout:none --follow-interval:none --retention:none --take-over: --take-over-timeout:none --force:'
     [umount.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [fsck.megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store --passphrase-file:file --dry-run: -n: --cache-dir:dir --force:'
     [megafs/stat]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
+    [megafs/take-over]='-h: --help: --passphrase-file:file --take-over-timeout:none --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/ctrl/flush]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/ctrl/dropcache]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/ctrl/log-level]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
@@ -34,6 +35,7 @@ declare -gA _megafs_pos=(
     [umount.megafs]='mount'
     [fsck.megafs]='url'
     [megafs/stat]='mount'
+    [megafs/take-over]='mount'
     [megafs/ctrl/flush]=''
     [megafs/ctrl/dropcache]=''
     [megafs/ctrl/log-level]='words:debug|info|warning|error|critical list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
@@ -57,6 +59,7 @@ declare -gA _megafs_subs=(
     [umount.megafs]=''
     [fsck.megafs]=''
     [megafs/stat]=''
+    [megafs/take-over]=''
     [megafs/ctrl/flush]=''
     [megafs/ctrl/dropcache]=''
     [megafs/ctrl/log-level]=''
@@ -72,7 +75,7 @@ declare -gA _megafs_subs=(
     [megafs/web/enable]=''
     [megafs/web/serve]=''
     [megafs/web]='enable serve'
-    [megafs]='stat ctrl passphrase quota recover share shares unshare get web'
+    [megafs]='stat take-over ctrl passphrase quota recover share shares unshare get web'
 )
 
 # Completes the word before the cursor from the tables above. Words are split at

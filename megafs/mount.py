@@ -14,29 +14,37 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 import apsw
 import pyfuse3
 import trio
 
+from megafs.core import retention
 from megafs.core.filesystem import Filesystem
+from megafs.core.follow import DEFAULT_INTERVAL, Changes, Follower, writer_alive
 from megafs.core.localcopy import open_local_metadata
+from megafs.core.retention import DEFAULT_RETENTION
 from megafs.core.shares import Shares
 from megafs.core.snapshot import (
     Snapshotter,
+    get_state,
     set_state,
 )
 from megafs.errors import (
+    BackendUnavailable,
     BadMountpoint,
     CacheError,
     LockLost,
     MegafsError,
 )
 from megafs.fs import control
+from megafs.fs.invalidate import invalidate
 from megafs.fs.operations import Operations
 from megafs.osutil import private_dir, set_fuse_readahead
-from megafs.store import lifecycle
+from megafs.store import followers as store_followers
+from megafs.store import handover, lifecycle
 from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
 
@@ -44,6 +52,13 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 1 << 50  # what df shows without a quota: 1 PiB
 READAHEAD_KIB = 1024  # kernel readahead for the mount: matches the 1 MiB request size
 FAULT_TASK_ENV = "MEGAFS_FAULT_TASK"  #: names a daemon task that fails at once (tests)
+#: FUSE options of every mount (the benchmark's null filesystem mounts with them too).
+FUSE_OPTIONS = ("default_permissions",)
+MIN_TASKS, MAX_TASKS = 1, 64  #: pyfuse3.main's pool of request tasks
+LOOK_NOW_SIGNAL = signal.SIGUSR1  #: a follower looks at the store's head at once
+FLUSH_UPLOADS = 3  #: a flush uploads metadata until nothing changed, at most this often
+COMPACTION_POLL = 0.05  #: seconds between looks whether a compaction round ended
+FOLLOWERS_RECHECK = 1.0  #: a writer lists the followers at most this often before uploads
 
 
 @dataclass
@@ -62,6 +77,15 @@ class MountConfig:
     timeout: float = 60.0  #: give up on a storage request after this long (reads: EIO)
     atime: bool = True  #: relatime updates of atime (-o noatime: none)
     diratime: bool = True  #: ... of directories too (-o nodiratime: files only)
+    follow_interval: float = DEFAULT_INTERVAL  #: a follower (-o ro) looks this often
+    take_over: bool = False  #: ask the writer to hand over (--take-over)
+    take_over_timeout: float = handover.DEFAULT_TIMEOUT
+    retention: float = DEFAULT_RETENTION  #: a writer keeps garbage this long
+
+    @property
+    def follower(self) -> bool:
+        """-o ro: follow the writer without taking the lock (docs/format.md §5c)."""
+        return "ro" in self.fuse_options
 
 
 def default_cache_dir(store_id: str) -> str:
@@ -109,7 +133,7 @@ class Control:
             "log_level": logging.getLevelName(logging.getLogger().level).lower(),
             "upload_error": (fs.uploader.last_error
                              or getattr(fs.store.backend, "failing", None) or ""),
-            "lock_lost": bool(self.daemon.lease.lost),
+            "lock_lost": bool(self.daemon.lock_lost),
         }
 
     async def setxattr(self, name: bytes, value: bytes) -> None:
@@ -147,6 +171,15 @@ class Control:
         cache.evict()
         log.info("control: cache size %d bytes", size)
 
+    def role(self) -> dict:
+        """This mount's part for ``megafs stat``: a follower's version, lag and writer."""
+        if self.daemon.follower is not None:  # (megafs take-over remounts with these)
+            return {**self.daemon.follower.status(), "url": self.daemon.cfg.url,
+                    "cache_dir": os.path.dirname(self.daemon.fs.cache.dir)}
+        return {"role": "writer", "followers": [
+            {"host": f.get("host"), "pid": f.get("pid"), "seq": f.get("seq")}
+            for f in self.daemon.followers]}
+
     def capacity(self) -> int:
         return self.daemon.fs.quota or DEFAULT_CAPACITY
 
@@ -166,7 +199,14 @@ class Daemon:
         self.cfg = cfg
         self.fs: Filesystem | None = None
         self.snap: Snapshotter | None = None
-        self.lease: store_lock.Lease | None = None
+        self.lease: store_lock.Lease | None = None  #: None on a follower
+        self.follower: Follower | None = None
+        self.announcement: store_followers.Announcement | None = None  #: a follower's
+        self.followers: list[dict] = []  #: a writer: the followers found at the last look
+        self._followers_checked = float("-inf")
+        self.handed_over: str | None = None  #: to whom this writer handed its role over
+        self._nursery: trio.Nursery | None = None
+        self._session_open = False  #: the FUSE session is open (the kernel may cache)
         self.ops: Operations | None = None
         self._snap_lock = trio.Lock()
         self._lock_lost = trio.Event()
@@ -196,9 +236,18 @@ class Daemon:
             fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CacheError(f"cache directory {cache_dir} is in use by another mount") from None
-        self.lease = await store_lock.acquire(store, force=cfg.force)
-        stack.push_async_callback(_shielded, self.lease.release)
-        store.head_guard = self.lease.check
+        if not cfg.follower:
+            if cfg.take_over:
+                self.lease = await handover.take_over(store, cfg.take_over_timeout,
+                                                      force=cfg.force)
+            else:
+                self.lease = await store_lock.acquire(store, force=cfg.force)
+            stack.push_async_callback(_shielded, self.lease.release)
+            store.head_guard = self.lease.check
+        else:  # announced before the first look at the head: the writer keeps it complete
+            self.announcement = store_followers.Announcement(store, cfg.follow_interval)
+            await self.announcement.renew(0)
+            await wait_for_complete_head(store, cfg.follow_interval, cfg.timeout)
         self.store = store
         stack.callback(self._close_metadata)
         await self._open_metadata(store, sb, cache_dir)
@@ -208,10 +257,10 @@ class Daemon:
         conn = await self._metadata(store, sb, cache_dir)
         self.fs = Filesystem(conn, store, cache_dir, block_size=sb["block_size"],
                              cache_size=cfg.cache_size, upload_delay=cfg.upload_delay,
-                             timeout=cfg.timeout, quota=sb.get("quota"), atime=cfg.atime,
-                             diratime=cfg.diratime)
-        # a read-only mount writes nothing to the store: no compaction either
-        self.fs.compactor.live_fraction = 0.0 if "ro" in cfg.fuse_options else cfg.compact_below
+                             timeout=cfg.timeout, quota=sb.get("quota"),
+                             atime=cfg.atime and not cfg.follower, diratime=cfg.diratime)
+        # a follower writes nothing to the store: no compaction either
+        self.fs.compactor.live_fraction = 0.0 if cfg.follower else cfg.compact_below
         self.fs.compactor.interval = cfg.compact_interval
         dirty = self.fs.recover()
         if dirty:
@@ -225,6 +274,40 @@ class Daemon:
                                              for b in cache.by_ino.get(ino, ())))
         self.snap = Snapshotter(conn, store, self.fs.blockmap,
                                 before_delete=self.shares.republish)
+        if cfg.follower:
+            self.follower = Follower(conn, store, cfg.follow_interval, self._followed)
+            self.fs.read_failed = self.follower.wake
+        else:
+            self.snap.data_complete = lambda: not self.fs.cache.dirty
+            self.snap.retention = cfg.retention
+
+    async def _followed(self, changes: Changes, wait: bool) -> None:
+        """A follower applied a newer state: drop what changed from the caches. The
+        kernel's are dropped in the background when *wait* is false (a request in
+        progress may hold a lock the invalidation needs; core/follow.py)."""
+        for ino in changes.data | changes.inodes:
+            self.fs.cache.drop_inode(ino)
+        known = {ino for ino in changes.inodes | changes.data if ino in self.fs.lookups}
+        entries = changes.entries
+        if self.ops.enable_writeback_cache and known:
+            # A writer turned follower: the kernel keeps its own size of a cached file, so
+            # the entries of changed files are dropped too (an unused inode is forgotten).
+            marks = ",".join("?" * len(known))
+            entries = entries | {(p, n) for p, n in self.fs.db.execute(
+                f"SELECT parent, name FROM dentries WHERE inode IN ({marks})", tuple(known))}
+        if not self._session_open:  # unmounted: the kernel caches nothing any more
+            return
+        if wait:
+            await invalidate(entries, known)
+        else:
+            self._nursery.start_soon(invalidate, entries, known, name="invalidate")
+
+    @property
+    def lock_lost(self) -> str | None:
+        """Why this mount stopped writing because its lock was taken over, or None."""
+        if self.lease is None or self.handed_over:
+            return None
+        return self.lease.lost
 
     async def _metadata(self, store: ObjectStore, sb: dict, cache_dir: str):
         return await open_local_metadata(store, sb, cache_dir)
@@ -233,7 +316,7 @@ class Daemon:
         if self.fs is None:
             return
         conn = self.fs.db
-        if not self.lease.lost:
+        if not self.lock_lost:
             with conn:
                 set_state(conn, "mounted", 0)
         self.fs.close()
@@ -252,7 +335,11 @@ class Daemon:
         """Upload all dirty blocks, then a metadata snapshot if anything changed.
 
         Waits through storage outages (the status channel reports the error); raises
-        LockLost once the store's lock was taken over."""
+        LockLost once the store's lock was taken over. A follower has nothing to upload:
+        it looks at the store's head now instead."""
+        if self.follower is not None:  # (a control request: the kernel holds the root)
+            await self.follower.poll(wait=False)
+            return
         failures = 0
         while True:
             async with trio.open_nursery() as nursery:  # uploads stop when the lock goes
@@ -264,8 +351,12 @@ class Daemon:
                 raise LockLost(f"{self.lease.lost}; this mount stopped writing")
             try:
                 async with self._snap_lock:
-                    if self.snap.changed():
-                        await self.snap.upload()
+                    # An upload that discards objects records them (retention): shipped
+                    # by one more upload, so the store knows they are pending deletion.
+                    for _ in range(FLUSH_UPLOADS):
+                        if not self.snap.changed():
+                            break
+                        await self._upload_metadata()
                 return
             except LockLost:
                 self._lost_lock()
@@ -283,15 +374,134 @@ class Daemon:
             if self.snap.changed() and not self._snap_lock.locked():
                 async with self._snap_lock:
                     try:
-                        await self.snap.upload()
+                        await self._upload_metadata()
                     except LockLost:
                         self._lost_lock()
                     except (MegafsError, OSError, apsw.Error) as e:
                         log.error("metadata upload failed: %s", e)
 
+    async def _upload_metadata(self, *, max_age: float = FOLLOWERS_RECHECK) -> None:
+        """Upload the metadata (the caller holds the snapshot lock). While followers are
+        announced, the state uploaded is complete: writes of data wait while the data
+        waiting for upload goes first (at most --timeout), then the state is taken."""
+        if not await self._look_for_followers(max_age) or not self.fs.cache.dirty:
+            await self.snap.upload()
+            return
+        self.fs.gate = trio.Event()
+        try:
+            with trio.move_on_after(self.cfg.timeout):
+                await self.fs.uploader.flush()
+            await self.snap.upload(on_capture=self._open_gate)
+        finally:
+            self._open_gate()
+
+    def _open_gate(self) -> None:
+        gate, self.fs.gate = self.fs.gate, None
+        if gate is not None:
+            gate.set()
+
+    async def _look_for_followers(self, max_age: float) -> list[dict]:
+        """The announced followers, listed again if the last look is older than *max_age*."""
+        if trio.current_time() - self._followers_checked >= max_age:
+            try:
+                self.followers = await store_followers.followers(self.store, clean=True)
+                self._followers_checked = trio.current_time()
+                self.snap.retention = retention.effective(
+                    self.cfg.retention, [float(f.get("interval", 0)) for f in self.followers])
+            except (MegafsError, OSError) as e:
+                log.warning("listing the followers failed: %s", e)
+        return self.followers
+
+    async def _watch_followers(self) -> None:
+        """A writer: look for followers every renewal interval; a new one gets a complete
+        state at once if the last head was not. Delete the objects past their retention."""
+        while not self.lease.lost:
+            if not self._snap_lock.locked():
+                async with self._snap_lock:
+                    try:
+                        await retention.delete_due(self.fs.db, self.store.backend, time.time(),
+                                                   self.snap.retention)
+                    except (MegafsError, OSError, apsw.Error) as e:
+                        log.warning("deleting objects past their retention failed: %s", e)
+            if (await self._look_for_followers(0) and not self._snap_lock.locked()
+                    and get_state(self.fs.db, "complete", 1) == 0):
+                async with self._snap_lock:
+                    try:
+                        await self._upload_metadata(max_age=float("inf"))
+                    except LockLost:
+                        self._lost_lock()
+                    except (MegafsError, OSError, apsw.Error) as e:
+                        log.error("metadata upload failed: %s", e)
+            await trio.sleep(self.lease.interval)
+
+    async def _watch_requests(self) -> None:
+        """A writer: hand over when another mount asks (docs/format.md §5a)."""
+        while not self.lease.lost:
+            await trio.sleep(handover.POLL)
+            try:
+                request = await handover.read_request(self.store)
+            except (MegafsError, OSError) as e:
+                log.warning("looking for a take-over request failed: %s", e)
+                continue
+            if request is not None and not self.lease.lost:
+                await self._hand_over(store_lock.describe(request))
+                return
+
+    async def _hand_over(self, who: str) -> None:
+        """Refuse writes (those already waiting get EROFS once the data is up), upload
+        everything, release the lock, and follow the new writer."""
+        log.warning("%s asks to take over: refusing writes, uploading everything", who)
+        started = time.monotonic()
+        reason = f"handed over to {who}"
+        self.ops.refuse_writes = reason
+        self.ops.follower = True
+        self.fs.read_only = reason
+        self.fs.gate = trio.Event()
+        self.fs.compactor.live_fraction = 0.0  # a follower compacts nothing
+        while self.fs.compactor.busy:  # a round in progress ends with its map committed
+            await trio.sleep(COMPACTION_POLL)
+        try:
+            await self.flush()
+            async with self._snap_lock:
+                self.handed_over = who
+                self.lease.lost = reason  # the writer's tasks stop
+                await self.lease.release_handed_over()
+        except (MegafsError, OSError, apsw.Error) as e:
+            log.error("handing over to %s failed: %s; this mount stays read-only", who, e)
+            self.handed_over = who
+            self.lease.lost = reason
+            return
+        finally:
+            self._open_gate()
+        log.warning("handed the writer role over to %s in %.1fs: following it now", who,
+                    time.monotonic() - started)
+        self.follower = Follower(self.fs.db, self.store, self.cfg.follow_interval,
+                                 self._followed)
+        self.fs.read_failed = self.follower.wake
+        self.announcement = store_followers.Announcement(self.store, self.cfg.follow_interval)
+        self._nursery.start_soon(_task, "follow", self.follower.run, name="follow")
+        self._nursery.start_soon(_task, "announce", self._announce, name="announce")
+
+    async def _announce(self) -> None:
+        """A follower: renew its announcement with the version it shows; withdraw it at
+        the end."""
+        try:
+            await self._announce_every()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.announcement.withdraw()
+
+    async def _announce_every(self) -> None:
+        while True:
+            try:
+                await self.announcement.renew(int(get_state(self.fs.db, "seq", 0)))
+            except (MegafsError, OSError) as e:
+                log.warning("renewing this follower's announcement failed: %s", e)
+            await trio.sleep(self.announcement.interval)
+
     async def _keep_lock(self) -> None:
         await self.lease.keep()
-        if self.lease.lost:
+        if self.lease.lost and not self.handed_over:
             self._lost_lock()
 
     async def _uploader(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -316,8 +526,13 @@ class Daemon:
             log.debug("could not raise the kernel readahead of the mount (not root?)")
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                       LOOK_NOW_SIGNAL) as sigs:
             async for sig in sigs:
+                if sig == LOOK_NOW_SIGNAL:  # a follower looks at the store's head now
+                    if self.follower is not None:
+                        self.follower.wake()
+                    continue
                 log.info("signal %d: unmounting", sig)
                 self.unmount_requested = True
                 pyfuse3.terminate()
@@ -334,9 +549,10 @@ class Daemon:
     async def serve(self, stack: contextlib.AsyncExitStack, ready) -> None:
         """Mount, call ``ready()``, serve until unmounted, then flush everything."""
         cfg = self.cfg
-        options = {"fsname=" + cfg.url, "subtype=megafs", "default_permissions"}
+        options = {"fsname=" + cfg.url, "subtype=megafs", *FUSE_OPTIONS}
         options |= cfg.fuse_options
-        self.ops = Operations(self.fs, Control(self), self.shares)
+        self.ops = Operations(self.fs, Control(self), self.shares,
+                              follower=self.follower is not None)
         try:
             pyfuse3.init(self.ops, cfg.mountpoint, options)
         except RuntimeError as e:
@@ -345,26 +561,46 @@ class Daemon:
         stack.callback(self._close_session)
         self._uploads = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            tasks = {"signals": self._signals, "snapshots": self._periodic_snapshots,
-                     "commits": self._commits, "lock": self._keep_lock,
-                     "compactor": self.fs.compactor.run,
+            tasks = {"signals": self._signals, "commits": self._commits,
                      "readahead": lambda: self._tune_readahead(self.ops.initialized)}
+            if self.follower is not None:
+                tasks.update(follow=self.follower.run, announce=self._announce)
+            else:
+                tasks.update(snapshots=self._periodic_snapshots, lock=self._keep_lock,
+                             followers=self._watch_followers, requests=self._watch_requests,
+                             compactor=self.fs.compactor.run)
             await nursery.start(_task, "uploader", self._uploader, name="uploader")
             self.fs.cache.nursery = nursery
+            self._nursery = nursery
             for name, fn in tasks.items():
                 nursery.start_soon(_task, name, fn, name=name)
             ready()
-            await pyfuse3.main(min_tasks=1, max_tasks=64)
+            await pyfuse3.main(min_tasks=MIN_TASKS, max_tasks=MAX_TASKS)
             self._served = True
             self._close_session()
             log.info("unmounted: uploading remaining data")
-            if self.lease.lost:
+            if self.lock_lost:
                 log.error("%s: the changes not yet uploaded stay in the cache directory",
-                          self.lease.lost)
+                          self.lock_lost)
             else:
                 await self.flush()
             nursery.cancel_scope.cancel()
         log.info("clean exit")
+
+
+async def wait_for_complete_head(store: ObjectStore, interval: float, timeout: float) -> None:
+    """A follower at mount: wait (at most *timeout*) until the head names a complete state
+    (the writer had uploaded the data of every file), so that it never shows a file whose
+    data is still on the writer's machine."""
+    with trio.move_on_after(timeout):
+        while True:
+            head = await store.read_head()
+            if head is None or head.get("complete", True) or not writer_alive(
+                    await store_lock.read(store)):
+                return
+            log.info("the writer's last state is not complete yet: waiting")
+            await trio.sleep(min(interval, 1.0))
+    raise BackendUnavailable(f"the writer did not upload a complete state within {timeout:g} s")
 
 
 async def _task(name: str, fn, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -4,6 +4,7 @@ edits. The benchmark itself is run by hand, never timed in tests."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,12 @@ def test_options_and_workloads():
                            "--size", "8M", "--share-cpus"])
     assert (args.workloads, args.s3_workloads, args.size) == (["write"], ["s3-copy"], 8 << 20)
     assert args.cache_size == 4 << 30 and args.client_cpus is None
-    assert cli.parse_args([]).workloads == ["write", "read", "create", "untar"]
+    assert cli.parse_args([]).workloads == ["write", "read", "create", "stat", "readsmall",
+                                            "delete", "untar", "rmtree", "save"]
+    assert cli.parse_args(["--peers", "none"]).peers == []
+    assert cli.parse_args(["--scale", "--scale-files", "2000"]).scale_files == 2000
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--peers", "nullfs,ext5"])
     with pytest.raises(SystemExit):
         cli.parse_args(["--workloads", "s3-copy"])  # an S3 workload needs --target megafs-s3
 
@@ -40,3 +46,31 @@ def test_seaweed_launcher_is_shared():
 
     assert Path(seaweed.__file__).resolve() == ROOT / "contrib/seaweed.py"
     assert Path(targets.__file__).resolve().parent.parent == ROOT / "contrib"
+
+
+def test_null_filesystem_answers_like_a_filesystem(tmp_path):
+    """The null fs the benchmark compares megafs with mounts and keeps what it is given."""
+    from bench.peers import NullTarget
+
+    args = cli_args()
+    target = NullTarget(str(tmp_path), args)
+    root = target.start()
+    try:
+        d = Path(root) / "d"
+        d.mkdir()
+        (d / "f").write_bytes(b"x" * 5000)
+        (d / "f").rename(d / "g")
+        assert (d / "g").read_bytes() == b"x" * 5000
+        assert sorted(p.name for p in d.iterdir()) == ["g"]
+        (d / "g").unlink()
+        d.rmdir()
+        assert list(Path(root).iterdir()) == []
+    finally:
+        target.stop()
+    assert not os.path.ismount(root)
+
+
+def cli_args():
+    from bench import cli
+
+    return cli.parse_args(["--peers", "nullfs"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megafs.core.descent import Relation, Seen, check_superblock, refusal, relate
+from megafs.core.descent import Relation, Seen, check_superblock, follow_plan, refusal, relate
 from megafs.errors import ExitCode, RollbackDetected
 
 H = {n: f"{n:02d}" * 32 for n in range(1, 20)}  # head hashes (64 hex digits)
@@ -80,3 +80,35 @@ def test_superblock_version(sb_version, head_version, refused):
 
 def test_format_1_head_has_superblock_version_0():
     check_superblock(0, {"seq": 3})
+
+
+# -- a follower: which deltas of a newer head it applies on top of what it holds --------
+
+FOLLOW_OBJ = {"m/s": [100, "aa"], "m/d1": [10, "b1"], "m/d2": [10, "b2"]}
+
+
+def follow_head(snapshot="m/s", deltas=("m/d1", "m/d2"), **objects):
+    objs = {k: v for k, v in FOLLOW_OBJ.items() if k == snapshot or k in deltas}
+    objs.update({k.replace("_", "/"): v for k, v in objects.items()})
+    return {"snapshot": snapshot, "deltas": list(deltas),
+            "objects": {**{k: [1, "new"] for k in (snapshot, *deltas) if k not in objs}, **objs}}
+
+
+FOLLOW_CASES = [
+    ("no-new-delta", ["m/d1", "m/d2"], follow_head(), []),
+    ("two-new-deltas", ["m/d1"], follow_head(deltas=("m/d1", "m/d2", "m/d3")),
+     ["m/d2", "m/d3"]),
+    ("from-the-bare-snapshot", [], follow_head(deltas=("m/d1",)), ["m/d1"]),
+    ("new-snapshot", ["m/d1"], follow_head(snapshot="m/s2", deltas=()), None),
+    ("held-delta-missing-from-head", ["m/d1", "m/d2"], follow_head(deltas=("m/d1", "m/d3")),
+     None),
+    ("held-delta-with-other-hash", ["m/d1"], follow_head(m_d1=[10, "forged"]), None),
+    ("snapshot-with-other-hash", ["m/d1"], follow_head(m_s=[100, "other"]), None),
+]
+
+
+@pytest.mark.parametrize(("held", "store_head", "expect"), [c[1:] for c in FOLLOW_CASES],
+                         ids=[c[0] for c in FOLLOW_CASES])
+def test_follow_plan(held, store_head, expect):
+    objects = {k: v for k, v in FOLLOW_OBJ.items() if k in ("m/s", *held)}
+    assert follow_plan("m/s", held, objects, store_head) == expect

@@ -49,6 +49,8 @@ ENVIRONMENT = {
                       " (~/.cache/megafs/ when it is not set).",
     "MEGAFS_LOCK_TERM": "The term in seconds of the store lock's lease (default 60): the"
                         " holder renews it four times per term.",
+    "MEGAFS_RETENTION": "The default of `--retention`: seconds objects the metadata no longer"
+                        " names stay in the store (default 300).",
     "MEGAFS_AUTHINFO": "The file with S3 credentials (default ~/.config/megafs/authinfo).",
     "AWS_ACCESS_KEY_ID": "With AWS_SECRET_ACCESS_KEY and an optional AWS_SESSION_TOKEN: S3"
                          " credentials; when they are set the authinfo file is not read.",

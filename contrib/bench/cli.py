@@ -11,11 +11,14 @@ import subprocess
 import sys
 import tempfile
 
+from . import requests
 from .common import CREATE_FILES, DEFAULT_BLOCK_SIZE, RAW_WORKERS, MiB, log, parse_size, split_cpus
+from .peers import PEERS, absent_peers
 from .report import print_s3_table, print_table, summarize, summarize_s3
 from .run import Profiler, run_target
 from .s3 import S3_WORKLOADS, run_s3, split_objects
-from .targets import TARGETS, Seaweed
+from .scale import print_scale, run_scale
+from .targets import TARGETS, MegafsBeforeTarget, Seaweed
 from .workloads import WORKLOADS, Inputs, build_tarball, warm_up
 
 DESCRIPTION = "Benchmark megafs against a plain directory on the same disk."
@@ -35,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=[t for t in TARGETS if t != "plain"],
                    help="what to compare with the plain directory (default megafs-local);"
                         " megafs-s3 starts its own SeaweedFS")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"FUSE filesystems measured beside megafs, those installed of"
+                        f" {','.join(PEERS)} (default: all; 'none'); nullfs runs the"
+                        " small-file workloads only")
+    p.add_argument("--before-src", metavar="DIR",
+                   help="also run megafs-local from the sources in DIR (a checkout of the"
+                        " code before a change) as the target megafs-before")
+    p.add_argument("--count-requests", action="store_true",
+                   help="count the FUSE requests of each small-file workload on every FUSE"
+                        " target (kernel tracepoint fuse_request_send; needs root) and print"
+                        " requests per operation")
+    p.add_argument("--scale", action="store_true",
+                   help="run the scale scenario instead of the workloads: --scale-files empty"
+                        " files in one directory per 1000 (bench/scale.py)")
+    p.add_argument("--scale-files", type=int, default=1_000_000, metavar="N",
+                   help="files of the scale scenario (default 1,000,000)")
     p.add_argument("--dir", help="scratch directory for the plain dir and the megafs store,"
                                  " cache and mount point (default: a new dir in /var/tmp)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
@@ -93,6 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     Seaweed.cpus, args.client_cpus = split if split else (None, None)
     if args.runs < 1:
         p.error("--runs must be at least 1")
+    peers = [] if args.peers == "none" else [x.strip() for x in args.peers.split(",") if x]
+    if any(x not in PEERS for x in peers):
+        p.error(f"unknown peer in {args.peers!r}; choose from {','.join(PEERS)}")
+    args.peers = peers
     if args.cache_size is None:
         args.cache_size = max(4 << 30, 2 * args.size)
     return args
@@ -115,7 +138,7 @@ def remove_scratch(args: argparse.Namespace, own_dir: bool) -> None:
         shutil.rmtree(args.dir, ignore_errors=True)
     else:
         for name in os.listdir(args.dir):
-            if name.startswith(tuple(f"{t}-run" for t in TARGETS)):
+            if name.startswith(tuple(f"{t}-run" for t in (*TARGETS, *PEERS, "megafs-before"))):
                 shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
 
 
@@ -134,13 +157,25 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[dict]
     if args.warmup:
         warm_up(args.dir, inputs.data, 3)
     profiler = Profiler(args)
+    if args.count_requests and not requests.available():
+        raise RuntimeError("--count-requests: no fuse_request_send tracepoint in tracefs")
+    absent = absent_peers(args.peers) if args.workloads else []
+    args.absent_peers = absent
     runs: dict[str, list[dict]] = {"plain": [], args.target: []}
+    targets = {"plain": TARGETS["plain"], args.target: TARGETS[args.target]}
+    if args.before_src and args.workloads:
+        runs["megafs-before"] = []
+        targets["megafs-before"] = MegafsBeforeTarget
+    for name in args.peers:
+        if name not in absent and args.workloads:
+            runs[name] = []
+            targets[name] = PEERS[name]
     s3_runs: list[dict] = []
     objects = split_objects(inputs.data, args.raw_block) if args.s3_workloads else []
     for run in range(1, args.runs + 1):
         if args.workloads:
             for tname in runs:
-                runs[tname].append(run_target(TARGETS[tname], args.dir, run, inputs, args,
+                runs[tname].append(run_target(targets[tname], args.dir, run, inputs, args,
                                               profiler))
         if args.s3_workloads:
             s3_runs.append(run_s3(args.dir, run, inputs, objects, args, profiler))
@@ -195,6 +230,13 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     own_dir = open_scratch(args)
+    if args.scale:
+        try:
+            print_scale(run_scale(os.path.join(args.dir, f"{args.target}-run-scale"), args),
+                        sys.stdout)
+            return 0
+        finally:
+            remove_scratch(args, own_dir)
     try:
         runs, s3_runs = run_all(args)
     except KeyboardInterrupt:

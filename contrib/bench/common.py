@@ -13,6 +13,7 @@ CHUNK = MiB
 CREATE_FILES = 3000
 CREATE_SIZE = 4096
 UNTAR_FILES = 2600
+SAVES = 1000  # editor saves (each of a 4 KiB file: write, fsync, rename)
 DEFAULT_PASSPHRASE = "megafs-benchmark"
 DEFAULT_BLOCK_SIZE = MiB  # mkfs.megafs's default
 RAW_WORKERS = 8  # parallel raw PUTs / GETs of the S3 baseline
@@ -68,6 +69,13 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process *pid* has used so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuWatch:

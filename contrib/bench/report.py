@@ -11,47 +11,98 @@ from .workloads import WORKLOADS
 
 
 def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    """Medians of every target; megafs's ratio to the plain directory against the floors,
+    and to the null fs (the binding's ceiling) where it ran."""
     base, cand = "plain", args.target
-    out: dict = {"workloads": {}, "info": {}}
+    out: dict = {"workloads": {}, "info": {}, "requests": {},
+                 "absent_peers": getattr(args, "absent_peers", [])}
     for name in args.workloads:
         wl = WORKLOADS[name]
-        p = [r["values"][name] for r in runs[base]]
-        m = [r["values"][name] for r in runs[cand]]
-        pm, mm = statistics.median(p), statistics.median(m)
-        ratio = mm / pm if pm else float("nan")
-        out["workloads"][name] = {
-            "unit": wl.unit, "description": wl.description, base: p, cand: m,
-            f"{base}_median": pm, f"{cand}_median": mm, "ratio": ratio, "floor": wl.floor,
-            "pass": ratio >= wl.floor}
+        w: dict = {"unit": wl.unit, "description": wl.description, "floor": wl.floor}
+        for tname, rs in runs.items():
+            vals = [r["values"][name] for r in rs if name in r["values"]]
+            if vals:
+                w[tname] = vals
+                w[f"{tname}_median"] = statistics.median(vals)
+        pm, mm = w[f"{base}_median"], w[f"{cand}_median"]
+        w["ratio"] = mm / pm if pm else float("nan")
+        if w.get("nullfs_median"):
+            w["ratio_to_null"] = mm / w["nullfs_median"]
+        w["pass"] = w["ratio"] >= wl.floor
+        out["workloads"][name] = w
     for tname, rs in runs.items():
         info = {}
         if any("umount_s" in r for r in rs):
             info["umount_s"] = [r.get("umount_s") for r in rs]
         if args.settle:
-            info["settle_s"] = {n: [r["settle_s"][n] for r in rs] for n in args.workloads}
+            info["settle_s"] = {n: [r["settle_s"][n] for r in rs if n in r["settle_s"]]
+                                for n in args.workloads}
         out["info"][tname] = info
+        per_op = {}
+        for name in args.workloads:  # requests per operation, median over the runs
+            counted = [r["requests"][name] for r in rs if name in r.get("requests", {})]
+            if counted:
+                per_op[name] = {"total": statistics.median(
+                    sum(c["counts"].values()) / c["ops"] for c in counted),
+                    "by_request": {op: statistics.median(c["counts"].get(op, 0) / c["ops"]
+                                                         for c in counted)
+                                   for op in sorted({o for c in counted for o in c["counts"]})},
+                    "us_each": {op: statistics.median(
+                        1e6 * c["seconds"].get(op, 0.0) / c["counts"][op]
+                        for c in counted if c["counts"].get(op))
+                        for op in sorted({o for c in counted for o in c["counts"]})}}
+        if per_op:
+            out["requests"][tname] = per_op
+        cpu = {n: statistics.median(r["daemon_cpu_us_per_op"][n] for r in rs
+                                    if n in r.get("daemon_cpu_us_per_op", {}))
+               for n in args.workloads
+               if any(n in r.get("daemon_cpu_us_per_op", {}) for r in rs)}
+        if cpu:
+            out.setdefault("daemon_cpu_us_per_op", {})[tname] = cpu
     out["pass"] = all(w["pass"] for w in out["workloads"].values())
     return out
 
 
 def print_table(summary: dict, args: argparse.Namespace, f) -> None:
     cand = args.target
+    targets = [t for t in summary["info"]]
     print(f"\nmegafs benchmark: {args.runs} run(s), medians; size {args.size / MiB:.0f} MiB;"
           f" dir {args.dir}", file=f)
-    hdr = f"{'workload':<8} {'unit':<8} {'plain':>10} {cand:>13} {'ratio':>7} {'floor':>6}  result"
+    if summary.get("absent_peers"):
+        print("not installed, not measured: " + ", ".join(summary["absent_peers"]), file=f)
+    hdr = (f"{'workload':<9} {'unit':<8} " + " ".join(f"{t:>12}" for t in targets)
+           + f" {'ratio':>7} {'floor':>6} {'/null':>6}  result")
     print(hdr, file=f)
     print("-" * len(hdr), file=f)
     for name, w in summary["workloads"].items():
-        print(f"{name:<8} {w['unit']:<8} {w['plain_median']:>10.1f} {w[cand + '_median']:>13.1f}"
-              f" {w['ratio']:>7.3f} {w['floor']:>6.2f}  {'PASS' if w['pass'] else 'FAIL'}",
-              file=f)
+        cells = " ".join(f"{w[t + '_median']:>12.1f}" if t + "_median" in w else f"{'-':>12}"
+                         for t in targets)
+        to_null = f"{w['ratio_to_null']:>6.2f}" if "ratio_to_null" in w else f"{'-':>6}"
+        print(f"{name:<9} {w['unit']:<8} {cells} {w['ratio']:>7.3f} {w['floor']:>6.2f}"
+              f" {to_null}  {'PASS' if w['pass'] else 'FAIL'}", file=f)
+    print(f"(ratio: {cand} / plain against the floor; /null: {cand} / nullfs)", file=f)
+    cpu = summary.get("daemon_cpu_us_per_op", {})
+    if cpu:
+        print("daemon CPU per operation, us (median of the runs):", file=f)
+        for tname, per in cpu.items():
+            print(f"  {tname:<13} " + ", ".join(f"{n} {v:.0f}" for n, v in per.items()), file=f)
+    for name, w in summary["workloads"].items():
+        ranges = "; ".join(f"{t} {min(w[t]):.0f}-{max(w[t]):.0f}" for t in targets if t in w)
+        print(f"  {name} ranges: {ranges}", file=f)
+    for tname, per_op in summary.get("requests", {}).items():
+        print(f"{tname}: FUSE requests per operation (median of the runs), each x the"
+              " median time from sent to answered", file=f)
+        for name, r in per_op.items():
+            parts = ", ".join(f"{op} {n:.2f} x {r['us_each'][op]:.0f} us"
+                              for op, n in r["by_request"].items() if n >= 0.005)
+            print(f"  {name:<9} {r['total']:6.2f}  ({parts})", file=f)
     for tname, info in summary["info"].items():
         if "umount_s" in info:
             ts = ", ".join(f"{t:.2f}" for t in info["umount_s"])
             print(f"{tname} umount.megafs seconds per run: {ts}", file=f)
         for n, ts in info.get("settle_s", {}).items():
-            if tname != "plain":
-                print(f"{tname} flush after {n:<7} seconds per run: "
+            if tname == cand:
+                print(f"{tname} flush after {n:<9} seconds per run: "
                       + ", ".join(f"{t:.2f}" for t in ts), file=f)
 
 

@@ -10,8 +10,9 @@ import tempfile
 import time
 
 from .common import find_tool, log
+from .requests import RequestCounter
 from .targets import MegafsTarget, Target
-from .workloads import WORKLOADS, Ctx, Inputs
+from .workloads import SMALL_FILE_WORKLOADS, WORKLOADS, Ctx, Inputs
 
 
 class Profiler:
@@ -47,19 +48,30 @@ def run_target(cls: type[Target], base: str, run: int, inputs: Inputs,
     """One run of every selected workload on a fresh instance of a target."""
     scratch = tempfile.mkdtemp(prefix=f"{cls.name}-run{run}-", dir=base)
     target = cls(scratch, args)
-    result: dict = {"values": {}, "settle_s": {}}
+    result: dict = {"values": {}, "settle_s": {}, "requests": {}}
     ok = False
     try:
         root = target.start()
         target.settle()
         for name in args.workloads:
+            if getattr(cls, "small_files_only", False) and name not in SMALL_FILE_WORKLOADS:
+                continue
             wl = WORKLOADS[name]
+            ctx = Ctx(root, target, inputs, args)
+            if args.count_requests and os.path.ismount(root):
+                ctx.counter = RequestCounter(root)
             profiler.start(target, name, run)
             try:
-                value = wl.fn(Ctx(root, target, inputs, args))
+                value = wl.fn(ctx)
             finally:
                 profiler.stop()
             result["values"][name] = value
+            if ctx.daemon_cpu_s is not None and ctx.ops:
+                result.setdefault("daemon_cpu_us_per_op", {})[name] = \
+                    1e6 * ctx.daemon_cpu_s / ctx.ops
+            if ctx.requests is not None:
+                result["requests"][name] = {"ops": ctx.ops, "counts": ctx.requests,
+                                            "seconds": ctx.request_s}
             if args.settle:
                 result["settle_s"][name] = target.settle()
             log(f"run {run} {target.name:<13} {name:<7} {value:10.1f} {wl.unit}"

@@ -138,6 +138,17 @@ class MegafsLocalTarget(MegafsTarget):
         return super().start()
 
 
+class MegafsBeforeTarget(MegafsLocalTarget):
+    """megafs-local run from another checkout's sources (``--before-src``): the code
+    before a change, measured in the same run as the code after it."""
+
+    name = "megafs-before"
+
+    def __init__(self, base: str, args: argparse.Namespace):
+        super().__init__(base, args)
+        self.env["PYTHONPATH"] = os.path.abspath(args.before_src)
+
+
 class Seaweed:
     """The SeaweedFS server of this benchmark run (contrib/seaweed.py), started on first use."""
 

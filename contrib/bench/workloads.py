@@ -12,7 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .common import CHUNK, CREATE_FILES, CREATE_SIZE, UNTAR_FILES, MiB, drop_page_cache, log
+from .common import (
+    CHUNK,
+    CREATE_FILES,
+    CREATE_SIZE,
+    SAVES,
+    UNTAR_FILES,
+    MiB,
+    cpu_seconds,
+    drop_page_cache,
+    log,
+)
+from .requests import RequestCounter
 from .targets import Target
 
 
@@ -37,6 +48,32 @@ class Ctx:
     target: Target
     inputs: Inputs
     args: argparse.Namespace
+    ops: int = 0  # operations the workload did (for requests per operation)
+    counter: RequestCounter | None = None  # counts the FUSE requests of the timed part
+    requests: dict[str, int] | None = None  # what it counted
+    request_s: dict[str, float] | None = None  # seconds the kernel waited, by request
+    daemon_cpu_s: float | None = None  # CPU the FUSE daemon used in the timed part
+    _cpu0: float = 0.0
+
+    def start(self) -> float:
+        """Start of the timed part (and of the request count): the time."""
+        if self.counter is not None:
+            self.counter.start()
+        pid = getattr(self.target, "pid", None)
+        if pid is not None:
+            self._cpu0 = cpu_seconds(pid)
+        return time.perf_counter()
+
+    def stop(self, t0: float) -> float:
+        """End of the timed part: seconds since *t0*."""
+        dt = time.perf_counter() - t0
+        pid = getattr(self.target, "pid", None)
+        if pid is not None:
+            self.daemon_cpu_s = cpu_seconds(pid) - self._cpu0
+        if self.counter is not None:
+            counts, seconds = self.counter.stop()
+            self.requests, self.request_s = dict(counts), dict(seconds)
+        return dt
 
 
 @dataclass
@@ -89,6 +126,7 @@ def read_file(path: str, expect: bytearray, verify: bool) -> float:
 
 def wl_write(ctx: Ctx) -> float:
     dt = write_file(os.path.join(ctx.root, "big"), ctx.inputs.data)
+    ctx.ops = ctx.inputs.size // MiB
     return ctx.inputs.size / dt / 1e6
 
 
@@ -99,6 +137,7 @@ def wl_read(ctx: Ctx) -> float:
         ctx.target.settle()
     drop_page_cache()
     dt = read_file(path, ctx.inputs.data, ctx.args.verify)
+    ctx.ops = ctx.inputs.size // MiB
     return ctx.inputs.size / dt / 1e6
 
 
@@ -107,14 +146,79 @@ def wl_create(ctx: Ctx) -> float:
     os.mkdir(d)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     small = ctx.inputs.small
-    t0 = time.perf_counter()
+    t0 = ctx.start()
     for i, data in enumerate(small):
         fd = os.open(f"{d}/f{i:05d}", flags, 0o644)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
-    dt = time.perf_counter() - t0
+    dt = ctx.stop(t0)
+    ctx.ops = len(small)
+    return len(small) / dt
+
+
+def _created(ctx: Ctx) -> list[str]:
+    """The files of "create" (made now, untimed, if it did not run), caches dropped."""
+    d = os.path.join(ctx.root, "create")
+    if not os.path.isdir(d):
+        wl_create(ctx)
+        ctx.target.settle()
+    drop_page_cache()  # also the kernel's dentries and inodes: every name is looked up
+    ctx.ops = len(ctx.inputs.small)
+    return [f"{d}/f{i:05d}" for i in range(len(ctx.inputs.small))]
+
+
+def wl_stat(ctx: Ctx) -> float:
+    paths = _created(ctx)
+    t0 = ctx.start()
+    for p in paths:
+        os.stat(p)
+    return len(paths) / ctx.stop(t0)
+
+
+def wl_readsmall(ctx: Ctx) -> float:
+    paths = _created(ctx)
+    got = []
+    t0 = ctx.start()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            got.append(os.read(fd, 2 * CREATE_SIZE))
+        finally:
+            os.close(fd)
+    dt = ctx.stop(t0)
+    if ctx.args.verify and got != ctx.inputs.small:
+        raise RuntimeError("read back wrong data from the small files")
+    return len(paths) / dt
+
+
+def wl_delete(ctx: Ctx) -> float:
+    paths = _created(ctx)
+    t0 = ctx.start()
+    for p in paths:
+        os.unlink(p)
+    return len(paths) / ctx.stop(t0)
+
+
+def wl_save(ctx: Ctx) -> float:
+    """An editor's save: write a new copy, fsync it, rename it over the file."""
+    d = os.path.join(ctx.root, "save")
+    os.mkdir(d)
+    name, tmp = f"{d}/notes.txt", f"{d}/.notes.txt.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    small = ctx.inputs.small[:SAVES]
+    t0 = ctx.start()
+    for data in small:
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name)
+    dt = ctx.stop(t0)
+    ctx.ops = len(small)
     return len(small) / dt
 
 
@@ -122,23 +226,43 @@ def wl_untar(ctx: Ctx) -> float:
     d = os.path.join(ctx.root, "untar")
     os.mkdir(d)
     if ctx.args.untar_tool == "tar":
-        t0 = time.perf_counter()
+        t0 = ctx.start()
         subprocess.run(["tar", "-xf", ctx.inputs.tarball, "-C", d], check=True)
-        dt = time.perf_counter() - t0
+        dt = ctx.stop(t0)
     else:
-        t0 = time.perf_counter()
+        t0 = ctx.start()
         with tarfile.open(ctx.inputs.tarball) as tf:
             tf.extractall(d, filter="fully_trusted")
-        dt = time.perf_counter() - t0
+        dt = ctx.stop(t0)
+    ctx.ops = ctx.inputs.tar_files
     return ctx.inputs.tar_files / dt
+
+
+def wl_rmtree(ctx: Ctx) -> float:
+    d = os.path.join(ctx.root, "untar")
+    if not os.path.isdir(d):
+        wl_untar(ctx)
+        ctx.target.settle()
+    drop_page_cache()
+    t0 = ctx.start()
+    subprocess.run(["rm", "-r", d], check=True)
+    ctx.ops = ctx.inputs.tar_files
+    return ctx.inputs.tar_files / ctx.stop(t0)
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("write", "MB/s", 0.8, wl_write, "SIZE incompressible, 1 MiB writes, one fsync"),
     Workload("read", "MB/s", 0.4, wl_read, "read SIZE back after dropping the page cache"),
     Workload("create", "files/s", 0.1, wl_create, f"{CREATE_FILES} new 4 KiB files, one dir"),
+    Workload("stat", "files/s", 0.0, wl_stat, "stat those files, caches dropped"),
+    Workload("readsmall", "files/s", 0.0, wl_readsmall, "read those files, caches dropped"),
+    Workload("delete", "files/s", 0.0, wl_delete, "delete those files, caches dropped"),
     Workload("untar", "files/s", 0.12, wl_untar, f"extract a {UNTAR_FILES}-file source tarball"),
+    Workload("rmtree", "files/s", 0.0, wl_rmtree, "rm -r of that tree, caches dropped"),
+    Workload("save", "saves/s", 0.0, wl_save, f"{SAVES} editor saves: write 4 KiB, fsync, rename"),
 )}
+#: Workloads of many small requests (every target runs them; the null fs only these).
+SMALL_FILE_WORKLOADS = ("create", "stat", "readsmall", "delete", "untar", "rmtree", "save")
 
 
 def _py_sources() -> list[tuple[str, str]]:

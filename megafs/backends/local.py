@@ -138,7 +138,8 @@ class LocalBackend(Backend):
 
     def _list_sync(self, prefix: str) -> list[str]:
         out = []
-        for dirpath, _dirs, filenames in os.walk(self.root):
+        top = os.path.join(self.root, prefix.rpartition("/")[0])  # only the folder it names
+        for dirpath, _dirs, filenames in os.walk(top):
             rel = os.path.relpath(dirpath, self.root)
             parts = [] if rel == "." else rel.split(os.sep)
             # Drop the fan-out level: ROOT/b/01/0123.. -> b/0123..

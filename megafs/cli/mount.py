@@ -21,6 +21,7 @@ from megafs.cli.common import (
     seconds,
     setup_logging,
 )
+from megafs.core.retention import default_retention
 from megafs.errors import CacheError, ExitCode, LocalIOError, MegafsError, UsageError
 from megafs.mount import Daemon, MountConfig, check_mountpoint
 from megafs.osutil import private_dir, tune_malloc
@@ -53,9 +54,11 @@ is reported instead when it fails to start.
 Data written to the mount lands in the local cache first and is encrypted and \
 uploaded in the background, after `--upload-delay` (on S3, a full block as soon as a \
 sequential writer has moved past it); metadata follows every `--metadata-interval`. Unmount with **umount.megafs**, which returns only when \
-everything is in the store. Only one mount of a store may run at a time: the store \
+everything is in the store. Only one mount of a store writes at a time: the store \
 holds a lock object while mounted, a lease the daemon renews four times per term \
-(60 s). `--force` takes it over only from a mount that is provably gone (a dead \
+(60 s). A mount with `-o ro` is a follower: it takes no lock, works while the writer \
+is mounted on another machine, and shows the writer's changes within \
+`--follow-interval` seconds of their upload (writes fail with EROFS). `--force` takes it over only from a mount that is provably gone (a dead \
 process on this host, or a lease not renewed for longer than its term); a mount \
 whose lock was taken over stops writing and refuses changes.
 
@@ -86,7 +89,8 @@ The same as a line of /etc/fstab (mounted at boot, after the network):
 Debug messages of the block cache only, in the foreground:
 
     mount.megafs --fg --debug=megafs.core.cache local:///srv/megafs-store /srv/mega""",
-    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_LOCK_TERM", "MEGAFS_AUTHINFO",
+    "environment": ["MEGAFS_PASSPHRASE", "XDG_CACHE_HOME", "MEGAFS_LOCK_TERM", "MEGAFS_RETENTION",
+                    "MEGAFS_AUTHINFO",
                     "AWS_ACCESS_KEY_ID"],
     "files": ["CACHE_DIR", "LOG", "FSTAB", "AUTHINFO"],
 }
@@ -128,6 +132,23 @@ def build_parser():
                    metavar="SECONDS",
                    help="retry a failing storage request this long; then a read of data not in"
                         " the cache fails with EIO (uploads keep retrying; default 60)")
+    p.add_argument("--follow-interval", type=seconds(MIN_METADATA_INTERVAL), default=5.0,
+                   metavar="SECONDS",
+                   help="with -o ro (a follower): look for the writer's changes this often"
+                        " (default 5)")
+    p.add_argument("--retention", type=seconds(0), default=default_retention(),
+                   metavar="SECONDS",
+                   help="keep objects the metadata no longer names this long before deleting"
+                        " them, for followers that have not caught up yet (default"
+                        " $MEGAFS_RETENTION or 300; at least 10 follow intervals of any"
+                        " follower)")
+    p.add_argument("--take-over", action="store_true",
+                   help="while another machine writes the store, ask it to hand the writer"
+                        " role over: it uploads everything, releases the lock and follows")
+    p.add_argument("--take-over-timeout", type=seconds(0, allow_lo=False), default=60.0,
+                   metavar="SECONDS",
+                   help="give up (nothing changes) if the writer has not handed over within"
+                        " this long (default 60)")
     p.add_argument("--force", action="store_true",
                    help="take over the store's lock from a mount that is provably gone: its"
                         " lease was not renewed for longer than its term (a live mount is"
@@ -177,7 +198,8 @@ def _config(args) -> MountConfig:
         cache_size=args.cache_size, fuse_options=fuse, upload_delay=args.upload_delay,
         metadata_interval=args.metadata_interval, force=args.force, timeout=args.timeout,
         compact_below=args.compact_below, compact_interval=args.compact_interval,
-        **atime)
+        follow_interval=args.follow_interval, retention=args.retention,
+        take_over=args.take_over, take_over_timeout=args.take_over_timeout, **atime)
 
 
 def _fraction(text: str) -> float:

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from megafs.cli import ctrl, keys, share, web
-from megafs.cli.common import finish, parser, run, setup_logging
+from megafs.cli.common import (
+    add_passphrase_option,
+    finish,
+    parser,
+    read_passphrase,
+    run,
+    seconds,
+    setup_logging,
+)
+from megafs.errors import UsageError
 from megafs.fs import control
 
 #: Prose of the man page megafs(1) (see tools/manpages.py), next to the options.
@@ -76,11 +87,35 @@ def _stat(args) -> int:
         ("metadata", f"{size(s['metadata_local_bytes'])} local,"
                      f" {size(s['metadata_snapshot_bytes'])} snapshot in the store"),
     ]
+    rows += _role_rows(s)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k + ':':<{width + 1}} {v}")
     _print_damaged(s)
     return 0
+
+
+def _role_rows(s: dict) -> list[tuple[str, object]]:
+    """A follower: the version it shows, how far behind it may be, the writer; a writer:
+    the followers that announced themselves."""
+    if s.get("role") == "follower":
+        behind = (f"{s['lag']:.0f} s since it last found itself current"
+                  f" (looks every {s['interval']:g} s)")
+        rows = [("role", "follower (read-only)"),
+                ("metadata version", f"{s['seq']} (the store's: {s['store_seq']})"),
+                ("lag", behind), ("writer", s["writer"] or "none (not mounted for writing)")]
+        if s.get("problem"):
+            rows.append(("not following", s["problem"]))
+        return rows
+    if s.get("role") == "writer":
+        followers = s.get("followers")
+        rows = [("role", "writer")]
+        if followers is not None:
+            rows.append(("followers", len(followers)))
+            rows += [("follower", f"{f['host']} pid {f['pid']}, at version {f['seq']}")
+                     for f in followers]
+        return rows
+    return []
 
 
 def _print_damaged(s: dict) -> None:
@@ -98,6 +133,29 @@ def _print_damaged(s: dict) -> None:
         print(f"  ... and {count - len(s['damaged'])} more (fsck.megafs lists them all)")
 
 
+def _take_over(args) -> int:
+    """On a follower: unmount it, mount the same store on the same mountpoint with the
+    same cache directory and --take-over; if that fails, mount the follower again."""
+    from megafs.cli import mount as mount_cli
+    from megafs.cli.umount import main as umount_main
+
+    mnt = control.megafs_mountpoint(args.mountpoint)
+    s = control.read_json(mnt, control.STATS)
+    if s.get("role") != "follower":
+        raise UsageError(f"{mnt} is not a follower (mounted with -o ro): it writes already")
+    os.environ["MEGAFS_PASSPHRASE"] = read_passphrase(args.passphrase_file).decode()
+    code = umount_main([mnt])
+    if code:
+        return code
+    common = ["--cache-dir", s["cache_dir"]]
+    code = mount_cli.main([*common, "--take-over", "--take-over-timeout",
+                           str(args.take_over_timeout), s["url"], mnt])
+    if code:  # nothing changes: follow again
+        mount_cli.main([*common, "-o", "ro", "--follow-interval", str(s["interval"]),
+                        s["url"], mnt])
+    return code
+
+
 def build_parser():
     p = parser("megafs", "megafs: encrypted cloud storage mounted as a folder.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,6 +164,17 @@ def build_parser():
                                    " and the files with byte ranges fsck.megafs found damaged.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the filesystem is mounted")
     s.set_defaults(fn=_stat)
+    t = sub.add_parser("take-over", help="make a follower the writer (the writer hands over)",
+                       description="On a follower (mount.megafs -o ro): ask the writer to"
+                                   " hand over, and remount MOUNTPOINT as the writer with the"
+                                   " same cache directory. If the writer does not answer"
+                                   " within --take-over-timeout, the follower is mounted"
+                                   " again and nothing changes.")
+    add_passphrase_option(t)
+    t.add_argument("--take-over-timeout", type=seconds(0, allow_lo=False), default=60.0,
+                   metavar="SECONDS", help="give up after this long (default 60)")
+    t.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the follower is mounted")
+    t.set_defaults(fn=_take_over)
     ctrl.add_command(sub)
     keys.add_commands(sub)
     share.add_commands(sub)

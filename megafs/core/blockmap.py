@@ -137,6 +137,10 @@ class BlockMap:
             if dropped:
                 self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
+    def drop_damaged(self, ino: int) -> None:
+        """Forget the damage records of *ino* (one without blocks: drop_from needs more)."""
+        self.ex("DELETE FROM damaged WHERE inode=?", (ino,))
+
     def garbage(self) -> list[tuple[int, str | None]]:
         """(id, key to delete) of every unreferenced object; the key is None for a block
         in a pack (the pack goes once no object row names it: :meth:`take_empty_packs`)."""

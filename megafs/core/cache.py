@@ -88,10 +88,19 @@ class BlockCache(CacheIndex):
         self.max_dirty = max(max_bytes * 3 // 4, 2 * block_size)
         self.loading: dict[tuple[int, int], trio.Event] = {}
         self.wanted = trio.Event()  # set when someone waits for uploads
-        self.nursery: trio.Nursery | None = None  # set by the daemon: enables readahead
+        self._nursery: trio.Nursery | None = None
         self.window = max(2, store.backend.parallelism)  # blocks fetched ahead of a reader
         # Large writes and upload reads of block files bypass the page cache (directio).
         self.direct = store.backend.remote and directio.supported(self.dir)
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """Set by the daemon: enables readahead, and unlinking dropped files later."""
+        return self._nursery
+
+    @nursery.setter
+    def nursery(self, nursery: trio.Nursery | None) -> None:
+        self._nursery = self.trash.nursery = nursery
 
     # -- recovery -------------------------------------------------------------
     def recover(self, inode_sizes) -> int:
@@ -121,12 +130,13 @@ class BlockCache(CacheIndex):
 
     # -- access ---------------------------------------------------------------
     async def entry(self, ino: int, blk: int, *, create: bool, fetch: bool = True,
-                    small: bool = False) -> Entry | None:
+                    small: bool = False, may_be_stored: bool = True) -> Entry | None:
         """The cache entry of a block, fetching it from the store if needed.
 
         Returns None for a hole unless *create*. With ``fetch=False`` (the
         caller overwrites the whole block) the stored content is not fetched.
-        A block created for a *small* write starts in memory.
+        A block created for a *small* write starts in memory. ``may_be_stored=False``
+        (the inode has no block in the block map) spares the block map query.
         """
         key = (ino, blk)
         while True:
@@ -142,7 +152,7 @@ class BlockCache(CacheIndex):
         if ref is None:
             if not create:
                 return None
-            stored = not fetch and self.blockmap.has_block(ino, blk)
+            stored = not fetch and may_be_stored and self.blockmap.has_block(ino, blk)
             if small and self.mem_bytes < self.mem_limit:
                 e = self._add(Entry(ino, blk, 0, dirty=True, stored=stored))
                 e.buf = bytearray()
@@ -298,9 +308,17 @@ class BlockCache(CacheIndex):
         data, e.buf = e.buf, None
         self.mem_bytes -= len(data)
         try:
-            fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, data)
-            os.rename(path + ".tmp", path)
+            if e.dirty:  # as in _create: a partial dirty file is harmless, no rename needed
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    _pwrite(fd, data, 0)
+                except OSError:
+                    os.close(fd)
+                    raise
+            else:  # a clean file must never be partial
+                fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, data)
+                os.rename(path + ".tmp", path)
         except OSError as err:
             e.buf = data
             self.mem_bytes += len(data)

@@ -31,6 +31,7 @@ from collections import OrderedDict
 
 import trio
 
+from megafs.core.trash import Trash
 from megafs.errors import CacheError
 
 MAX_FDS = 512
@@ -81,6 +82,7 @@ class CacheIndex:
         self.min_free = min(64 << 20, st.f_blocks * st.f_frsize // 10)
         self._free = 0
         self._checked = -1.0
+        self.trash = Trash()  # dropped block files are unlinked off the request path
 
     # -- bookkeeping ----------------------------------------------------------
     def _path(self, e: Entry) -> str:
@@ -153,10 +155,7 @@ class CacheIndex:
             self.mem_bytes -= e.size
             e.buf = None
         else:
-            try:
-                os.unlink(self._path(e))
-            except FileNotFoundError:
-                pass
+            self.trash.discard(self._path(e))
         self.total -= e.size
         if e.dirty:
             del self.dirty[key]
@@ -224,3 +223,4 @@ class CacheIndex:
             os.close(e.fd)
             e.fd = None
         self.fds.clear()
+        self.trash.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ import apsw
 import trio
 
 from megafs.backends import NoSuchObject
-from megafs.core import snapshot
+from megafs.core import retention, snapshot
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.descent import Seen, check_superblock, refusal, relate
 from megafs.core.localcopy import history_of
@@ -39,6 +40,7 @@ from megafs.core.namespace import ROOT, Namespace, now_ns
 from megafs.core.rebuild import rebuild_head
 from megafs.errors import CorruptObject, RollbackDetected, UnsupportedFormat
 from megafs.store import lock as store_lock
+from megafs.store.followers import PREFIX as FOLLOWERS_PREFIX
 from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
 from megafs.store.share import WEB_PAGE
 from megafs.store.superblock import OBJECT_KEY as SUPERBLOCK_KEY
@@ -113,6 +115,7 @@ class Checker:
         garbage = await self._check_unreferenced(stored, head)
         if self.repair and (self.changed or garbage):
             snap = snapshot.Snapshotter(self.db, self.store, self.blockmap, keep_metadata=True)
+            snap.retention = retention.default_retention()
             await snap.upload(full=True)
             self.report.repaired = True
         for key in self.moved:  # the committed metadata records them as damaged now
@@ -389,6 +392,17 @@ class Checker:
         known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
         known |= {r[0] for r in self.db.execute("SELECT key FROM packs")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
+        known |= {k for k in stored if k.startswith(FOLLOWERS_PREFIX)}  # followers' leases
+        held = retention.pending(self.db, time.time(), retention.default_retention())
+        held &= stored - known
+        if held:  # followers may still read them (docs/format.md §5c)
+            self.say(f"{len(held)} objects no longer named by the metadata are pending deletion"
+                     " (inside the retention period): kept")
+        known |= held
+        if self.repair:  # the rest of the list is gone or garbage (deleted below)
+            self.db.execute("DELETE FROM retained WHERE key NOT IN"
+                            f" ({','.join('?' * len(held))})", tuple(held))
+            self.changed = self.changed or self.db.changes() > 0
         metadata = sorted(k for k in stored if k not in known and k.startswith("m/"))
         if metadata:  # perhaps a newer state than the head's: never deleted by fsck
             self.say(f"{len(metadata)} metadata objects in the store are not referenced by the"

@@ -107,3 +107,20 @@ def check_superblock(sb_version: int, head: dict) -> None:
         raise RollbackDetected(
             f"the superblock was rolled back: it is version {sb_version}, but the store's"
             f" head (metadata version {head['seq']}) was written under version {recorded}")
+
+
+def follow_plan(seen_snapshot: str | None, seen_deltas: list[str], seen_objects: dict | None,
+                head: dict) -> list[str] | None:
+    """For a follower (docs/format.md §5c) that holds the metadata of a head naming
+    *seen_snapshot* and *seen_deltas* (with their ``objects`` entries *seen_objects*), the
+    deltas of the newer *head* it must apply on top, in order; None when *head* is based on
+    another snapshot (or rewrote a delta the follower holds): then the follower replaces
+    its whole copy with *head*'s snapshot and deltas."""
+    deltas = head.get("deltas", [])
+    if head["snapshot"] != seen_snapshot or deltas[:len(seen_deltas)] != seen_deltas:
+        return None
+    objects = head.get("objects")
+    if seen_objects is not None and objects is not None and any(
+            objects.get(k) != seen_objects.get(k) for k in (seen_snapshot, *seen_deltas)):
+        return None
+    return deltas[len(seen_deltas):]

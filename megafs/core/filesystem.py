@@ -43,6 +43,7 @@ from megafs.core.uploader import Uploader
 from megafs.errors import CacheError, MegafsError
 from megafs.osutil import syncfs
 from megafs.store.objects import ObjectStore
+from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1 << 62
@@ -50,9 +51,33 @@ DAY_NS = 86400 * 10**9
 DAMAGED_LISTED = 100  # damaged files named in the stats (an xattr value is at most 64 KiB)
 ALLOC_MASK = 4096 - 1  # st_blocks counts no more than the size rounded up to 4 KiB
 ST_BLOCKS_SHIFT = 9  # st_blocks is in 512-byte units
+FSYNC_FILES_MAX = 8  # more dirty block files than this: one syncfs instead of fsyncs
 #: Positions in a readdir row (cookie, name, inode row...) of the inode's columns.
 _ENTRY_INO = ENTRY_ROW + INO
 _ENTRY_NBLOCKS = ENTRY_ROW + NBLOCKS
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # no WAL: everything is in the database file
+        return
+    _fsync_and_close(fd)
+
+
+def _syncfs_and_close(path: str, fds: list[int]) -> None:
+    try:
+        syncfs(path)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 class Filesystem:
@@ -79,6 +104,11 @@ class Filesystem:
         self.diratime = atime and diratime  # ... and on listings (-o nodiratime)
         self.kernel_times = kernel_times  # writes leave mtime/ctime to the kernel
         self.unstored = self.cache.unstored
+        self.wal_synced_changes = -1  # total_changes() at the last WAL sync
+        self.read_failed = None  #: called when a read fails (a follower then looks for news)
+        #: While set, writes of data wait for it (the daemon uploads a complete state).
+        self.gate: trio.Event | None = None
+        self.read_only: str | None = None  #: why writes that waited at the gate fail (EROFS)
         commit_batch(conn)
 
     def commit(self) -> None:
@@ -116,14 +146,19 @@ class Filesystem:
     def _maybe_purge(self, ino: int) -> None:
         if ino in self.lookups or ino in self.opened:
             return
-        row = self.db.execute("SELECT nlink FROM inodes WHERE id=?", (ino,)).fetchone()
+        row = self.db.execute("SELECT nlink, nblocks FROM inodes WHERE id=?", (ino,)).fetchone()
         if row is not None and row[0] == 0:
-            self._purge(ino)
+            self._purge(ino, stored_blocks=row[1] > 0)
 
-    def _purge(self, ino: int) -> None:
+    def _purge(self, ino: int, *, stored_blocks: bool = True) -> None:
+        """Remove inode *ino* with its blocks (*stored_blocks* False: it has none in the
+        block map, so only damage records are left to drop)."""
         self.cache.drop_inode(ino)
         with self.db:
-            self.blockmap.drop_from(ino, 0)
+            if stored_blocks:
+                self.blockmap.drop_from(ino, 0)
+            else:
+                self.blockmap.drop_damaged(ino)
             self.ns.purge(ino)
 
     # -- attributes handed out ---------------------------------------------------
@@ -192,7 +227,15 @@ class Filesystem:
         self._ref(row)
 
     # -- attributes ---------------------------------------------------------
+    async def _pass_gate(self) -> None:
+        while self.gate is not None:
+            await self.gate.wait()
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
     async def setattr(self, ino: int, fields: dict) -> tuple:
+        if "size" in fields and self.gate is not None:
+            await self._pass_gate()
         t = now_ns()
         if "size" in fields:
             size = fields["size"]
@@ -257,6 +300,8 @@ class Filesystem:
         except MegafsError as err:
             log.error("read of %s (inode %d) at offset %d failed: %s", self.ns.path_of(ino), ino,
                       pos, err)
+            if self.read_failed is not None:
+                self.read_failed()
             raise FsError(errno.EIO) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -284,6 +329,8 @@ class Filesystem:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
+        if self.gate is not None:
+            await self._pass_gate()
         self._reserve_quota(len(data))
         self.inflight += len(data)
         try:
@@ -312,38 +359,42 @@ class Filesystem:
         bs = self.bs
         pos = 0
         view = memoryview(data)
-        size = self.ns.get(ino)[SIZE]
+        row = self.ns.get(ino)
+        size = row[SIZE]
+        stored = row[NBLOCKS] > 0  # else no block of the file is in the block map
         while pos < len(data):
             blk, within = divmod(offset + pos, bs)
             n = min(bs - within, len(data) - pos)
             # Nothing to fetch when the block is overwritten whole or lies past EOF.
             fetch = blk * bs < size and not (within == 0 and n == bs)
-            e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL)
+            e = await self.cache.entry(ino, blk, create=True, fetch=fetch, small=n < SPILL,
+                                       may_be_stored=stored)
             await self.cache.write_async(e, within, view[pos:pos + n])
             pos += n
 
     async def fsync(self, ino: int | None) -> None:
-        """Make written data of *ino* (all inodes if None) survive a crash of this process."""
+        """Make written data of *ino* (all inodes if None) survive a crash of this process.
+
+        Commits the metadata batch, then syncs the dirty block files and the WAL
+        concurrently, in worker threads: an editor's save waits for the slower of the
+        two syncs, not their sum. The WAL is not synced again when no row changed since
+        its last sync."""
         fds = self.cache.dirty_fds(ino)  # duplicates: safe while the cache evicts
         self.commit()
-
-        def sync_all():
-            if len(fds) > 8:  # one syncfs beats hundreds of fsyncs (one journal commit each)
-                syncfs(self.cache.dir)
-            for fd in fds:
-                if len(fds) <= 8:
-                    os.fsync(fd)
-                os.close(fd)
-            try:
-                fd = os.open(self.wal_path, os.O_RDONLY)
-            except FileNotFoundError:
-                return
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        await trio.to_thread.run_sync(sync_all)
+        changes = self.db.total_changes()
+        sync_wal = changes != self.wal_synced_changes
+        if len(fds) > FSYNC_FILES_MAX:  # one syncfs beats hundreds of fsyncs
+            await run_sync(_syncfs_and_close, self.cache.dir, fds)
+            fds = []
+        if len(fds) + sync_wal == 1:  # one sync: no nursery needed
+            await run_sync(*((_fsync_and_close, fds[0]) if fds else (_fsync_path, self.wal_path)))
+        elif fds or sync_wal:
+            async with trio.open_nursery() as nursery:
+                for fd in fds:
+                    nursery.start_soon(run_sync, _fsync_and_close, fd)
+                if sync_wal:
+                    nursery.start_soon(run_sync, _fsync_path, self.wal_path)
+        self.wal_synced_changes = changes
 
     # -- xattrs / statfs ------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:

@@ -91,8 +91,6 @@ class Namespace:
             pmode = self.get(parent)[MODE]
             if not stat.S_ISDIR(pmode):
                 raise FsError(errno.ENOTDIR)
-            if self._child(parent, name) is not None:
-                raise FsError(errno.EEXIST)
             is_dir = stat.S_ISDIR(mode)
             if pmode & stat.S_ISGID:
                 gid = self.get(parent)[GID]
@@ -106,8 +104,11 @@ class Namespace:
             )
             ino = self.db.last_insert_rowid()
             del cur
-            self.ex("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
-                    (parent, name, ino))
+            try:  # UNIQUE (parent, name): an existing name rolls the savepoint back
+                self.ex("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
+                        (parent, name, ino))
+            except apsw.ConstraintError:
+                raise FsError(errno.EEXIST) from None
             if is_dir:
                 self.ex("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (parent,))
             self._touch_dir(parent, t)
@@ -146,7 +147,8 @@ class Namespace:
             ino = self._child(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            mode = self.get(ino)[MODE]
+            row = self.get(ino)
+            mode, nlink = row[MODE], row[NLINK]
             if rmdir:
                 if not stat.S_ISDIR(mode):
                     raise FsError(errno.ENOTDIR)
@@ -156,7 +158,7 @@ class Namespace:
                 raise FsError(errno.EISDIR)
             self._drop_entry(parent, name, ino, mode, t)
             self._touch_dir(parent, t)
-            return ino, self.get(ino)[NLINK]
+            return ino, 0 if stat.S_ISDIR(mode) else nlink - 1
 
     def _drop_entry(self, parent: int, name: bytes, ino: int, mode: int, t: int) -> None:
         self.ex("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))

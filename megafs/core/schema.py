@@ -39,6 +39,10 @@ heads     the chain of metadata heads this filesystem went through: ``seq`` and
           the ``hash`` of each head (the newest ones, a bounded number). Shipped in
           snapshots and deltas, so a machine can tell that a newer state descends
           from the last head it saw.
+retained  objects the metadata no longer needs, kept in the store until ``since`` +
+          the retention period (followers may still read them), then deleted
+          (:mod:`megafs.core.retention`). Added without a version bump: readers that
+          do not know it ignore it, and :func:`add_missing_tables` creates it.
 state     key/value: ``seq`` of the last snapshot committed to the store, etc.
 journal   keys of rows changed since the last metadata upload (filled by triggers),
           so that an upload ships only what changed (a delta), not the database.
@@ -130,6 +134,10 @@ CREATE TABLE heads (
     seq INTEGER PRIMARY KEY,
     hash BLOB NOT NULL
 );
+CREATE TABLE retained (
+    key TEXT PRIMARY KEY,
+    since REAL NOT NULL
+);
 CREATE TABLE journal (
     tbl TEXT NOT NULL,
     a NOT NULL,
@@ -149,7 +157,7 @@ _JOURNAL_KEYS = {"inodes": ("id", None), "dentries": ("id", None),
                  "xattrs": ("inode", "name"), "objects": ("id", None),
                  "blocks": ("inode", "blockno"), "shares": ("id", None),
                  "damaged": ("inode", "blockno"), "heads": ("seq", None),
-                 "packs": ("key", None)}
+                 "packs": ("key", None), "retained": ("key", None)}
 
 
 def journal_trigger(table: str) -> str:
@@ -251,6 +259,7 @@ def upgrade(conn: apsw.Connection) -> bool:
     """
     version = check_version(conn)
     if version == SCHEMA_VERSION:
+        add_missing_tables(conn)
         return False
     with conn:
         if version < 2:
@@ -259,7 +268,7 @@ def upgrade(conn: apsw.Connection) -> bool:
                          " WHERE blocks.inode=inodes.id) WHERE id IN (SELECT inode FROM blocks)")
         if version < 3:
             conn.execute("ALTER TABLE objects ADD COLUMN sha256 BLOB")
-            conn.execute(_section("CREATE TABLE damaged", "CREATE TABLE journal ("))
+            conn.execute(_section("CREATE TABLE damaged", "CREATE TABLE retained"))
             has_journal = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
                                        " AND name='journal'").fetchone()
             if has_journal:
@@ -273,7 +282,19 @@ def upgrade(conn: apsw.Connection) -> bool:
             if has_journal:
                 conn.execute(journal_trigger("packs"))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    add_missing_tables(conn)
     return True
+
+
+def add_missing_tables(conn: apsw.Connection) -> None:
+    """Create the tables added to the current schema version later (``retained``), with
+    their journal triggers when *conn* has a journal."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='retained'").fetchone():
+        return
+    with conn:
+        conn.execute(_section("CREATE TABLE retained", "CREATE TABLE journal ("))
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='journal'").fetchone():
+            conn.execute(journal_trigger("retained"))
 
 
 def _section(start: str, end: str) -> str:

@@ -12,7 +12,8 @@ Write order (docs/format.md, "Write ordering"):
 2. the snapshot or delta object ``m/<random>`` is written;
 3. ``head`` is replaced to name it, with the next sequence number;
 4. only then are superseded snapshots/deltas and the objects that were garbage
-   at upload time deleted.
+   at upload time discarded: deleted once their retention has passed
+   (:mod:`megafs.core.retention`).
 
 A crash anywhere leaves ``head`` naming a complete snapshot whose objects all exist.
 """
@@ -28,11 +29,13 @@ import time
 import apsw
 import trio
 
+from megafs.core import retention
 from megafs.core.blockmap import BlockMap
 from megafs.core.descent import HISTORY_KEPT
 from megafs.core.schema import (
     DELTA_SCHEMA,
     JOURNALED,
+    add_missing_tables,
     check_version,
     commit_batch,
     connect,
@@ -136,6 +139,11 @@ class Snapshotter:
             conn.execute("INSERT OR IGNORE INTO journal SELECT * FROM journal_sent")
             conn.execute("DELETE FROM journal_sent")
         self.last_size = 0  # bytes of the last upload (tests and statistics)
+        #: True when every block the metadata names is in the store (no data waits for
+        #: upload): recorded in the head as ``complete``, the states followers show.
+        self.data_complete = lambda: True
+        #: seconds objects stay in the store after the metadata stops naming them
+        self.retention = retention.default_retention()
 
     async def _sb_version(self) -> int:
         """The superblock version to record in the next head: the newest this machine
@@ -161,8 +169,9 @@ class Snapshotter:
         return (not get_state(self.db, "snapshot") or len(deltas) >= self.MAX_DELTAS
                 or spent > max(base * self.REBASE_FRACTION, 256 * 1024))
 
-    async def upload(self, *, full: bool | None = None) -> int:
-        """Commit the metadata changes to the store; return the new sequence number."""
+    async def upload(self, *, full: bool | None = None, on_capture=None) -> int:
+        """Commit the metadata changes to the store; return the new sequence number.
+        *on_capture()* runs once the state to upload is taken (before the first await)."""
         db = self.db
         seq = int(get_state(db, "seq", 0)) + 1
         base = get_state(db, "snapshot")
@@ -188,6 +197,9 @@ class Snapshotter:
         parent = (deltas or [base])[-1]
         image = (_portable(db.serialize("main")) if full
                  else build_delta(db, seq=seq, parent=parent, now=now))
+        complete = self.data_complete()
+        if on_capture is not None:
+            on_capture()
         key = new_metadata_key()
         try:
             if full:
@@ -204,7 +216,7 @@ class Snapshotter:
                     "sb_version": await self._sb_version(),
                     "snapshot": key if full else base, "deltas": head_deltas,
                     "objects": objects, "time": now, "host": socket.gethostname(),
-                    "pid": os.getpid()}
+                    "pid": os.getpid(), "complete": complete}
             sealed = self.store.seal_head(head)
             # Durable before the head: after a crash the next mount knows it wrote it.
             set_state(db, "head_pending", sealed[1])
@@ -218,6 +230,7 @@ class Snapshotter:
             raise
         with db:
             confirm(db, head)
+            set_state(db, "complete", int(complete))
             db.execute("DELETE FROM journal_sent")
             if full:
                 set_state(db, "base_size", size)
@@ -231,8 +244,8 @@ class Snapshotter:
         self.last_size = size
         if self.before_delete is not None:
             await self.before_delete()
-        for k in dead:
-            await self.store.backend.delete(k)
+        # Followers may still read what this head no longer names: kept for the retention.
+        await retention.discard(db, self.store.backend, dead, time.time(), self.retention)
         log.info("metadata %s %d committed (%d bytes, %d objects freed)",
                  "snapshot" if full else "delta", seq, size, len(dead))
         return seq
@@ -275,8 +288,19 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
     conn.execute("ATTACH ':memory:' AS delta")
     try:
         conn.deserialize("delta", image)
+        apply_attached(conn, "delta", name)
+    except apsw.Error as e:
+        raise CorruptObject(f"metadata delta {name} cannot be applied: {e}") from None
+    finally:
+        conn.execute("DETACH delta")
+
+
+def apply_attached(conn: apsw.Connection, schema: str, name: str) -> None:
+    """Apply the delta attached to *conn* as *schema* (the object *name*)."""
+    try:
+        add_missing_tables(conn)  # a snapshot from before ``retained``
         present = {r[0] for r in conn.execute(
-            "SELECT name FROM delta.sqlite_master WHERE type='table'")}
+            f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}
         with conn:
             for table, cols in JOURNALED.items():
                 if table not in present:  # a delta of an older schema (no damaged, heads)
@@ -284,15 +308,14 @@ def apply_delta(conn: apsw.Connection, image: bytes, name: str) -> None:
                 key = ", ".join(cols)
                 if len(cols) == 1:
                     conn.execute(f"DELETE FROM main.{table} WHERE {key} IN"
-                                 " (SELECT a FROM delta.deleted WHERE tbl=?)", (table,))
+                                 f" (SELECT a FROM {schema}.deleted WHERE tbl=?)", (table,))
                 else:
                     conn.execute(f"DELETE FROM main.{table} WHERE ({key}) IN"
-                                 " (SELECT a, b FROM delta.deleted WHERE tbl=?)", (table,))
-                conn.execute(f"INSERT OR REPLACE INTO main.{table} SELECT * FROM delta.{table}")
+                                 f" (SELECT a, b FROM {schema}.deleted WHERE tbl=?)", (table,))
+                conn.execute(f"INSERT OR REPLACE INTO main.{table}"
+                             f" SELECT * FROM {schema}.{table}")
     except apsw.Error as e:
         raise CorruptObject(f"metadata delta {name} cannot be applied: {e}") from None
-    finally:
-        conn.execute("DETACH delta")
 
 
 async def load(store: ObjectStore, head: dict) -> apsw.Connection:

@@ -4,8 +4,9 @@ Kept deliberately thin: argument unpacking, attribute conversion and the
 FsError -> FUSEError translation. Every request path is a handful of Python
 calls plus one or two SQLite statements.
 
-File handles are inode numbers. Attributes go out with 300 s timeouts: this
-process is the only writer, so the kernel may cache them.
+File handles are inode numbers. Attributes and entries, negative ones (a missing
+name) included, go out with ``CACHE_TIMEOUT``: this process is the only writer, so
+the kernel may cache them.
 
 The root directory also answers a control channel that is never stored:
 ``getxattr(mnt, "megafs.pid")`` and ``setxattr(mnt, "megafs.ctrl", b"flush")``
@@ -39,6 +40,8 @@ UNSHARE_ATTR = control.UNSHARE.encode()
 STATS_ATTR = control.STATS.encode()
 BLKSIZE = 128 * 1024
 STATFS_BLOCK = 4096
+#: Seconds the kernel may cache attributes and entries (the daemon is the only writer).
+CACHE_TIMEOUT = 300.0
 SYMLINK_MAX = 4095  # bytes in a symlink target: PATH_MAX (4096) less the terminating NUL
 
 
@@ -49,6 +52,7 @@ def _attrs(row: tuple) -> pyfuse3.EntryAttributes:
      a.st_mtime_ns, a.st_ctime_ns, a.st_rdev, a.st_blocks) = row
     a.generation = 0
     a.st_blksize = BLKSIZE
+    a.attr_timeout = a.entry_timeout = CACHE_TIMEOUT
     return a
 
 
@@ -93,16 +97,24 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
 
-    def __init__(self, fs: Filesystem, control, shares=None):
+    def __init__(self, fs: Filesystem, control, shares=None, *, follower: bool = False):
         super().__init__()
         self.fs = fs
+        self.follower = follower  #: the state may change under the kernel (docs/format.md §5c)
+        if follower:  # with a writeback cache the kernel would ignore sizes changed elsewhere
+            self.enable_writeback_cache = False
         fs.kernel_times = self.enable_writeback_cache  # the kernel stamps writes' mtime/ctime
         self.control = control
         self.shares = shares
         self.owner_uid = os.getuid()  # who mounted: the control channel answers them and root
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         #: Why changes are refused (the store's lock was taken over), or None.
-        self.refuse_writes: str | None = None
+        self.refuse_writes: str | None = "a read-only follower" if follower else None
+
+    @staticmethod
+    def set_timeouts(a: pyfuse3.EntryAttributes) -> None:
+        """The cache timeouts every reply of this adapter carries (for the null fs)."""
+        a.attr_timeout = a.entry_timeout = CACHE_TIMEOUT
 
     def init(self):
         # pyfuse3 calls this while answering INIT; waiters run only after the answer.
@@ -110,7 +122,17 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        return _attrs(self.fs.lookup(parent_inode, name))
+        try:
+            return _attrs(self.fs.lookup(parent_inode, name))
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        # A negative entry: the kernel caches "no such name" as long as a name it has
+        # (every change of the namespace comes through it), sparing repeated lookups.
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = CACHE_TIMEOUT
+        return a
 
     @_errors
     async def forget(self, inode_list):
@@ -189,6 +211,8 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if self.refuse_writes and (flags & (os.O_TRUNC | os.O_ACCMODE)):
             raise FsError(errno.EROFS)
+        if self.follower:  # the kernel may still hold an entry of an inode removed since
+            self.fs.getattr(inode)  # ENOENT: never serve its cached pages
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: no separate setattr comes
             await self.fs.setattr(inode, {"size": 0})
         self.fs.open(inode)
@@ -308,7 +332,7 @@ class Operations(pyfuse3.Operations):
                 raise FsError(errno.ENODATA)
             return link.encode()
         if inode == ROOT and name == STATS_ATTR:
-            return control.encode(self.fs.stats())
+            return control.encode({**self.fs.stats(), **self.control.role()})
         if inode == ROOT and name == SHARES_ATTR and self.shares:
             return control.encode(self.shares.listing())
         if inode == ROOT and name.startswith(CTRL_PREFIX):

@@ -43,8 +43,11 @@ KIND_HEAD = 3
 KIND_LOCK = 4
 KIND_DELTA = 5
 KIND_SHARE = 6
+KIND_FOLLOWER = 7
+KIND_TAKEOVER = 8
 KIND_NAMES = {KIND_BLOCK: "data block", KIND_METADATA: "metadata", KIND_HEAD: "head",
-              KIND_LOCK: "lock", KIND_DELTA: "metadata delta", KIND_SHARE: "share manifest"}
+              KIND_LOCK: "lock", KIND_DELTA: "metadata delta", KIND_SHARE: "share manifest",
+              KIND_FOLLOWER: "follower announcement", KIND_TAKEOVER: "take-over request"}
 
 HEADER = struct.Struct("<4sBB12s32s")
 INNER = struct.Struct("<BQ")

@@ -167,6 +167,13 @@ class Lease:
             except (MegafsError, OSError) as e:  # storage down: the head guard still protects
                 log.warning("renewing the store's lock failed: %s", e)
 
+    async def release_handed_over(self) -> None:
+        """Delete the lock while handing the writer role over (:attr:`lost` is already set,
+        to stop the writer's tasks): only if it is still ours."""
+        found = await read_raw(self.store)
+        if found is not None and found[0].get("mount") == self.record["mount"]:
+            await self.store.backend.delete(LOCK_KEY)
+
     async def release(self) -> None:
         """Delete the lock if it is still ours."""
         if self.lost:

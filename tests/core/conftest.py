@@ -34,6 +34,7 @@ async def core(tmp_path, monkeypatch, core_options):
     """A fresh filesystem (64 KiB blocks, root owned by 1000:1000) in this process; its
     teardown requires a clean check (see the module docstring)."""
     monkeypatch.setenv("MEGAFS_INSECURE_TEST_KDF", "1")
+    monkeypatch.setenv("MEGAFS_RETENTION", "0")  # the tests count the store's objects
     async with trio.open_nursery() as nursery:
         c = await make_core(tmp_path, nursery, **core_options)
         try:

@@ -16,6 +16,7 @@ from helpers.mount import (
     SMALL_BLOCK,
     TOOL_TIMEOUT,
     MegaFS,
+    abort_fuse_connection,
     daemon_log_errors,
     daemon_log_sizes,
     rows_expecting_log_errors,
@@ -37,7 +38,7 @@ from helpers.stores import LocalStore, S3Store, Store
 __all__ = [
     "BIN", "BUG_LINE", "DAMAGED_READ", "PASSPHRASE", "SMALL_BLOCK", "TOOL_TIMEOUT",
     "LocalStore", "MegaFS", "S3Store", "Store",
-    "assert_cli_error", "assert_same_tree", "become_subreaper", "daemon_log_errors",
+    "abort_fuse_connection", "assert_cli_error", "assert_same_tree", "become_subreaper", "daemon_log_errors",
     "daemon_log_sizes", "is_megafs_daemon", "mounted_paths", "oserror", "pid_alive",
     "read_file", "reap", "rows_expecting_log_errors", "tool_env", "tree_state",
     "wait_pid_gone",

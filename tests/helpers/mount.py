@@ -119,7 +119,13 @@ class MegaFS:
 
     def flush(self) -> None:
         """Ask the daemon to upload everything now (the control channel umount uses)."""
-        control.send(str(self.mnt), "flush")
+        self.flush_mount(self.mnt)
+
+    @staticmethod
+    def flush_mount(mnt: Path) -> None:
+        """Ask the daemon of *mnt* to upload everything now, or a follower to look at the
+        store's head now."""
+        control.send(str(mnt), "flush")
 
     def kill9(self, *, reap_it: bool = True) -> int:
         """SIGKILL the daemon, wait for it to die, then lazily unmount the dead mount.
@@ -222,3 +228,19 @@ def daemon_log_errors(since: dict[Path, int]) -> list[str]:
         found += [line for line in text.splitlines()
                   if _ERROR_RECORD.match(line) or BUG_LINE in line]
     return found
+
+
+
+def abort_fuse_connection(mnt: Path) -> None:
+    """Abort the kernel's FUSE connection of *mnt* (fusectl), which ends every request
+    waiting for its daemon: the way out of a deadlocked mount. Touches nothing on the
+    mount itself (the device number comes from /proc/self/mountinfo)."""
+    conns = Path("/sys/fs/fuse/connections")
+    if not os.path.ismount(conns):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conns)], check=False)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mnt):
+            abort = conns / fields[2].split(":")[1] / "abort"
+            if abort.exists():
+                abort.write_text("1")
