@@ -12,9 +12,12 @@ setup() {
     local need=()
     local pkgs=(fuse3 libfuse3-dev pkg-config)
     # The test suite also drives these tools (man pages, rsync round trips, git,
-    # sqlite3, xattr and ACL utilities, shellcheck of the bash completion).
+    # sqlite3, xattr and ACL utilities, shellcheck of the bash completion), headless
+    # Chromium for the download page's tests and Node.js to rebuild the page (web/).
     [ "${1:-}" = test ] && pkgs+=(man-db groff-base rsync git sqlite3 attr acl util-linux
-                                  shellcheck)
+                                  shellcheck chromium chromium-driver)
+    # npm comes with Node.js from elsewhere (e.g. NodeSource): Debian's would conflict.
+    [ "${1:-}" = test ] && ! command -v npm >/dev/null && pkgs+=(nodejs npm)
     for pkg in "${pkgs[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done

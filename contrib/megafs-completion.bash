@@ -24,6 +24,9 @@ declare -gA _megafs_opts=(
     [megafs/shares]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/unshare]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs/get]='-h: --help: --force: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
+    [megafs/web/enable]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
+    [megafs/web/serve]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
+    [megafs/web]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
     [megafs]='-h: --help: --version: --debug:=list:megafs|megafs.backends|megafs.cli|megafs.core|megafs.crypto|megafs.fs|megafs.mount|megafs.store'
 )
 declare -gA _megafs_pos=(
@@ -45,6 +48,9 @@ declare -gA _megafs_pos=(
     [megafs/shares]='mount'
     [megafs/unshare]='file'
     [megafs/get]='none file'
+    [megafs/web/enable]='url'
+    [megafs/web/serve]='none url'
+    [megafs/web]='sub'
     [megafs]='sub'
 )
 declare -gA _megafs_subs=(
@@ -66,7 +72,10 @@ declare -gA _megafs_subs=(
     [megafs/shares]=''
     [megafs/unshare]=''
     [megafs/get]=''
-    [megafs]='stat take-over ctrl passphrase quota recover share shares unshare get'
+    [megafs/web/enable]=''
+    [megafs/web/serve]=''
+    [megafs/web]='enable serve'
+    [megafs]='stat take-over ctrl passphrase quota recover share shares unshare get web'
 )
 
 # Completes the word before the cursor from the tables above. Words are split at

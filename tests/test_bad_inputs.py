@@ -257,7 +257,7 @@ class Scene:
             fs.mount()
             (fs.mnt / "f").write_bytes(b"shared bytes\n")
         if setup == "shared":
-            self.values["link"] = fs.run("megafs", "share", fs.mnt / "f").stdout.strip()
+            self.values["link"] = fs.run("megafs", "share", fs.mnt / "f").stdout.split()[-1]
         if "{file}" in needs:
             (self.tmp / "plain-file").write_text("not a directory\n")
             self.values["file"] = str(self.tmp / "plain-file")

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "megafs"
 
 #: Layer of each top-level part of the package; higher layers may import lower ones.
 LAYERS = {
-    "__init__": 0, "errors": 0, "osutil": 0, "threads": 0,
+    "__init__": 0, "errors": 0, "osutil": 0, "threads": 0, "web": 0,
     "crypto": 1, "backends": 1,
     "store": 2,
     "core": 3,

@@ -97,8 +97,8 @@ def _owner(fs: MegaFS) -> Owner:
     (fs.mnt / "dir" / "a.txt").write_text("folder file a")
     (fs.mnt / "dir" / "sub" / "b.txt").write_text("folder file b")
     os.symlink("a.txt", fs.mnt / "dir" / "link")
-    doc_link = fs.run("megafs", "share", fs.mnt / "doc.txt").stdout.strip()
-    folder_link = fs.run("megafs", "share", fs.mnt / "dir").stdout.strip()
+    doc_link = fs.run("megafs", "share", fs.mnt / "doc.txt").stdout.split()[-1]
+    folder_link = fs.run("megafs", "share", fs.mnt / "dir").stdout.split()[-1]
     fs.flush()
     sb = superblock.parse(fs.store.read("superblock"))
     keys = superblock.unlock(sb, passphrase=PASSPHRASE.encode())
@@ -456,7 +456,7 @@ def test_interrupted_download_leaves_nothing_complete_looking(mounted, tmp_path,
     fs = mounted
     with open(fs.mnt / "big.bin", "wb") as f:
         f.write(os.urandom(INTERRUPT_SIZE))
-    link = fs.run("megafs", "share", fs.mnt / "big.bin").stdout.strip()
+    link = fs.run("megafs", "share", fs.mnt / "big.bin").stdout.split()[-1]
     fs.flush()
     scene = Scene.make(tmp_path)
     env = dict(fs.env, MEGAFS_FAULTS="latency=0.05")  # each GET takes 50 ms or more
@@ -580,7 +580,7 @@ def test_destination(owner, tmp_path, row):
 def test_republished_share_keeps_its_link(owner, tmp_path):
     fs = owner.fs
     (fs.mnt / "changing.txt").write_text("first")
-    link = fs.run("megafs", "share", fs.mnt / "changing.txt").stdout.strip()
+    link = fs.run("megafs", "share", fs.mnt / "changing.txt").stdout.split()[-1]
     _ok(get(fs, link, "one", cwd=tmp_path))
     (fs.mnt / "changing.txt").write_text("second, longer")
     fs.flush()
@@ -670,7 +670,7 @@ def test_sharing_older_objects_records_verified_hashes(mounted, tmp_path, row):
     sb = superblock.parse(fs.store.read("superblock"))
     owner = Owner(fs, superblock.unlock(sb, passphrase=PASSPHRASE.encode()), "", "", data)
     # An earlier link to the file, revoked since: its holder kept the block keys.
-    earlier = fs.run("megafs", "share", fs.mnt / "old.bin").stdout.strip()
+    earlier = fs.run("megafs", "share", fs.mnt / "old.bin").stdout.split()[-1]
     owner.doc_link = earlier
     blocks = owner.manifest(earlier)["entries"][0]["blocks"]
     fs.run("megafs", "unshare", earlier)
@@ -684,7 +684,7 @@ def test_sharing_older_objects_records_verified_hashes(mounted, tmp_path, row):
         assert r.stderr.strip() == f"megafs: cannot share {fs.mnt / 'old.bin'}: Input/output error"
         assert f"data block {objkey} does not match its hash" in fs.log()
         return
-    link = fs.run("megafs", "share", fs.mnt / "old.bin").stdout.strip()
+    link = fs.run("megafs", "share", fs.mnt / "old.bin").stdout.split()[-1]
     _ok(get(fs, link, "got", cwd=tmp_path))
     assert (tmp_path / "got").read_bytes() == data
     assert all(b[4] for b in owner.manifest(link)["entries"][0]["blocks"])

@@ -16,7 +16,7 @@ from megafs.store import share as share_format
 
 def _share(fs, path) -> str:
     r = fs.run("megafs", "share", path)
-    link = r.stdout.strip()
+    link = r.stdout.split()[-1]  # the megafs+ link (after a browser link on S3)
     assert link.startswith("megafs+") and "#" in link
     return link
 

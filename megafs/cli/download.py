@@ -27,6 +27,7 @@ import sys
 import trio
 
 from megafs.backends import NoSuchObject, open_backend, parse_url
+from megafs.backends.anon import AnonymousBackend, Forbidden
 from megafs.errors import (
     AlreadyExists,
     CorruptObject,
@@ -308,6 +309,9 @@ class _Writer:
 def _verify_and_write(fd: int, block: Block, block_size: int, blob: bytes, shown: str) -> None:
     """(In a worker thread.) Check the stored object against the manifest's hash, open
     it with its key and write its bytes where they belong."""
+    if block.stored_length is not None and len(blob) != block.stored_length:
+        raise CorruptObject(f"{shown}: block {block.number} is missing from the store"
+                            " (its object is too short)")
     if block.sha256 is not None and hashlib.sha256(blob).digest() != block.sha256:
         raise CorruptObject(f"{shown}: block {block.number} is not what the owner shared"
                             " (tampered)")
@@ -328,7 +332,10 @@ def _verify_and_write(fd: int, block: Block, block_size: int, blob: bytes, shown
 
 async def _open_share_store(url: str):
     """The backend of a link's store, checked first: an unreachable endpoint or a store
-    that does not exist fails at once, as in mkfs, not after a minute of retries."""
+    that does not exist fails at once, as in mkfs, not after a minute of retries. A
+    browser link's store (``https://``) is read with plain unauthenticated GETs."""
+    if url.startswith(("https://", "http://")):
+        return AnonymousBackend(url)
     backend = open_backend(url)
     try:
         scheme, location = parse_url(url)
@@ -342,8 +349,13 @@ async def _open_share_store(url: str):
     return backend
 
 
-async def _missing_share(backend) -> MegafsError:
+async def _missing_share(backend, error: NoSuchObject) -> MegafsError:
     """Why a link's manifest is missing: no filesystem there at all, or revoked."""
+    if isinstance(backend, AnonymousBackend):  # the superblock is not readable anonymously
+        if isinstance(error, Forbidden):
+            return ShareNotFound("this link was revoked or never existed, or the store does"
+                                 " not allow anonymous reading (HTTP 403)")
+        return ShareNotFound("this link was revoked or never existed")
     if await backend.size("superblock") is None:
         return NoFilesystem(f"{backend.description} holds no megafs filesystem: the link"
                             " points to a store that does not exist (any more)")
@@ -357,8 +369,8 @@ async def download(link: share_format.Link, dest: str | None, *, force: bool = F
     try:
         try:
             blob = await backend.get(share_format.object_key(link.share_id))
-        except NoSuchObject:
-            raise await _missing_share(backend) from None
+        except NoSuchObject as e:
+            raise await _missing_share(backend, e) from None
         raw = share_format.open_manifest(link.key, link.share_id, blob, link.public_key)
         manifest = manifest_format.parse(raw)
         if link.public_key is None and warn is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from megafs.cli import ctrl, keys, share
+from megafs.cli import ctrl, keys, share, web
 from megafs.cli.common import (
     add_passphrase_option,
     finish,
@@ -178,6 +178,7 @@ def build_parser():
     ctrl.add_command(sub)
     keys.add_commands(sub)
     share.add_commands(sub)
+    web.add_commands(sub)
     return finish(p)
 
 

@@ -42,6 +42,7 @@ from megafs.errors import CorruptObject, RollbackDetected, UnsupportedFormat
 from megafs.store import lock as store_lock
 from megafs.store.followers import PREFIX as FOLLOWERS_PREFIX
 from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
+from megafs.store.share import WEB_PAGE
 from megafs.store.superblock import OBJECT_KEY as SUPERBLOCK_KEY
 
 
@@ -387,7 +388,7 @@ class Checker:
 
     async def _check_unreferenced(self, stored: set[str], head: dict) -> int:
         known = {SUPERBLOCK_KEY, HEAD_KEY, store_lock.LOCK_KEY, head["snapshot"],
-                 *head.get("deltas", [])}
+                 *head.get("deltas", []), WEB_PAGE}  # the page of megafs web enable
         known |= {r[0] for r in self.db.execute("SELECT key FROM objects")}
         known |= {r[0] for r in self.db.execute("SELECT key FROM packs")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}

@@ -28,6 +28,7 @@ _HOLDER_KEY = re.compile(r"[bp]/[0-9a-f]{32}")  #: a one-block object or a pack
 MAX_OFFSET = 1 << 40  #: offsets of envelopes in the objects holding them
 #: An envelope is at most the block plus Padme's 12 % and the envelope overhead.
 _ENVELOPE_SLACK = 1.13
+MIN_ENVELOPE = 75  #: header, inner header and tag of an empty payload (envelope.OVERHEAD)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -157,7 +158,7 @@ def _blocks(raw, entry: Entry, block_size: int, version: int) -> list[Block]:
             if not _HOLDER_KEY.fullmatch(holder) or (holder[0] == "b" and holder != object_key):
                 raise _bad(f"{entry.display or 'the file'}: block {number} names a bad object")
             offset = _int(item[6], "an offset", 0, MAX_OFFSET)
-            stored = _int(item[7], "a stored length", 1,
+            stored = _int(item[7], "a stored length", MIN_ENVELOPE,
                           int(block_size * _ENVELOPE_SLACK) + 4096)
         blocks.append(Block(number, object_key, bytes.fromhex(item[2]), length, sha256,
                             holder, offset, stored))

@@ -71,13 +71,41 @@ def make_link(storage_url: str, share_id: str, key: bytes, public_key: bytes | N
     return f"megafs+{storage_url.rstrip('/')}/s/{share_id}#{_b64(key + (public_key or b''))}"
 
 
-def parse_link(link: str) -> Link:
-    if not link.startswith("megafs+"):
-        raise UsageError(f"not a megafs link: {link!r} (links start with megafs+)")
-    body, _, fragment = link[len("megafs+"):].partition("#")
-    url, sep, share_id = body.rpartition("/s/")
-    if not sep or len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
-        raise UsageError(f"malformed megafs link: {link!r}")
+#: The download page's name next to a store's objects (``megafs web enable`` puts it there).
+WEB_PAGE = "megafs.html"
+_WEB_SCHEMES = {"s3": "https", "s3+http": "http"}
+
+
+def web_base(storage_url: str) -> str | None:
+    """Where a browser reads the objects of an S3 store (``https://HOST/BUCKET/PREFIX``,
+    ``http://`` for an ``s3+http`` store), or None: a local store has no such place."""
+    scheme, sep, rest = storage_url.rstrip("/").partition("://")
+    return f"{_WEB_SCHEMES[scheme]}://{rest}" if sep and scheme in _WEB_SCHEMES else None
+
+
+def web_link(storage_url: str, share_id: str, key: bytes, public_key: bytes) -> str | None:
+    """The browser link ``https://HOST/BUCKET/PREFIX/megafs.html#s=ID&k=KEY`` (None for a
+    store without one); KEY is the same 86 characters as in the megafs+ link."""
+    base = web_base(storage_url)
+    if base is None:
+        return None
+    return f"{base}/{WEB_PAGE}#s={share_id}&k={_b64(key + public_key)}"
+
+
+def _parse_web_link(link: str) -> Link:
+    body, _, fragment = link.partition("#")
+    base, sep, page = body.rpartition("/")
+    if not sep or page != WEB_PAGE or "?" in body or "://" not in base:
+        raise UsageError(f"not a megafs link: {link!r} (a browser link ends in"
+                         f" /{WEB_PAGE}#s=...&k=...)")
+    fields = dict(part.partition("=")[::2] for part in fragment.split("&") if part)
+    share_id, key = fields.get("s", ""), fields.get("k", "")
+    if len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
+        raise UsageError(f"malformed megafs link: {link!r} (the share id after #s= is damaged)")
+    return _with_key(base, share_id, key)
+
+
+def _with_key(url: str, share_id: str, fragment: str) -> Link:
     if not fragment:
         return Link(url, share_id, None, None)
     try:
@@ -87,6 +115,22 @@ def parse_link(link: str) -> Link:
     if len(raw) not in (KEY_BYTES, KEY_BYTES + PUBLIC_KEY_BYTES):
         raise UsageError("the link's key (after '#') is damaged")
     return Link(url, share_id, raw[:KEY_BYTES], raw[KEY_BYTES:] or None)
+
+
+def parse_link(link: str) -> Link:
+    """A ``megafs+STORAGE_URL/s/ID#KEY`` link, or a browser link
+    ``http(s)://HOST/BUCKET/PREFIX/megafs.html#s=ID&k=KEY`` (its url is then the
+    ``http(s)://`` place of the objects, read without credentials)."""
+    if link.startswith(("https://", "http://")):
+        return _parse_web_link(link)
+    if not link.startswith("megafs+"):
+        raise UsageError(f"not a megafs link: {link!r} (links start with megafs+, or"
+                         f" https:// for a browser link)")
+    body, _, fragment = link[len("megafs+"):].partition("#")
+    url, sep, share_id = body.rpartition("/s/")
+    if not sep or len(share_id) != 32 or any(c not in "0123456789abcdef" for c in share_id):
+        raise UsageError(f"malformed megafs link: {link!r}")
+    return _with_key(url, share_id, fragment)
 
 
 def _signed_message(share_id: str, body: bytes) -> bytes:
