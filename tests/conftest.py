@@ -66,7 +66,12 @@ def seaweed() -> Iterator[seaweed_server.SeaweedFS]:
         yield server
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+#: The S3 repeat of a test on both stores is left out of the quick run (-m "not slow"):
+#: S3 is covered there by the backend conformance suite and the S3-only tests.
+S3_REPEAT = pytest.param("s3", marks=(pytest.mark.s3, pytest.mark.slow))
+
+
+@pytest.fixture(params=["local", S3_REPEAT])
 def store(request, tmp_path) -> Iterator[Store]:
     if request.param == "local":
         yield LocalStore(tmp_path / "store")
