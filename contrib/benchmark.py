@@ -56,6 +56,16 @@ S3 requests against the same server, in the same run, on the same SIZE bytes:
                  dropped page cache); against 8 parallel GETs of those objects
                                                                     (reported only)
 
+and, on a source tree (bench/s3tree.py; issue 15), megafs beside megafs-before
+(``--before-src``) and the installed peers of ``--s3-peers`` (rclone crypt with
+``--vfs-cache-mode full``, S3QL), all on the same server in the same run:
+
+    s3-untar     untar the 2600-file tarball of "untar" into a fresh mount, then unmount
+                 until everything is uploaded; seconds, and the PUT and GET requests
+                 the server counted (its Prometheus counter, started with -metricsPort)
+    s3-coldtar   remount with an empty cache dir, tar -c the tree into a pipe; files/s
+                 and requests                          (both reported, with the goals)
+
 Unless ``--share-cpus`` is given, SeaweedFS runs on one half of the CPUs and
 megafs, the process writing into it and the raw client on the other half, as if
 the store were another machine: on a small machine the server otherwise competes
@@ -76,6 +86,8 @@ Needs root (to drop the page cache) and FUSE. Examples::
     sudo .venv/bin/python contrib/benchmark.py --runs 3
     .venv/bin/python contrib/benchmark.py --workloads write,read --size 256M --json out.json
     .venv/bin/python contrib/benchmark.py --target megafs-s3 --size 1G --runs 3
+    .venv/bin/python contrib/benchmark.py --target megafs-s3 --workloads s3-untar,s3-coldtar \
+        --before-src /tmp/megafs-before --runs 3
 
 Targets are pluggable (see ``TARGETS`` in bench/targets.py): the baseline is always
 ``plain``; other stores subclass :class:`MegafsTarget`. The code is in contrib/bench/.

