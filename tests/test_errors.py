@@ -139,3 +139,35 @@ def test_usage_errors(megafs):
     proc = megafs.run("mkfs.megafs", megafs.url, check=False,
                       env={k: v for k, v in megafs.env.items() if k != "MEGAFS_PASSPHRASE"})
     assert_cli_error(proc, "mkfs.megafs", ExitCode.USAGE)
+
+
+def test_a_reply_the_kernel_gave_up_on_is_a_warning(tmp_path):
+    """pyfuse3 logs an ERROR when a reply finds its request gone (the caller was
+    interrupted, or the mount was torn down): the daemon log says WARNING, since nothing
+    is lost; other pyfuse3 errors stay errors."""
+    import logging
+
+    from megafs.cli.common import setup_logging
+
+    log_file = tmp_path / "megafs.log"
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(logfile=str(log_file))
+        for h in root.handlers:
+            h.close()
+        setup_logging(logfile=str(log_file))  # set up twice: one filter
+        pyfuse3_log = logging.getLogger("pyfuse3")
+        pyfuse3_log.error("fuse_release(): fuse_reply_* failed with No such file or directory")
+        pyfuse3_log.error("fuse_write(): fuse_reply_* failed with Bad address")
+        for h in root.handlers:
+            h.flush()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = log_file.read_text().splitlines()
+    assert any("WARNING" in line and "No such file or directory" in line for line in lines), lines
+    assert any("ERROR" in line and "Bad address" in line for line in lines), lines
+    assert sum("KernelGaveUp" in type(f).__name__ for f in logging.getLogger("pyfuse3").filters) == 1

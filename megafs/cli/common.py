@@ -236,6 +236,19 @@ def debug_modules(debug) -> list[str] | None:
     return [m.strip() for m in str(debug).split(",") if m.strip()]
 
 
+class KernelGaveUp(logging.Filter):
+    """pyfuse3 logs at ERROR when the reply to a request finds it gone (ENOENT): the
+    kernel gave up on the request (its caller was interrupted, or the mount was being
+    torn down). Nothing is lost, so it is logged as a warning."""
+
+    GONE = "fuse_reply_* failed with No such file or directory"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and self.GONE in record.getMessage():
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(debug=None, logfile: str | None = None, *, level: int | None = None,
                   buffer: bool = False, syslog: str | None = None) -> None:
     """Send log records to *logfile*, else (with *buffer*) to memory until
@@ -263,6 +276,9 @@ def setup_logging(debug=None, logfile: str | None = None, *, level: int | None =
         level = logging.INFO if (logfile or buffer) else logging.WARNING
     modules = debug_modules(debug)
     root.setLevel(logging.DEBUG if modules == [] else level)
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    if not any(isinstance(f, KernelGaveUp) for f in pyfuse3_log.filters):
+        pyfuse3_log.addFilter(KernelGaveUp())
     for name in QUIET_LOGGERS:  # one INFO line per HTTP request (DEBUG: per event)
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in modules or ():
