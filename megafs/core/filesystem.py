@@ -29,6 +29,7 @@ from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
 from megafs.core.compactor import Compactor
+from megafs.core.lookups import LookupCounts
 from megafs.core.namespace import (
     ENTRY_COOKIE,
     ENTRY_NAME,
@@ -97,7 +98,7 @@ class Filesystem:
         self.quota = quota  # bytes the store may hold (after dedup and compression)
         self.stored = self.blockmap.stored_bytes()  # refreshed by refresh_usage()
         self.inflight = 0  # bytes of writes in progress (for the quota)
-        self.lookups: dict[int, int] = {}
+        self.lookups = LookupCounts()  # inode -> the kernel's lookup count
         self.opened: dict[int, int] = {}
         self.wal_path = conn.filename + "-wal"
         self.atime = atime  # update atime on reads (relatime); off with -o noatime
@@ -132,7 +133,7 @@ class Filesystem:
     # -- lookup counting --------------------------------------------------------
     def _ref(self, row: tuple) -> tuple:
         ino = row[INO]
-        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        self.lookups.add(ino)
         return row
 
     def forget(self, ino: int, n: int) -> None:

@@ -96,7 +96,7 @@ def bucket(length: int) -> int:
     return -(-length // _MiB) * _MiB
 
 
-def _compressible(payload: bytes) -> bool:
+def _compressible(payload) -> bool:
     """Whether zstd is worth trying on a large payload: a sample of 8 pieces of 4 KiB
     spread over it shrinks by 3 %. Costs ~3 % of compressing it all, which for
     incompressible data (media, archives, encrypted files) is otherwise wasted."""
@@ -106,27 +106,71 @@ def _compressible(payload: bytes) -> bool:
     return len(_zstd()[0].compress(sample)) < len(sample) * 0.97
 
 
-def seal(key: bytes, kind: int, object_key: str, payload: bytes, *,
+_PIECE = 1 << 20  # parts are compressed this much at a time
+
+
+def _compress_parts(parts, total: int) -> bytearray:
+    """INNER.size placeholder bytes, then the zstd frame of the concatenated *parts*
+    (content size recorded, as a one-shot compress does), grown in place: no copy of
+    the payload and no second copy of the compressed data."""
+    out = bytearray(INNER.size)
+    cobj = _zstd()[0].compressobj(size=total)
+    for part in parts:
+        view = memoryview(part).cast("B")
+        for i in range(0, len(view), _PIECE):
+            out += cobj.compress(view[i:i + _PIECE])
+    out += cobj.flush()
+    return out
+
+
+def seal(key: bytes, kind: int, object_key: str, payload, *,
          compress: bool = True, version: int = VERSION, coarse: bool = False) -> bytes:
     """Return the envelope of *payload* for storage under *object_key*; with *coarse*
-    the whole envelope is padded to a :func:`bucket` size instead of Padme."""
+    the whole envelope is padded to a :func:`bucket` size instead of Padme.
+
+    *payload* is bytes-like, or a list of bytes-like parts whose concatenation is the
+    payload (sealed without joining them). A list is emptied once its parts are no
+    longer needed, so that the caller's copy of a large payload (a metadata snapshot)
+    is freed before the encryption makes another."""
+    parts = payload if isinstance(payload, list) else [payload]
+    del payload
+    total = sum(memoryview(p).nbytes for p in parts)
     flags = 0
-    if compress and len(payload) >= 64 and (len(payload) < _SAMPLE_FROM
-                                            or _compressible(payload)):
-        packed = _zstd()[0].compress(payload)
-        if len(packed) < len(payload) * 0.97:
-            payload, flags = packed, FLAG_ZSTD
-    body_len = INNER.size + len(payload)
+    inner = None
+    if compress and total >= 64 and (total < _SAMPLE_FROM
+                                      or _compressible(max(parts, key=len))):
+        if len(parts) == 1:
+            packed = _zstd()[0].compress(parts[0])
+            if len(packed) < total * 0.97:
+                inner = bytearray(INNER.size)
+                inner += packed
+            del packed
+        else:
+            inner = _compress_parts(parts, total)
+            if len(inner) - INNER.size >= total * 0.97:
+                inner = None
+        if inner is not None:
+            flags = FLAG_ZSTD
+    if inner is None:
+        inner = bytearray(INNER.size)
+        for part in parts:
+            inner += part
+    parts.clear()  # the caller's list: its parts are in *inner* now
+    length = len(inner) - INNER.size
+    body_len = INNER.size + length
     if coarse:
         pad = max(0, bucket(body_len + HEADER.size + 16) - HEADER.size - 16 - body_len)
     else:
         pad = padme(body_len) - body_len
-    inner = b"".join((INNER.pack(flags, len(payload)), payload, bytes(pad)))
+    INNER.pack_into(inner, 0, flags, length)
+    inner += bytes(pad)
     nonce = os.urandom(12)
     commit = hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")
     header = HEADER.pack(MAGIC, version, kind, nonce, commit)
     aad = header[:6] + object_key.encode()
-    return header + AESGCM(key).encrypt(nonce, inner, aad)
+    sealed = AESGCM(key).encrypt(nonce, inner, aad)
+    del inner
+    return header + sealed
 
 
 def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:

@@ -181,13 +181,16 @@ class ObjectStore:
         return await _run(self.open_verified_block, object_key, blob, digest, size=len(blob))
 
     # -- metadata -------------------------------------------------------------
-    async def put_metadata(self, object_key: str, payload: bytes, *,
+    async def put_metadata(self, object_key: str, payload: bytes | list, *,
                            delta: bool = False) -> tuple[int, str]:
         """Seal and store a snapshot or delta; return its stored size and SHA-256 (hex),
         which the head that names it records."""
         kind = envelope.KIND_DELTA if delta else envelope.KIND_METADATA
+        size = (sum(memoryview(p).nbytes for p in payload) if isinstance(payload, list)
+                else len(payload))
         blob = await _run(partial(envelope.seal, coarse=True), self.keys.meta, kind,
-                          object_key, payload, size=len(payload))
+                          object_key, payload, size=size)
+        del payload  # a list of parts is empty now (see envelope.seal)
         await self.backend.put(object_key, blob)
         return len(blob), hashlib.sha256(blob).hexdigest()
 
