@@ -2,7 +2,8 @@
 mount with a local store, then what a large filesystem costs:
 
 * creating them (files/s) and the daemon's peak RSS (VmHWM) while it does;
-* the daemon's RSS after a ``find`` over the tree;
+* the daemon's RSS after a ``find`` over the tree, and on a cold mount its peak RSS
+  (the metadata download, then a ``find``);
 * a warm mount (the same cache directory) and a cold one (an empty cache directory),
   each the time ``mount.megafs`` takes to return;
 * ``find`` over the whole tree, warm and cold (page and dentry caches dropped);
@@ -102,6 +103,7 @@ def run_scale(base: str, args: argparse.Namespace) -> dict:
         r["mount_cold_s"] = time.perf_counter() - t0
         r["find_cold_s"], _ = timed_find(mnt)
         r["rss_after_cold_find_mb"] = status_kib(target.pid, "VmRSS") / 1024
+        r["cold_vmhwm_mb"] = status_kib(target.pid, "VmHWM") / 1024
         target.stop()
         t0 = time.perf_counter()
         target.run_tool(target.tool("fsck.megafs"), "--dry-run", "--cache-dir",
@@ -126,6 +128,7 @@ def print_scale(r: dict, f) -> None:
                                     f" ({r['find_entries']} entries)"),
         ("mount, warm / cold cache", f"{r['mount_warm_s']:.2f} s / {r['mount_cold_s']:.2f} s"),
         ("daemon RSS after find on the cold mount", f"{r['rss_after_cold_find_mb']:.0f} MB"),
+        ("cold mount's peak RSS (download, find)", f"{r['cold_vmhwm_mb']:.0f} MB"),
         ("store bytes written by one chmod", f"{r['chmod_upload_bytes']:,}"),
         ("largest metadata object (snapshot)", f"{r['largest_metadata_object_bytes']:,} bytes"),
         ("fsck.megafs --dry-run", f"{r['fsck_s']:.2f} s"),

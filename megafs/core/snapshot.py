@@ -45,8 +45,13 @@ from megafs.core.schema import (
 from megafs.errors import CorruptObject
 from megafs.store import superblock
 from megafs.store.objects import HEAD_FORMAT, ObjectStore, new_metadata_key
+from megafs.threads import run_sync
 
 log = logging.getLogger(__name__)
+
+#: The full snapshot's image is copied beside the database, to this name + suffix.
+IMAGE_SUFFIX = ".snapshot"
+_BACKUP_PAGES = 1024  # pages copied per step of the backup
 
 
 def get_state(conn: apsw.Connection, key: str, default=None):
@@ -134,6 +139,12 @@ class Snapshotter:
         # store lost (a rollback), so they are kept (docs/format.md §6).
         self.keep_metadata = keep_metadata
         self.uploaded_changes = -1  # total_changes() at the last upload
+        # Full snapshots of a database file in WAL mode are copied to this file beside
+        # it (see capture_image); None: serialized in memory (an in-memory database).
+        self.image_path = None
+        if conn.filename and conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            self.image_path = conn.filename + IMAGE_SUFFIX
+            remove_file(self.image_path)  # left by a crash
         # An upload interrupted by a crash: its keys go back into the journal.
         with conn:
             conn.execute("INSERT OR IGNORE INTO journal SELECT * FROM journal_sent")
@@ -195,22 +206,39 @@ class Snapshotter:
             db.execute("INSERT OR IGNORE INTO journal_sent SELECT * FROM journal")
             db.execute("DELETE FROM journal")
         parent = (deltas or [base])[-1]
-        # A full snapshot is handed over as parts (see portable_parts): sealing empties
-        # the list, so the image is freed before its encrypted copy is made.
-        image = (portable_parts(db.serialize("main")) if full
-                 else build_delta(db, seq=seq, parent=parent, now=now))
-        complete = self.data_complete()
-        if on_capture is not None:
-            on_capture()
+        reader = image = None
+        if full and self.image_path:
+            # A read transaction of a second connection holds this very state while it
+            # is copied, in a worker thread, to a file (see capture_image).
+            commit_batch(db)
+            reader = begin_capture(db.filename)
+        elif full:
+            # Handed over as parts (see portable_parts): sealing empties the list, so
+            # the image is freed before its encrypted copy is made.
+            image = portable_parts(db.serialize("main"))
+        else:
+            image = build_delta(db, seq=seq, parent=parent, now=now)
         key = new_metadata_key()
         try:
-            if full:
+            complete = self.data_complete()
+            if on_capture is not None:
+                on_capture()
+            if reader is not None:
+                try:
+                    await run_sync(capture_image, reader, self.image_path)
+                finally:
+                    reader.close()
+                    reader = None
+                size, digest = await self.store.put_metadata_file(key, self.image_path)
+            elif full:
                 size, digest = await self.store.put_metadata(key, image)
+            else:
+                size, digest = await self.store.put_metadata(key, image, delta=True)
+            if full:
                 head_deltas = []
                 dead = [base, *deltas] if base and not self.keep_metadata else []
                 objects = {}
             else:
-                size, digest = await self.store.put_metadata(key, image, delta=True)
                 head_deltas, dead = [*deltas, key], []
             objects[key] = [size, digest]
             await self.store.backend.sync()
@@ -230,6 +258,11 @@ class Snapshotter:
                 db.execute("INSERT OR IGNORE INTO journal SELECT * FROM journal_sent")
                 db.execute("DELETE FROM journal_sent")
             raise
+        finally:
+            if reader is not None:
+                reader.close()
+            if self.image_path:
+                remove_file(self.image_path)
         with db:
             confirm(db, head)
             set_state(db, "complete", int(complete))
@@ -333,6 +366,52 @@ async def load(store: ObjectStore, head: dict) -> apsw.Connection:
     return conn
 
 
+def begin_capture(path: str) -> apsw.Connection:
+    """A new connection to the database file *path* (WAL mode) in a read transaction
+    that holds its current committed state, whatever is committed after, until the
+    connection is closed: what :func:`capture_image` copies."""
+    reader = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        reader.execute("BEGIN")
+        # In WAL mode the transaction's snapshot is taken at its first read: now.
+        reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def capture_image(reader: apsw.Connection, path: str) -> None:
+    """Copy the state *reader* holds (:func:`begin_capture`) to a new database file
+    *path* (mode 0600) with SQLite's backup API, a step at a time, never holding the
+    image in memory; mark it rollback-journal mode (header bytes 18-19, as
+    :func:`_portable` does). The pages are those ``serialize`` would give; SQLite sets
+    the copy's change counter (header bytes 24-27, 92-95) and schema cookie (40-43)."""
+    remove_file(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    dest = apsw.Connection(path)
+    try:
+        dest.execute("PRAGMA journal_mode=OFF")
+        dest.execute("PRAGMA synchronous=OFF")
+        dest.execute("PRAGMA cache_size=-2048")
+        with dest.backup("main", reader, "main") as backup:
+            while not backup.step(_BACKUP_PAGES):
+                pass
+    finally:
+        dest.close()
+    with open(path, "r+b") as f:
+        if f.read(20)[18:20] == b"\x02\x02":
+            f.seek(18)
+            f.write(b"\x01\x01")
+
+
+def remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def portable_parts(image: bytes) -> list:
     """:func:`_portable`'s result without copying the image: a list of parts whose
     concatenation is it (the patched first 20 bytes, then a view of the rest), which
@@ -364,13 +443,15 @@ async def download(store: ObjectStore, head: dict, path: str,
     its deltas, in order, each checked against the size and hash the head records);
     return it opened. *accept(conn)*, if given, runs on the downloaded state before
     it replaces *path*, and may raise to keep the old database."""
-    image = await store.get_metadata(head["snapshot"], expect=expected(head, head["snapshot"]))
-    if not image.startswith(b"SQLite format 3\x00"):
-        raise CorruptObject(f"metadata snapshot {head['snapshot']} is not a database")
     tmp = path + ".download"
     remove_database(tmp)
-    with open(tmp, "wb") as f:
-        f.write(image)
+    # Written to the file as it is decrypted: the image is never in memory whole.
+    image_size = await store.get_metadata_file(head["snapshot"], tmp,
+                                               expect=expected(head, head["snapshot"]))
+    with open(tmp, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            remove_database(tmp)
+            raise CorruptObject(f"metadata snapshot {head['snapshot']} is not a database")
     conn = connect(tmp)
     try:
         check_version(conn)
@@ -391,7 +472,7 @@ async def download(store: ObjectStore, head: dict, path: str,
     conn = connect(path)
     with conn:
         confirm(conn, head)
-        set_state(conn, "base_size", len(image))
+        set_state(conn, "base_size", image_size)
         set_state(conn, "delta_bytes", 0 if not head.get("deltas") else 1 << 62)
         # Unreferenced objects in the image may already be deleted from the store.
         conn.execute("DELETE FROM objects WHERE refcount=0")

@@ -24,10 +24,12 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+import tempfile
 import threading
 
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from megafs.errors import CorruptObject, UnsupportedFormat
@@ -158,10 +160,7 @@ def seal(key: bytes, kind: int, object_key: str, payload, *,
     parts.clear()  # the caller's list: its parts are in *inner* now
     length = len(inner) - INNER.size
     body_len = INNER.size + length
-    if coarse:
-        pad = max(0, bucket(body_len + HEADER.size + 16) - HEADER.size - 16 - body_len)
-    else:
-        pad = padme(body_len) - body_len
+    pad = _padding(body_len, coarse)
     INNER.pack_into(inner, 0, flags, length)
     inner += bytes(pad)
     nonce = os.urandom(12)
@@ -173,8 +172,102 @@ def seal(key: bytes, kind: int, object_key: str, payload, *,
     return header + sealed
 
 
-def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
-    """Verify and decrypt an envelope; raise CorruptObject on any mismatch."""
+def _padding(body_len: int, coarse: bool) -> int:
+    """Zero bytes after the inner header and payload (*body_len* bytes)."""
+    if coarse:
+        return max(0, bucket(body_len + HEADER.size + 16) - HEADER.size - 16 - body_len)
+    return padme(body_len) - body_len
+
+
+def _read_pieces(f, start: int = 0):
+    """The contents of the open file *f* from offset *start*, in views of one reused
+    _PIECE-byte buffer (each valid until the next is taken)."""
+    f.seek(start)
+    buf = bytearray(_PIECE)
+    view = memoryview(buf)
+    while n := f.readinto(buf):
+        yield view[:n]
+
+
+def _sample_compressible(f, total: int) -> bool:
+    """:func:`_compressible` of the payload in the open file *f* (*total* bytes), reading
+    only the sample."""
+    step = total // _SAMPLE_PIECES
+    sample = b"".join(os.pread(f.fileno(), _SAMPLE_PIECE, i * step)
+                      for i in range(_SAMPLE_PIECES))
+    return len(_zstd()[0].compress(sample)) < len(sample) * 0.97
+
+
+def encrypt_into(out, offset: int, key: bytes, nonce: bytes, aad: bytes, pieces) -> int:
+    """AES-256-GCM of the concatenated *pieces* (bytes-like) written into *out* from
+    *offset*, ciphertext then the 16-byte tag: the bytes ``AESGCM(key).encrypt(nonce,
+    b"".join(pieces), aad)`` returns, without holding the plaintext or the ciphertext
+    twice. Returns the offset after the tag."""
+    enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+    enc.authenticate_additional_data(aad)
+    view = memoryview(out)
+    for piece in pieces:
+        n = enc.update_into(piece, view[offset:])
+        if n != len(piece):  # GCM is a stream mode: all of it, at once
+            raise AssertionError("AES-GCM held back ciphertext")
+        offset += n
+    if enc.finalize():
+        raise AssertionError("AES-GCM gave ciphertext at finalize")
+    view[offset:offset + 16] = enc.tag
+    return offset + 16
+
+
+def seal_file(key: bytes, kind: int, object_key: str, path: str, *,
+              version: int = VERSION, coarse: bool = False) -> bytearray:
+    """:func:`seal` of the contents of the file *path*, holding only the envelope in
+    memory: the payload is read a piece at a time, compressed (when :func:`seal` would)
+    into an unnamed temporary file beside it, then encrypted piece by piece into the
+    envelope's buffer. The envelope opens exactly as :func:`seal`'s (same layout, flags,
+    padding); the zstd frame is the one :func:`seal` makes of a list of parts."""
+    with open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
+        flags = 0
+        spool = None
+        try:
+            if total >= 64 and (total < _SAMPLE_FROM or _sample_compressible(f, total)):
+                spool = tempfile.TemporaryFile(dir=os.path.dirname(path) or ".")
+                cobj = _zstd()[0].compressobj(size=total)
+                for piece in _read_pieces(f):
+                    spool.write(cobj.compress(piece))
+                spool.write(cobj.flush())
+                if spool.tell() < total * 0.97:
+                    flags = FLAG_ZSTD
+            source = spool if flags else f
+            length = source.seek(0, os.SEEK_END)
+            body_len = INNER.size + length
+            pad = _padding(body_len, coarse)
+            nonce = os.urandom(12)
+            header = HEADER.pack(MAGIC, version, kind, nonce,
+                                 hmac.digest(key, _COMMIT_LABEL + nonce, "sha256"))
+            out = bytearray(HEADER.size + body_len + pad + 16)
+            out[:HEADER.size] = header
+            zeros = bytes(max(1, min(pad, _PIECE)))
+
+            def plaintext():
+                yield INNER.pack(flags, length)
+                yield from _read_pieces(source)
+                for i in range(0, pad, len(zeros)):
+                    yield memoryview(zeros)[:min(len(zeros), pad - i)]
+
+            end = encrypt_into(out, HEADER.size, key, nonce, header[:6] + object_key.encode(),
+                               plaintext())
+        finally:
+            if spool is not None:
+                spool.close()
+    if end != len(out):
+        raise AssertionError("envelope length mismatch")
+    return out
+
+
+def _check_header(key: bytes, kind: int, object_key: str, blob) -> tuple[str, bytes]:
+    """The checks of an envelope before its tag (length, magic, version, kind, key
+    commitment): raise CorruptObject or UnsupportedFormat, else return the object's
+    name for messages and the nonce."""
     what = f"{KIND_NAMES.get(kind, 'object')} {object_key}"
     if len(blob) < OVERHEAD or blob[:4] != MAGIC:
         raise CorruptObject(f"{what} is damaged (not a megafs object)")
@@ -186,6 +279,51 @@ def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
         raise CorruptObject(f"{what} failed authentication (wrong object kind)")
     if not hmac.compare_digest(commit, hmac.digest(key, _COMMIT_LABEL + nonce, "sha256")):
         raise CorruptObject(f"{what} failed authentication (key commitment)")
+    return what, nonce
+
+
+def open_to_file(key: bytes, kind: int, object_key: str, blob, path: str) -> int:
+    """:func:`open_` that writes the payload to the new file *path* (mode 0600) instead
+    of returning it, never holding the plaintext in memory whole; returns the payload's
+    length. The ciphertext is decrypted into an unnamed temporary file beside *path*;
+    only once its tag authenticates it is the payload decompressed (or copied) from
+    there into *path*. On any failure *path* is not created."""
+    what, nonce = _check_header(key, kind, object_key, blob)
+    view = memoryview(blob)
+    dec = Cipher(algorithms.AES(key), modes.GCM(nonce, bytes(view[-16:]))).decryptor()
+    dec.authenticate_additional_data(bytes(view[:6]) + object_key.encode())
+    ciphertext = view[HEADER.size:-16]
+    with tempfile.TemporaryFile(dir=os.path.dirname(path) or ".") as spool:
+        buf = bytearray(_PIECE)
+        for i in range(0, len(ciphertext), _PIECE):
+            n = dec.update_into(ciphertext[i:i + _PIECE], buf)
+            spool.write(memoryview(buf)[:n])
+        try:
+            dec.finalize()
+        except InvalidTag:
+            raise CorruptObject(f"{what} failed authentication (tampered or damaged)") from None
+        # Authenticated: from here on the bytes are the writer's.
+        spool.seek(0)
+        flags, length = INNER.unpack(spool.read(INNER.size))
+        spool.truncate(INNER.size + length)  # the payload ends the spool (no padding)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with open(fd, "wb") as out:
+                if flags & FLAG_ZSTD:
+                    _, written = _zstd()[1].copy_stream(spool, out)
+                else:
+                    while n := spool.readinto(buf):
+                        out.write(memoryview(buf)[:n])
+                    written = out.tell()
+        except BaseException:
+            os.unlink(path)
+            raise
+    return written
+
+
+def open_(key: bytes, kind: int, object_key: str, blob: bytes) -> bytes:
+    """Verify and decrypt an envelope; raise CorruptObject on any mismatch."""
+    what, nonce = _check_header(key, kind, object_key, blob)
     aad = blob[:6] + object_key.encode()
     try:
         inner = AESGCM(key).decrypt(nonce, memoryview(blob)[HEADER.size:], aad)  # no copy

@@ -194,11 +194,40 @@ class ObjectStore:
         await self.backend.put(object_key, blob)
         return len(blob), hashlib.sha256(blob).hexdigest()
 
+    async def put_metadata_file(self, object_key: str, path: str) -> tuple[int, str]:
+        """:meth:`put_metadata` of a snapshot whose payload is the file *path*, which is
+        never read into memory whole (:func:`envelope.seal_file`)."""
+        def seal() -> tuple[bytearray, str]:
+            blob = envelope.seal_file(self.keys.meta, envelope.KIND_METADATA, object_key,
+                                      path, coarse=True)
+            return blob, hashlib.sha256(blob).hexdigest()
+
+        blob, digest = await run_sync(seal)
+        await self.backend.put(object_key, blob)
+        return len(blob), digest
+
     async def get_metadata(self, object_key: str, *, delta: bool = False,
                            expect: tuple[int, str] | None = None) -> bytes:
         """A snapshot's or delta's payload; *expect* is the (size, SHA-256) its head
         records: any other object under that name is refused (damaged or swapped)."""
         kind = envelope.KIND_DELTA if delta else envelope.KIND_METADATA
+        blob = await self._get_checked(object_key, kind, expect)
+        return await _run(envelope.open_, self.keys.meta, kind, object_key, blob, size=len(blob))
+
+    async def get_metadata_file(self, object_key: str, path: str, *,
+                                expect: tuple[int, str] | None = None) -> int:
+        """:meth:`get_metadata` of a snapshot, written to the new file *path* instead of
+        returned (:func:`envelope.open_to_file`: the payload is never in memory whole);
+        returns its length."""
+        kind = envelope.KIND_METADATA
+        blob = await self._get_checked(object_key, kind, expect)
+        return await run_sync(envelope.open_to_file, self.keys.meta, kind, object_key, blob,
+                              path)
+
+    async def _get_checked(self, object_key: str, kind: int,
+                           expect: tuple[int, str] | None) -> bytes:
+        """The sealed object *object_key*, refused unless it has the (size, SHA-256)
+        *expect* (when given) that its head records."""
         what = f"{envelope.KIND_NAMES[kind]} {object_key}"
         try:
             blob = await self.backend.get(object_key)
@@ -207,7 +236,7 @@ class ObjectStore:
         if expect is not None and (len(blob), hashlib.sha256(blob).hexdigest()) != tuple(expect):
             raise CorruptObject(f"{what} does not match the size and SHA-256 its head records"
                                 " (damaged or swapped)")
-        return await _run(envelope.open_, self.keys.meta, kind, object_key, blob, size=len(blob))
+        return blob
 
     def seal_head(self, head: dict) -> tuple[bytes, str]:
         """The sealed ``head`` object for *head* and its hash (:func:`head_hash`: what
