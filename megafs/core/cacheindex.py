@@ -45,7 +45,7 @@ def cache_error(path: str, err: OSError) -> CacheError:
 
 class Entry:
     __slots__ = ("ino", "blk", "fd", "buf", "dirty", "gen", "size", "last_write", "uploading",
-                 "removed", "writing", "stored")
+                 "removed", "writing", "stored", "synced")
 
     def __init__(self, ino: int, blk: int, size: int, dirty: bool, stored: bool):
         self.ino, self.blk, self.size, self.dirty = ino, blk, size, dirty
@@ -57,6 +57,9 @@ class Entry:
         self.uploading = False
         self.removed = False
         self.writing = 0  # writes in worker threads: neither evictable nor clean-able
+        #: The block's content as of an fsync is in the database (table ``fsynced``): the
+        #: row goes when the block is uploaded or removed (see BlockCache.fsync_parts).
+        self.synced = False
 
 
 class CacheIndex:
@@ -200,6 +203,11 @@ class CacheIndex:
         err = CacheError(f"cache directory {self.dir}: disk full")
         err.errno = errno.ENOSPC
         raise err
+
+    def has_synced(self, ino: int, first_blk: int = 0) -> bool:
+        """True if a block of *ino* from *first_blk* on has a row in ``fsynced``."""
+        entries = self.entries
+        return any(entries[(ino, b)].synced for b in self.by_ino.get(ino, ()) if b >= first_blk)
 
     def drop_inode(self, ino: int, first_blk: int = 0) -> None:
         for blk in sorted(self.by_ino.get(ino, ())):

@@ -32,7 +32,7 @@ import apsw
 import trio
 
 from megafs.backends import NoSuchObject
-from megafs.core import retention, snapshot
+from megafs.core import fsynced, retention, snapshot
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.descent import Seen, check_superblock, refusal, relate
 from megafs.core.localcopy import history_of
@@ -428,16 +428,18 @@ def local_changes(cache_dir: str) -> str | None:
     if not os.path.exists(path):
         return None
     blocks = os.path.join(cache_dir, "blocks")
-    dirty = [n for n in os.listdir(blocks) if n.endswith(".d")] if os.path.isdir(blocks) else []
+    dirty = len([n for n in os.listdir(blocks) if n.endswith(".d")]) \
+        if os.path.isdir(blocks) else 0
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
         pending = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+        dirty += fsynced.count(conn)
     except apsw.Error:
         pending = 0
     finally:
         conn.close()
     if dirty or pending:
-        return (f"the cache directory {cache_dir} holds {len(dirty)} blocks and"
+        return (f"the cache directory {cache_dir} holds {dirty} blocks and"
                 f" {pending} metadata changes not yet in the store: mount the filesystem"
                 " with that cache directory to upload them")
     return None

@@ -25,6 +25,7 @@ import stat
 import apsw
 import trio
 
+from megafs.core import fsynced
 from megafs.core.blockmap import BlockMap, byte_ranges
 from megafs.core.cache import SPILL_SIZE as SPILL
 from megafs.core.cache import BlockCache
@@ -120,7 +121,8 @@ class Filesystem:
         self.cache.close()
 
     def recover(self) -> int:
-        """After an unclean stop: purge orphans, index cache files; return dirty blocks found."""
+        """After an unclean stop: purge orphans, index cache files, bring back the blocks
+        an fsync left in the table ``fsynced``; return the dirty blocks found."""
         for ino in self.ns.orphans():
             self._purge(ino)
 
@@ -128,7 +130,21 @@ class Filesystem:
             row = self.db.execute("SELECT size FROM inodes WHERE id=?", (ino,)).fetchone()
             return row[0] if row else None
 
-        return self.cache.recover(size_of)
+        self.cache.recover(size_of)
+        stale = []
+        for ino, blk, data in fsynced.rows(self.db):
+            size = size_of(ino)
+            e = self.cache.entries.get((ino, blk))
+            # A .d file of the block was written after the fsync: it is newer.
+            if size is None or blk * self.bs >= size or (e is not None and e.dirty):
+                stale.append((ino, blk))
+                continue
+            self.cache.restore(ino, blk, data[:size - blk * self.bs],
+                               self.blockmap.has_block(ino, blk))
+        if stale:
+            with self.db:
+                fsynced.forget(self.db, stale)
+        return len(self.cache.dirty)
 
     # -- lookup counting --------------------------------------------------------
     def _ref(self, row: tuple) -> tuple:
@@ -154,8 +170,11 @@ class Filesystem:
     def _purge(self, ino: int, *, stored_blocks: bool = True) -> None:
         """Remove inode *ino* with its blocks (*stored_blocks* False: it has none in the
         block map, so only damage records are left to drop)."""
+        synced = self.cache.has_synced(ino)
         self.cache.drop_inode(ino)
         with self.db:
+            if synced:
+                fsynced.forget_from(self.db, ino)
             if stored_blocks:
                 self.blockmap.drop_from(ino, 0)
             else:
@@ -261,9 +280,13 @@ class Filesystem:
                 e = await self.cache.entry(ino, last, create=False)
                 if e is not None:
                     self.cache.truncate_block(e, within)
+                    if e.synced:  # what a crash brings back is cut the same way
+                        fsynced.truncate(self.db, ino, last, within)
             first_dropped = last + 1
         else:
             first_dropped = last
+        if self.cache.has_synced(ino, first_dropped):
+            fsynced.forget_from(self.db, ino, first_dropped)
         self.cache.drop_inode(ino, first_dropped)
         self.blockmap.drop_from(ino, first_dropped)
 
@@ -376,11 +399,14 @@ class Filesystem:
     async def fsync(self, ino: int | None) -> None:
         """Make written data of *ino* (all inodes if None) survive a crash of this process.
 
-        Commits the metadata batch, then syncs the dirty block files and the WAL
-        concurrently, in worker threads: an editor's save waits for the slower of the
-        two syncs, not their sum. The WAL is not synced again when no row changed since
-        its last sync."""
-        fds = self.cache.dirty_fds(ino)  # duplicates: safe while the cache evicts
+        Small dirty blocks held in memory go into the metadata batch (table ``fsynced``),
+        which is committed; then the WAL and the dirty block files, if any, are synced
+        concurrently, in worker threads: an editor's save of a small file costs one WAL
+        sync, and a larger one waits for the slower of the syncs, not their sum. The WAL
+        is not synced again when no row changed since its last sync."""
+        fds, rows = self.cache.sync_targets(ino)
+        if rows:
+            fsynced.store(self.db, rows)
         self.commit()
         changes = self.db.total_changes()
         sync_wal = changes != self.wal_synced_changes

@@ -15,7 +15,7 @@ import os
 import apsw
 import trio
 
-from megafs.core import schema
+from megafs.core import fsynced, schema
 from megafs.core.descent import Relation, Seen, check_superblock, refusal, relate
 from megafs.core.snapshot import confirm, download, get_state, set_state, upgrade_schema
 from megafs.errors import CacheError, CorruptObject
@@ -122,11 +122,11 @@ async def open_local_metadata(store: ObjectStore, sb: dict, cache_dir: str) -> a
     if conn is not None:
         blocks = os.path.join(cache_dir, "blocks")
         names = os.listdir(blocks) if os.path.isdir(blocks) else []
-        dirty = [n for n in names if n.endswith(".d")]
+        dirty = len([n for n in names if n.endswith(".d")]) + fsynced.count(conn)
         conn.close()
         if dirty:
             raise CacheError(
-                f"cache directory {cache_dir} holds {len(dirty)} blocks never uploaded, but"
+                f"cache directory {cache_dir} holds {dirty} blocks never uploaded, but"
                 f" the store has newer metadata (version {head['seq']}) written elsewhere;"
                 " move the cache directory away to discard them")
         log.info("local metadata %d is older than the store's %d: downloading", seen.seq,

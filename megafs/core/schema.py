@@ -47,6 +47,12 @@ state     key/value: ``seq`` of the last snapshot committed to the store, etc.
 journal   keys of rows changed since the last metadata upload (filled by triggers),
           so that an upload ships only what changed (a delta), not the database.
           ``journal_sent`` holds the keys of an upload in flight.
+fsynced   local only: the content, as of its last ``fsync``, of a small block not
+          uploaded yet (the block's data lives in memory; this row makes it durable
+          with the same WAL sync as the metadata: one device flush per fsync). The
+          row goes in the transaction that records the block's upload, and with the
+          block (truncate, delete). Never journaled; emptied when an image from the
+          store is loaded. Added without a version bump, like ``retained``.
 """
 
 from __future__ import annotations
@@ -151,6 +157,18 @@ CREATE TABLE journal_sent (
     PRIMARY KEY (tbl, a, b)
 ) WITHOUT ROWID;
 """
+
+#: Local-only tables added to the current schema version later, created by
+#: :func:`add_missing_tables` where missing (never shipped in deltas).
+FSYNCED_SCHEMA = """
+CREATE TABLE fsynced (
+    inode INTEGER NOT NULL,
+    blockno INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (inode, blockno)
+) WITHOUT ROWID;
+"""
+SCHEMA += FSYNCED_SCHEMA
 
 #: Journaled tables: name -> (key column, second key column or None).
 _JOURNAL_KEYS = {"inodes": ("id", None), "dentries": ("id", None),
@@ -287,14 +305,21 @@ def upgrade(conn: apsw.Connection) -> bool:
 
 
 def add_missing_tables(conn: apsw.Connection) -> None:
-    """Create the tables added to the current schema version later (``retained``), with
-    their journal triggers when *conn* has a journal."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='retained'").fetchone():
+    """Create the tables added to the current schema version later (``retained``, with
+    its journal triggers when *conn* has a journal, and ``fsynced``)."""
+    def exists(name: str) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name=?", (name,)).fetchone() \
+            is not None
+
+    if exists("retained") and exists("fsynced"):
         return
     with conn:
-        conn.execute(_section("CREATE TABLE retained", "CREATE TABLE journal ("))
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='journal'").fetchone():
-            conn.execute(journal_trigger("retained"))
+        if not exists("retained"):
+            conn.execute(_section("CREATE TABLE retained", "CREATE TABLE journal ("))
+            if exists("journal"):
+                conn.execute(journal_trigger("retained"))
+        if not exists("fsynced"):
+            conn.execute(FSYNCED_SCHEMA)
 
 
 def _section(start: str, end: str) -> str:

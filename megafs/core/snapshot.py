@@ -29,7 +29,7 @@ import time
 import apsw
 import trio
 
-from megafs.core import retention
+from megafs.core import fsynced, retention
 from megafs.core.blockmap import BlockMap
 from megafs.core.descent import HISTORY_KEPT
 from megafs.core.schema import (
@@ -363,6 +363,7 @@ async def load(store: ObjectStore, head: dict) -> apsw.Connection:
         apply_delta(conn, await store.get_metadata(name, delta=True,
                                                    expect=expected(head, name)), name)
     upgrade(conn)
+    fsynced.clear(conn)  # the writer's pending blocks, if its snapshot caught any
     return conn
 
 
@@ -479,4 +480,6 @@ async def download(store: ObjectStore, head: dict, path: str,
         conn.execute("DELETE FROM journal")
         conn.execute("DELETE FROM journal_sent")
     upgrade_schema(conn)
+    with conn:  # blocks the writer had fsynced but not uploaded: not this cache's
+        fsynced.clear(conn)
     return conn

@@ -42,6 +42,7 @@ from collections import OrderedDict, deque
 import apsw
 import trio
 
+from megafs.core import fsynced
 from megafs.core.blockmap import BlockMap
 from megafs.core.cache import BlockCache, Entry, read_whole
 from megafs.core.schema import commit_batch
@@ -331,6 +332,10 @@ class Uploader:
             await self.store.backend.sync()
             with self.blockmap.db:
                 done = [e for e, gen, digest, new in batch if self._apply(e, gen, digest, new)]
+                # An fsynced block's row goes with the upload of that very content.
+                synced = [(e.ino, e.blk) for e in done if e.synced]
+                if synced:
+                    fsynced.forget(self.blockmap.db, synced)
             # The block map must be on disk before a cache file loses its dirty name:
             # otherwise a crash leaves a "clean" file that no metadata points to.
             commit_batch(self.blockmap.db)
@@ -345,6 +350,7 @@ class Uploader:
             recent.popitem(last=False)
         for e in done:
             if not e.removed and e.dirty:
+                e.synced = False
                 self.cache.mark_clean(e)
         self.cache.evict()
 

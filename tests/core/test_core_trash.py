@@ -18,7 +18,7 @@ def block_files(core) -> list[str]:
 async def test_a_removed_file_s_cache_file_is_unlinked_later(core):
     async with trio.open_nursery() as nursery:
         core.fs.cache.nursery = nursery
-        ino = await core.create("f", b"x" * 200_000)  # past the memory size: a cache file
+        ino = await core.create("f", b"x" * 4 * 65536)  # blocks too large to fsync in the db
         await core.fs.fsync(ino)
         assert block_files(core) == [f"{ino}-0.d", f"{ino}-1.d", f"{ino}-2.d", f"{ino}-3.d"]
         core.unlink("f")
