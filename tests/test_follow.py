@@ -416,3 +416,48 @@ def test_follower_refuses_what_the_provider_serves(megafs: MegaFS, attack):
         assert (b / "f").read_bytes() == b"v3", "the follower did not follow again"
         assert megafs_stats(b)["problem"] is None
     megafs.umount(b)
+
+
+def _names_until_end(libc, dirp) -> list[str]:
+    """readdir(3) until it returns NULL (the kernel asked the daemon past the last entry)."""
+    import ctypes
+
+    names = []
+    while True:
+        ent = libc.readdir(dirp)
+        if not ent:
+            return names
+        name = ctypes.string_at(ent + 19).decode()  # glibc's struct dirent64: d_name at 19
+        if name not in (".", ".."):
+            names.append(name)
+
+
+def test_a_listing_that_reached_its_end_does_not_grow_until_rewound(megafs: MegaFS):
+    """The end of a listing is the end of the state it read: the kernel's request past the
+    last entry gets no entry added since (which let a follower's listing mix two states:
+    its first reply from one, the request for the end from the next). rewinddir(3) reads
+    the directory anew."""
+    import ctypes
+
+    megafs.mkfs()
+    megafs.mount()
+    d = megafs.mnt / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = [ctypes.c_char_p]
+    libc.readdir.restype = ctypes.c_void_p
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    libc.rewinddir.argtypes = [ctypes.c_void_p]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    dirp = libc.opendir(bytes(d))
+    assert dirp
+    try:
+        assert _names_until_end(libc, dirp) == ["a"]
+        (d / "b").write_bytes(b"")
+        assert _names_until_end(libc, dirp) == []
+        libc.rewinddir(dirp)
+        assert sorted(_names_until_end(libc, dirp)) == ["a", "b"]
+    finally:
+        libc.closedir(dirp)

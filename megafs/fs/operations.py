@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
 import os
 import stat
@@ -93,6 +94,17 @@ def _writes(fn):
     return wrapper
 
 
+class _OpenDir:
+    """An open directory: its inode, and the cookie its listing ended after (None while
+    the end has not been reached since the last request)."""
+
+    __slots__ = ("inode", "end")
+
+    def __init__(self, inode: int):
+        self.inode = inode
+        self.end: int | None = None
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
@@ -110,6 +122,8 @@ class Operations(pyfuse3.Operations):
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         #: Why changes are refused (the store's lock was taken over), or None.
         self.refuse_writes: str | None = "a read-only follower" if follower else None
+        self._dirs: dict[int, _OpenDir] = {}  #: open directory handles
+        self._dir_fhs = itertools.count(1)
 
     @staticmethod
     def set_timeouts(a: pyfuse3.EntryAttributes) -> None:
@@ -253,13 +267,24 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         if not stat.S_ISDIR(self.fs.getattr(inode)[MODE]):
             raise FsError(errno.ENOTDIR)
-        return inode
+        fh = next(self._dir_fhs)
+        self._dirs[fh] = _OpenDir(inode)
+        return fh
 
     @_errors
     async def readdir(self, fh, start_id, token):
+        d = self._dirs[fh]
+        if start_id and start_id == d.end:
+            # The kernel asks past the last entry of a listing that already reached the
+            # end: answer the end, so that a listing done in one reply shows one state,
+            # not that state plus entries added since (a follower's state moves on
+            # between the two requests).
+            return
+        d.end = None
         while True:
-            rows = self.fs.readdir(fh, start_id)
+            rows = self.fs.readdir(d.inode, start_id)
             if not rows:
+                d.end = start_id
                 return
             for row in rows:
                 if not pyfuse3.readdir_reply(token, row[ENTRY_NAME], _attrs(row[ENTRY_ROW:]),
@@ -269,7 +294,7 @@ class Operations(pyfuse3.Operations):
                 start_id = row[ENTRY_COOKIE]
 
     async def releasedir(self, fh):
-        pass
+        self._dirs.pop(fh, None)
 
     @_errors
     async def fsyncdir(self, fh, datasync):
