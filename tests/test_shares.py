@@ -149,8 +149,14 @@ def test_s3_link_works_with_read_only_credentials(tree, tmp_path):
     fs.run("megafs", "get", link, tmp_path / "got", env=reader)
     assert (tmp_path / "got" / "cat.jpg").read_bytes() == \
         (fs.mnt / "photos" / "cat.jpg").read_bytes()
-    # The same credentials cannot change the store.
-    r = fs.run("mkfs.megafs", "--force", fs.url, check=False,
+    # The same credentials cannot write: not a new store beside this one (refused by the
+    # server at the first write)...
+    r = fs.run("mkfs.megafs", fs.url + "-other", check=False,
                env=dict(reader, MEGAFS_PASSPHRASE="x"))
-    assert r.returncode != 0
+    assert r.returncode == ExitCode.BAD_CREDENTIALS, r.stderr
+    assert "denied" in r.stderr.lower(), r.stderr
+    # ... and not this store over its live writer, even with the passphrase and --force.
+    r = fs.run("mkfs.megafs", "--force", fs.url, check=False,
+               env=dict(reader, MEGAFS_PASSPHRASE=fs.env["MEGAFS_PASSPHRASE"]))
+    assert r.returncode == ExitCode.LOCKED, r.stderr
     assert (fs.mnt / "private.txt").read_text() == "not shared: top secret"
