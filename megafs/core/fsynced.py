@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import apsw
 
-TABLE = "fsynced"
-
-
 def store(db: apsw.Connection, rows: list[tuple[int, int, bytes]]) -> None:
     """Record ``(inode, block, content)`` rows (replacing older content)."""
     db.executemany("INSERT OR REPLACE INTO fsynced (inode, blockno, data) VALUES (?, ?, ?)",
@@ -50,10 +47,10 @@ def rows(db: apsw.Connection) -> list[tuple[int, int, bytes]]:
 
 def count(db: apsw.Connection) -> int:
     """The number of rows (0 if the database predates the table)."""
-    try:
-        return db.execute("SELECT count(*) FROM fsynced").fetchone()[0]
-    except apsw.SQLError:  # no such table
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fsynced'"
+                      ).fetchall():
         return 0
+    return db.execute("SELECT count(*) FROM fsynced").fetchone()[0]
 
 
 def clear(db: apsw.Connection) -> None:
