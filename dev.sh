@@ -13,9 +13,10 @@ setup() {
     local pkgs=(fuse3 libfuse3-dev pkg-config)
     # The test suite also drives these tools (man pages, rsync round trips, git,
     # sqlite3, xattr and ACL utilities, shellcheck of the bash completion), headless
-    # Chromium for the download page's tests and Node.js to rebuild the page (web/).
+    # Chromium for the download page's tests, Node.js to rebuild the page (web/) and
+    # rclone, a peer of the benchmark whose use of it is tested.
     [ "${1:-}" = test ] && pkgs+=(man-db groff-base rsync git sqlite3 attr acl util-linux
-                                  shellcheck chromium chromium-driver)
+                                  shellcheck chromium chromium-driver rclone)
     # npm comes with Node.js from elsewhere (e.g. NodeSource): Debian's would conflict.
     [ "${1:-}" = test ] && ! command -v npm >/dev/null && pkgs+=(nodejs npm)
     for pkg in "${pkgs[@]}"; do

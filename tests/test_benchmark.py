@@ -70,6 +70,26 @@ def test_null_filesystem_answers_like_a_filesystem(tmp_path):
     assert not os.path.ismount(root)
 
 
+def test_rclone_crypt_peer_encrypts_into_its_backing_directory(tmp_path):
+    """The rclone crypt peer (installed by ./dev.sh test) mounts, keeps what it is given,
+    and its backing directory holds neither the names nor the contents."""
+    from bench.peers import RcloneCryptTarget
+
+    assert RcloneCryptTarget.installed(), "rclone is missing: ./dev.sh test installs it"
+    target = RcloneCryptTarget(str(tmp_path), cli_args())
+    root = target.start()
+    try:
+        secret = b"rclone crypt peer " * 300
+        (Path(root) / "plainname").write_bytes(secret)
+        assert (Path(root) / "plainname").read_bytes() == secret
+    finally:
+        target.stop()
+    assert not os.path.ismount(root)
+    stored = [p for p in Path(target.backing).rglob("*") if p.is_file()]
+    assert len(stored) == 1 and "plainname" not in stored[0].name
+    assert secret[:32] not in stored[0].read_bytes()
+
+
 def cli_args():
     from bench import cli
 

@@ -1,6 +1,7 @@
 """FUSE filesystems measured beside megafs in the same run: the null pyfuse3 filesystem
 (``bench.nullfs``, the binding's ceiling) and the encrypted peers Debian packages
-(gocryptfs, securefs, CryFS), each on a backing directory of the same disk.
+(gocryptfs, securefs, CryFS, and rclone's crypt remote, ``rclone-crypt``), each on a
+backing directory of the same disk.
 
 A peer whose program is not installed is skipped, and the run says so
 (:func:`absent_peers`)."""
@@ -162,9 +163,41 @@ class CryfsTarget(FuseTarget):
         return [self.program, "-f", "--cipher", "aes-256-gcm", self.backing, self.mnt]
 
 
+class RcloneCryptTarget(FuseTarget):
+    """rclone's crypt remote over the backing directory (names and contents encrypted),
+    mounted with ``--vfs-cache-mode full``, rclone's mode for applications that write
+    files in place, and ``--vfs-write-back 0s``: a closed file is encrypted into the
+    backing directory at once (its default waits 5 s). Its fsync does not reach the
+    backing directory: rclone syncs nothing."""
+
+    name = "rclone-crypt"
+    program = "rclone"
+
+    def __init__(self, base: str, args):
+        super().__init__(base, args)
+        self.conf = os.path.join(base, "rclone.conf")
+        self.vfs_cache = os.path.join(base, "vfs-cache")
+        self.password = ""  # obscured, as rclone's configuration keeps it
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(RCLONE_CONFIG=self.conf, RCLONE_CONFIG_LC_TYPE="crypt",
+                   RCLONE_CONFIG_LC_REMOTE=self.backing, RCLONE_CONFIG_LC_PASSWORD=self.password)
+        return env
+
+    def prepare(self) -> None:
+        open(self.conf, "w").close()  # everything is in the environment
+        self.password = subprocess.run([self.program, "obscure", DEFAULT_PASSPHRASE],
+                                       check=True, capture_output=True, text=True).stdout.strip()
+
+    def mount_cmd(self) -> list[str]:
+        return [self.program, "mount", "lc:", self.mnt, "--vfs-cache-mode", "full",
+                "--vfs-write-back", "0s", "--cache-dir", self.vfs_cache]
+
+
 #: name -> FUSE target measured beside megafs (the null fs first).
 PEERS: dict[str, type[FuseTarget]] = {t.name: t for t in (
-    NullTarget, GocryptfsTarget, SecurefsTarget, CryfsTarget)}
+    NullTarget, GocryptfsTarget, SecurefsTarget, CryfsTarget, RcloneCryptTarget)}
 
 
 def absent_peers(names: list[str]) -> list[str]:

@@ -401,9 +401,10 @@ class Filesystem:
 
         Small dirty blocks held in memory go into the metadata batch (table ``fsynced``),
         which is committed; then the WAL and the dirty block files, if any, are synced
-        concurrently, in worker threads: an editor's save of a small file costs one WAL
-        sync, and a larger one waits for the slower of the syncs, not their sum. The WAL
-        is not synced again when no row changed since its last sync."""
+        concurrently, in worker threads: a larger save waits for the slower of the syncs,
+        not their sum. An editor's save of a small file costs one WAL sync, done in this
+        thread: blocking for one small flush costs less than the two thread hand-offs.
+        The WAL is not synced again when no row changed since its last sync."""
         fds, rows = self.cache.sync_targets(ino)
         if rows:
             fsynced.store(self.db, rows)
@@ -413,9 +414,15 @@ class Filesystem:
         if len(fds) > FSYNC_FILES_MAX:  # one syncfs beats hundreds of fsyncs
             await run_sync(_syncfs_and_close, self.cache.dir, fds)
             fds = []
-        if len(fds) + sync_wal == 1:  # one sync: no nursery needed
-            await run_sync(*((_fsync_and_close, fds[0]) if fds else (_fsync_path, self.wal_path)))
-        elif fds or sync_wal:
+        if not fds:
+            if sync_wal:
+                # The WAL alone (an editor's save of a small file): one small flush, done
+                # here as SQLite does a COMMIT's under synchronous=FULL. The hop to a worker
+                # thread and back cost more than the flush (75-110 us against 115-190 us).
+                _fsync_path(self.wal_path)
+        elif len(fds) + sync_wal == 1:  # one sync: no nursery needed
+            await run_sync(_fsync_and_close, fds[0])
+        else:
             async with trio.open_nursery() as nursery:
                 for fd in fds:
                     nursery.start_soon(run_sync, _fsync_and_close, fd)

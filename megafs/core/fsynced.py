@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import apsw
 
+
 def store(db: apsw.Connection, rows: list[tuple[int, int, bytes]]) -> None:
     """Record ``(inode, block, content)`` rows (replacing older content)."""
     db.executemany("INSERT OR REPLACE INTO fsynced (inode, blockno, data) VALUES (?, ?, ?)",
