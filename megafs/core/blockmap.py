@@ -123,8 +123,9 @@ class BlockMap:
             if old:
                 self._decref(old[0])
 
-    def drop_from(self, ino: int, first_block: int) -> None:
-        """Unmap every block of *ino* numbered >= *first_block*."""
+    def drop_from(self, ino: int, first_block: int, *, count: bool = True) -> None:
+        """Unmap every block of *ino* numbered >= *first_block* (``count=False``: leave the
+        inode's ``nblocks`` alone, for an inode about to be deleted)."""
         with self.db:
             self.ex(
                 "UPDATE objects SET refcount = refcount - (SELECT count(*) FROM blocks"
@@ -134,7 +135,7 @@ class BlockMap:
             self.ex("DELETE FROM blocks WHERE inode=? AND blockno>=?", (ino, first_block))
             dropped = self.db.changes()
             self.ex("DELETE FROM damaged WHERE inode=? AND blockno>=?", (ino, first_block))
-            if dropped:
+            if dropped and count:
                 self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
     def drop_damaged(self, ino: int) -> None:

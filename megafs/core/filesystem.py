@@ -176,7 +176,7 @@ class Filesystem:
             if synced:
                 fsynced.forget_from(self.db, ino)
             if stored_blocks:
-                self.blockmap.drop_from(ino, 0)
+                self.blockmap.drop_from(ino, 0, count=False)
             else:
                 self.blockmap.drop_damaged(ino)
             self.ns.purge(ino)

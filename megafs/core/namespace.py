@@ -14,7 +14,7 @@ import time
 
 import apsw
 
-from megafs.core.schema import GID, INODE_COLS, MODE, NLINK
+from megafs.core.schema import GID, INO, INODE_COLS, MODE, NLINK
 
 ROOT = 1
 NAME_MAX = 255  # bytes in a name (Linux NAME_MAX)
@@ -73,6 +73,12 @@ class Namespace:
         row = self.ex("SELECT inode FROM dentries WHERE parent=? AND name=?",
                       (parent, name)).fetchone()
         return row[0] if row else None
+
+    def _child_mode(self, parent: int, name: bytes) -> tuple[int | None, int]:
+        """(inode, mode) of the entry *name* in *parent*, or (None, 0)."""
+        row = self.ex("SELECT i.id, i.mode FROM dentries d JOIN inodes i ON i.id = d.inode"
+                      " WHERE d.parent=? AND d.name=?", (parent, name)).fetchone()
+        return row if row is not None else (None, 0)
 
     def _check_dir(self, ino: int) -> None:
         if not stat.S_ISDIR(self.get(ino)[MODE]):
@@ -144,11 +150,8 @@ class Namespace:
         """Remove an entry; return (inode, remaining nlink)."""
         t = now_ns()
         with self.db:
-            ino = self._child(parent, name)
-            if ino is None:
-                raise FsError(errno.ENOENT)
-            row = self.get(ino)
-            mode, nlink = row[MODE], row[NLINK]
+            row = self.lookup(parent, name)  # ENOENT
+            ino, mode, nlink = row[INO], row[MODE], row[NLINK]
             if rmdir:
                 if not stat.S_ISDIR(mode):
                     raise FsError(errno.ENOTDIR)
@@ -196,12 +199,12 @@ class Namespace:
             raise FsError(errno.EINVAL)
         t = now_ns()
         with self.db:
-            src = self._child(p_old, n_old)
+            src, src_mode = self._child_mode(p_old, n_old)
             if src is None:
                 raise FsError(errno.ENOENT)
-            self._check_dir(p_new)
-            dst = self._child(p_new, n_new)
-            src_mode = self.get(src)[MODE]
+            if p_new != p_old:  # p_old holds an entry: it is a directory
+                self._check_dir(p_new)
+            dst, dst_mode = self._child_mode(p_new, n_new)
             if src == dst:
                 return None
             if stat.S_ISDIR(src_mode) and p_old != p_new and self._is_ancestor(src, p_new):
@@ -209,7 +212,6 @@ class Namespace:
             if exchange:
                 if dst is None:
                     raise FsError(errno.ENOENT)
-                dst_mode = self.get(dst)[MODE]
                 if stat.S_ISDIR(dst_mode) and p_old != p_new and self._is_ancestor(dst, p_old):
                     raise FsError(errno.EINVAL)
                 self.ex("UPDATE dentries SET inode=? WHERE parent=? AND name=?",
@@ -228,7 +230,6 @@ class Namespace:
             if dst is not None:
                 if noreplace:
                     raise FsError(errno.EEXIST)
-                dst_mode = self.get(dst)[MODE]
                 if stat.S_ISDIR(src_mode):
                     if not stat.S_ISDIR(dst_mode):
                         raise FsError(errno.ENOTDIR)
@@ -296,7 +297,8 @@ class Namespace:
         them (:meth:`megafs.core.shares.Shares.republish`)."""
         with self.db:
             self.ex("DELETE FROM inodes WHERE id=?", (ino,))
-            self.ex("DELETE FROM xattrs WHERE inode=?", (ino,))
+            if ino in self.xattr_inodes:
+                self.ex("DELETE FROM xattrs WHERE inode=?", (ino,))
             self.ex("UPDATE shares SET inode=0 WHERE inode=?", (ino,))
         self.xattr_inodes.discard(ino)
 
