@@ -287,6 +287,8 @@ class Daemon:
         progress may hold a lock the invalidation needs; core/follow.py)."""
         for ino in changes.data | changes.inodes:
             self.fs.cache.drop_inode(ino)
+        if changes.inodes:  # xattrs may have come or gone with them
+            self.fs.ns.reload_xattr_inodes()
         known = {ino for ino in changes.inodes | changes.data if ino in self.fs.lookups}
         entries = changes.entries
         if self.ops.enable_writeback_cache and known:

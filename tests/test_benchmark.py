@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,12 @@ def test_rclone_crypt_peer_encrypts_into_its_backing_directory(tmp_path):
         secret = b"rclone crypt peer " * 300
         (Path(root) / "plainname").write_bytes(secret)
         assert (Path(root) / "plainname").read_bytes() == secret
+        # rclone encrypts a closed file into the backing directory in the background,
+        # once the kernel's RELEASE arrives; stop() then waits for that upload to end.
+        deadline = time.monotonic() + 30
+        while not any(p.is_file() for p in Path(target.backing).rglob("*")):
+            assert time.monotonic() < deadline, "rclone stored nothing"
+            time.sleep(0.05)
     finally:
         target.stop()
     assert not os.path.ismount(root)

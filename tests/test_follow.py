@@ -234,6 +234,43 @@ def test_follower_reads_fresh_data_after_overwrite(megafs: MegaFS):
     megafs.umount()
 
 
+def test_follower_shows_xattrs_set_after_it_mounted(megafs: MegaFS):
+    """Extended attributes A sets or removes after B mounted show on B: B answers
+    getxattr from its set of the inodes that have some, which following keeps current."""
+    b = start(megafs, 0.5)
+    f = megafs.mnt / "f"
+    f.write_bytes(b"x")
+    os.setxattr(megafs.mnt, "user.dir", b"d")
+    megafs.flush()
+
+    def on_b(name: str, path: Path) -> bytes | None:
+        try:
+            return os.getxattr(path, name)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            assert e.errno == errno.ENODATA, e
+            return None
+
+    def wait_for(name: str, path: Path, value: bytes | None) -> None:
+        deadline = time.monotonic() + 0.5 + VISIBLE_WITHIN
+        while on_b(name, path) != value:
+            assert time.monotonic() < deadline, f"{name} of {path} did not become {value!r}"
+            time.sleep(0.05)
+
+    wait_for("user.dir", b, b"d")
+    os.setxattr(f, "user.colour", b"blue")
+    megafs.flush()
+    wait_for("user.colour", b / "f", b"blue")
+    assert os.listxattr(b / "f") == ["user.colour"]
+    os.removexattr(f, "user.colour")
+    megafs.flush()
+    wait_for("user.colour", b / "f", None)
+    assert os.listxattr(b / "f") == []
+    megafs.umount(b)
+    megafs.umount()
+
+
 BEHIND_ROWS = ["inside-retention",  # the old state, whole: its objects are still there
                "past-retention"]  # EIO: the objects are gone; then the new state
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -167,8 +168,10 @@ class RcloneCryptTarget(FuseTarget):
     """rclone's crypt remote over the backing directory (names and contents encrypted),
     mounted with ``--vfs-cache-mode full``, rclone's mode for applications that write
     files in place, and ``--vfs-write-back 0s``: a closed file is encrypted into the
-    backing directory at once (its default waits 5 s). Its fsync does not reach the
-    backing directory: rclone syncs nothing."""
+    backing directory at once (its default waits 5 s), in the background. Its fsync
+    does not reach the backing directory: rclone syncs nothing. :meth:`settle` and
+    :meth:`stop` wait, through rclone's remote control, until no upload is queued or
+    running."""
 
     name = "rclone-crypt"
     program = "rclone"
@@ -178,6 +181,7 @@ class RcloneCryptTarget(FuseTarget):
         self.conf = os.path.join(base, "rclone.conf")
         self.vfs_cache = os.path.join(base, "vfs-cache")
         self.password = ""  # obscured, as rclone's configuration keeps it
+        self.rc_port = free_port()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -192,7 +196,42 @@ class RcloneCryptTarget(FuseTarget):
 
     def mount_cmd(self) -> list[str]:
         return [self.program, "mount", "lc:", self.mnt, "--vfs-cache-mode", "full",
-                "--vfs-write-back", "0s", "--cache-dir", self.vfs_cache]
+                "--vfs-write-back", "0s", "--cache-dir", self.vfs_cache, "--rc",
+                "--rc-no-auth", "--rc-addr", f"127.0.0.1:{self.rc_port}"]
+
+    def wait_for_uploads(self) -> None:
+        """Until rclone has no upload queued or running (and none failed)."""
+        import httpx
+
+        deadline = time.monotonic() + MOUNT_WAIT_S
+        while True:
+            r = httpx.post(f"http://127.0.0.1:{self.rc_port}/vfs/stats", timeout=30)
+            r.raise_for_status()
+            disk = r.json()["diskCache"]
+            if disk.get("erroredFiles"):
+                raise RuntimeError(f"rclone: {disk['erroredFiles']} files failed to upload")
+            if disk["uploadsInProgress"] + disk["uploadsQueued"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("rclone: uploads did not finish")
+            time.sleep(POLL_S)
+
+    def settle(self) -> float:
+        t0 = time.perf_counter()
+        self.wait_for_uploads()
+        os.sync()
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        self.wait_for_uploads()
+        super().stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 #: name -> FUSE target measured beside megafs (the null fs first).

@@ -50,6 +50,11 @@ class Namespace:
         self.ex = conn.execute
         # Inodes that may have xattrs: the kernel asks for security.capability on
         # every write, and answering "none" must not cost a query.
+        self.reload_xattr_inodes()
+
+    def reload_xattr_inodes(self) -> None:
+        """Read again which inodes have xattrs (after rows came from elsewhere: a state
+        a follower applied)."""
         self.xattr_inodes = {r[0] for r in self.ex("SELECT DISTINCT inode FROM xattrs")}
 
     # -- inodes ---------------------------------------------------------------
@@ -74,11 +79,13 @@ class Namespace:
                       (parent, name)).fetchone()
         return row[0] if row else None
 
-    def _child_mode(self, parent: int, name: bytes) -> tuple[int | None, int]:
-        """(inode, mode) of the entry *name* in *parent*, or (None, 0)."""
-        row = self.ex("SELECT i.id, i.mode FROM dentries d JOIN inodes i ON i.id = d.inode"
-                      " WHERE d.parent=? AND d.name=?", (parent, name)).fetchone()
-        return row if row is not None else (None, 0)
+    def _child_mode(self, parent: int, name: bytes) -> tuple[int | None, int | None]:
+        """(inode, mode) of the entry *name* in *parent*: (None, None) without one, and
+        a mode of None if the entry names an inode without a row."""
+        row = self.ex("SELECT d.inode, i.mode FROM dentries d LEFT JOIN inodes i"
+                      " ON i.id = d.inode WHERE d.parent=? AND d.name=?",
+                      (parent, name)).fetchone()
+        return row if row is not None else (None, None)
 
     def _check_dir(self, ino: int) -> None:
         if not stat.S_ISDIR(self.get(ino)[MODE]):
@@ -205,12 +212,14 @@ class Namespace:
             if p_new != p_old:  # p_old holds an entry: it is a directory
                 self._check_dir(p_new)
             dst, dst_mode = self._child_mode(p_new, n_new)
+            if src_mode is None:
+                raise FsError(errno.ENOENT)
             if src == dst:
                 return None
             if stat.S_ISDIR(src_mode) and p_old != p_new and self._is_ancestor(src, p_new):
                 raise FsError(errno.EINVAL)
             if exchange:
-                if dst is None:
+                if dst is None or dst_mode is None:
                     raise FsError(errno.ENOENT)
                 if stat.S_ISDIR(dst_mode) and p_old != p_new and self._is_ancestor(dst, p_old):
                     raise FsError(errno.EINVAL)
@@ -230,6 +239,8 @@ class Namespace:
             if dst is not None:
                 if noreplace:
                     raise FsError(errno.EEXIST)
+                if dst_mode is None:
+                    raise FsError(errno.ENOENT)
                 if stat.S_ISDIR(src_mode):
                     if not stat.S_ISDIR(dst_mode):
                         raise FsError(errno.ENOTDIR)
@@ -297,8 +308,7 @@ class Namespace:
         them (:meth:`megafs.core.shares.Shares.republish`)."""
         with self.db:
             self.ex("DELETE FROM inodes WHERE id=?", (ino,))
-            if ino in self.xattr_inodes:
-                self.ex("DELETE FROM xattrs WHERE inode=?", (ino,))
+            self.ex("DELETE FROM xattrs WHERE inode=?", (ino,))
             self.ex("UPDATE shares SET inode=0 WHERE inode=?", (ino,))
         self.xattr_inodes.discard(ino)
 
