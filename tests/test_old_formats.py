@@ -19,6 +19,7 @@ from helpers import LocalStore, MegaFS
 from megafs import FORMAT_VERSION
 from megafs.core import schema
 from megafs.store import lifecycle
+from megafs.store.packs import PACK_SLACK, PACK_UNIT
 
 DATA = Path(__file__).parent / "data"
 OLD_STORES = ["store-v1", "store-v2"]
@@ -84,7 +85,7 @@ def test_old_store_is_checked_read_and_upgraded(store, tmp_path, name):
         assert version == schema.SCHEMA_VERSION  # the upgrade uploaded a full snapshot
         assert _data_objects(copy, "b") == one_block  # old objects stay as they were
         packs = [p for p in (copy / "p").rglob("*") if p.is_file()]
-        assert len(packs) == 1 and packs[0].stat().st_size == 1 << 20  # the new file
+        assert len(packs) == 1 and packs[0].stat().st_size == PACK_UNIT + PACK_SLACK  # new.bin
         fs.mount(fresh_cache=True)
         for path, data in old.FILES.items():
             assert (fs.mnt / path).read_bytes() == data

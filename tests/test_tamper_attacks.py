@@ -132,7 +132,7 @@ def _reseal(raw: Raw, keys: KeyRing, key: str, other: str) -> None:
     plain = envelope.open_(k_obj, envelope.KIND_BLOCK, key, raw.envelope(key))
     forged = b"EVIL" * (len(plain) // 4) + plain[len(plain) // 4 * 4:]
     raw.put_envelope(key, envelope.seal(k_obj, envelope.KIND_BLOCK, key, forged,
-                                        compress=False))
+                                        compress=False, full=BS))
 
 
 def _flip(raw: Raw, keys: KeyRing, key: str, other: str) -> None:

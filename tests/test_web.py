@@ -21,6 +21,7 @@ from helpers.browser import Browser, chromium_missing, wait_download
 from megafs.errors import ExitCode
 from megafs.store import envelope
 from megafs.store import share as share_format
+from megafs.store.packs import PACK_SLACK, PACK_UNIT
 from megafs.web import page as web_page
 
 pytestmark = pytest.mark.s3
@@ -454,7 +455,7 @@ def test_page_reads_a_file_from_a_pack_shared_with_others(site, browser, tmp_pat
     tampered = _blocks(site.store, site.links["tamper.bin"][1])
     assert {b[5] for b in blocks} == {b[5] for b in tampered}  # one pack
     pack_size = len(site.store.read(blocks[0][5]))
-    assert sum(b[7] for b in blocks) < pack_size and pack_size % (1 << 20) == 0
+    assert sum(b[7] for b in blocks) < pack_size and (pack_size - PACK_SLACK) % PACK_UNIT == 0
     script = browser.before_page_scripts(_RECORD_FETCHES)
     try:
         browser.open(site.links["neighbour.bin"][0], tmp_path)

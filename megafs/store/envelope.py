@@ -126,9 +126,12 @@ def _compress_parts(parts, total: int) -> bytearray:
 
 
 def seal(key: bytes, kind: int, object_key: str, payload, *,
-         compress: bool = True, version: int = VERSION, coarse: bool = False) -> bytes:
+         compress: bool = True, version: int = VERSION, coarse: bool = False,
+         full: int | None = None) -> bytes:
     """Return the envelope of *payload* for storage under *object_key*; with *coarse*
-    the whole envelope is padded to a :func:`bucket` size instead of Padme.
+    the whole envelope is padded to a :func:`bucket` size instead of Padme. *full* (a
+    data block: the store's block size) caps Padme: a payload is never padded past a
+    full block's, so a full block is not padded at all (Padme would add 3 % to 1 MiB).
 
     *payload* is bytes-like, or a list of bytes-like parts whose concatenation is the
     payload (sealed without joining them). A list is emptied once its parts are no
@@ -160,7 +163,7 @@ def seal(key: bytes, kind: int, object_key: str, payload, *,
     parts.clear()  # the caller's list: its parts are in *inner* now
     length = len(inner) - INNER.size
     body_len = INNER.size + length
-    pad = _padding(body_len, coarse)
+    pad = _padding(body_len, coarse, None if full is None else INNER.size + full)
     INNER.pack_into(inner, 0, flags, length)
     inner += bytes(pad)
     nonce = os.urandom(12)
@@ -172,11 +175,15 @@ def seal(key: bytes, kind: int, object_key: str, payload, *,
     return header + sealed
 
 
-def _padding(body_len: int, coarse: bool) -> int:
-    """Zero bytes after the inner header and payload (*body_len* bytes)."""
+def _padding(body_len: int, coarse: bool, cap: int | None = None) -> int:
+    """Zero bytes after the inner header and payload (*body_len* bytes); Padme's never
+    take the body past *cap* (when it is not past it already)."""
     if coarse:
         return max(0, bucket(body_len + HEADER.size + 16) - HEADER.size - 16 - body_len)
-    return padme(body_len) - body_len
+    padded = padme(body_len)
+    if cap is not None:
+        padded = min(padded, max(cap, body_len))
+    return padded - body_len
 
 
 def _read_pieces(f, start: int = 0):

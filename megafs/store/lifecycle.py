@@ -40,7 +40,9 @@ async def unlock(backend: Backend, *, passphrase: bytes | None = None,
     sb = await read_superblock(backend)
     keys = await trio.to_thread.run_sync(
         lambda: superblock.unlock(sb, passphrase=passphrase, recovery_key=recovery_key))
-    return ObjectStore(backend, keys), sb
+    store = ObjectStore(backend, keys)
+    store.block_size = sb["block_size"]
+    return store, sb
 
 
 async def _old_store(backend: Backend, passphrase: bytes) -> ObjectStore | None:
@@ -77,6 +79,7 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
     blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size,
                                                          quota)
     store = ObjectStore(backend, keys)
+    store.block_size = block_size
     now = time.time()
     key = new_metadata_key()
     size, digest = await store.put_metadata(key, initial_metadata())

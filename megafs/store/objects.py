@@ -93,13 +93,15 @@ class ObjectStore:
         self.keys = keys
         #: Awaited before every head write; raises (LockLost) when writing is not allowed.
         self.head_guard: Callable[[], Awaitable[None]] | None = None
+        #: The store's block size (from its superblock): a full block is sealed unpadded.
+        self.block_size: int | None = None
         self._head_blob: bytes | None = None  # the head as last read or written here
         self._head_uncertain: list[bytes] = []  # head writes that failed without an answer
 
     # -- data blocks ----------------------------------------------------------
     def seal_block(self, object_key: str, data: bytes) -> bytes:
         return envelope.seal(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,
-                             data)
+                             data, full=self.block_size)
 
     def open_block(self, object_key: str, blob: bytes) -> bytes:
         return envelope.open_(self.keys.block_key(object_key), envelope.KIND_BLOCK, object_key,

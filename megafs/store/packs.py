@@ -3,7 +3,8 @@
 A pack (``p/<32 hex>``, docs/format.md §4a) is the concatenation of block envelopes,
 each exactly as a one-block object would be (sealed under the block's own key
 ``K_obj = HMAC(K_blockbase, block id)`` with the block id ``b/<32 hex>`` in its
-AAD), followed by random padding up to a whole number of :data:`PACK_UNIT`. The
+AAD), followed by random padding up to a whole number of :data:`PACK_UNIT` plus
+:data:`PACK_SLACK`. The
 metadata maps each block id to (pack, offset, length); the pack itself holds no
 index, so its size is all a listing of the store shows.
 """
@@ -13,13 +14,17 @@ from __future__ import annotations
 import os
 
 PACK_PREFIX = "p/"
-#: Every pack's size is a whole multiple of this (1 MiB): a pack holding one 1-byte
-#: block is a 1 MiB object, as is one holding 900 KiB of blocks.
+#: Every pack's size is a whole multiple of this (1 MiB) plus :data:`PACK_SLACK`: a pack
+#: holding one 1-byte block is a 1 MiB + 64 KiB object, as is one holding 900 KiB.
 PACK_UNIT = 1 << 20
-#: The uploader closes a pack before it would grow past this (unless a single block is
-#: larger): 16 full 1 MiB blocks do not fit (their envelopes are 1 MiB + 32 KiB), 15 do,
-#: so a pack of full blocks wastes ~3 % on padding.
-PACK_TARGET = 16 << 20
+#: Room for the envelopes' own bytes (75 each: header, inner header, tag): 16 full
+#: 1 MiB blocks fill 16 MiB + 1,200 bytes, and 256 full 64 KiB blocks 16 MiB + 19,200.
+#: Packs written before this was added are whole MiB; readers take either.
+PACK_SLACK = 64 << 10
+#: The uploader closes a pack before its envelopes would grow past this (unless a single
+#: block is larger): 16 full blocks of 1 MiB, so a pack of them wastes 0.4 % on padding
+#: (6.7 % when full blocks were Padme-padded and packs whole MiB: 15 fitted).
+PACK_TARGET = (16 << 20) + PACK_SLACK
 
 
 def new_pack_key() -> str:
@@ -31,8 +36,8 @@ def is_pack(key: str) -> bool:
 
 
 def padded_size(length: int) -> int:
-    """The size of a pack holding *length* bytes of envelopes."""
-    return max(PACK_UNIT, -(-length // PACK_UNIT) * PACK_UNIT)
+    """The size of a pack holding *length* bytes of envelopes: n MiB + PACK_SLACK."""
+    return max(PACK_UNIT, -(-(length - PACK_SLACK) // PACK_UNIT) * PACK_UNIT) + PACK_SLACK
 
 
 class PackBuilder:
