@@ -412,7 +412,7 @@ def _reseal(owner: Owner, objkey: str, blocks: list | None = None) -> None:
     holder, offset, length, plain = _where(owner, objkey, blocks)
     keyhex = next(b[2] for b in blocks if b[1] == objkey)
     forged = envelope.seal(bytes.fromhex(keyhex), envelope.KIND_BLOCK, objkey,
-                           os.urandom(plain), compress=False)
+                           os.urandom(plain), compress=False, full=BS)
     assert len(forged) == length
     _splice(owner, holder, offset, forged)
 

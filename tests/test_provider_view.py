@@ -31,12 +31,13 @@ EXTRA_PACKS = 3
 
 
 def _predicted_sizes(data: bytes) -> set[int]:
-    """Sizes of the one-block objects formats 1 and 2 stored for *data* (any key: the
-    length of an envelope depends on the plaintext only)."""
+    """Sizes of the one-block objects formats 1 and 2 stored for *data*, and of its
+    envelopes with full blocks unpadded (any key: the length of an envelope depends on
+    the plaintext only)."""
     key = bytes(32)
     return {len(envelope.seal(key, envelope.KIND_BLOCK, "b/" + "0" * 32,
-                              data[i:i + BLOCK]))
-            for i in range(0, len(data), BLOCK)}
+                              data[i:i + BLOCK], full=full))
+            for i in range(0, len(data), BLOCK) for full in (None, BLOCK)}
 
 
 def _data_objects(store) -> dict[str, int]:
