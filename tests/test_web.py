@@ -729,6 +729,11 @@ def test_web_serve_a_local_store_read_only(mounted, browser, tmp_path):
                 f"bytes {offset}-{offset + length - 1}/{pack_size}"
             assert client.get(f"{base}/{pack}", headers={
                 "Range": f"bytes={pack_size}-"}).status_code == 416
+            head = client.head(f"{base}/{pack}")  # its length, no body
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-length"] == str(pack_size)
+            head = client.head(f"{base}/{pack}", headers={"Range": "bytes=4-9"})
+            assert head.status_code == 206 and head.headers["content-length"] == "6"
             assert client.get(f"{base}/{block_id}").status_code == 404  # not stored alone
             metadata = next(p for p in (mounted.store.path / "m").rglob("*") if p.is_file())
             assert client.get(f"{base}/m/{metadata.name}").status_code == 404

@@ -51,10 +51,14 @@ def _handler(root: str, page: bytes, csp: str):
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             pass
 
-        def _send(self, status: int, body: bytes, kind: str, extra=()) -> None:
+        def _send(self, status: int, body, kind: str, extra=(), length: int | None = None):
+            """Answer with *body*: bytes, or a function returning the *length* bytes, called
+            for GET only (a HEAD of a pack reads nothing)."""
+            if length is None:
+                length = len(body)
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Accept-Ranges", "bytes")
@@ -62,7 +66,7 @@ def _handler(root: str, page: bytes, csp: str):
                 self.send_header(name, value)
             self.end_headers()
             if self.command == "GET":
-                self.wfile.write(body)
+                self.wfile.write(body() if callable(body) else body)
 
         def _object(self) -> int | None:
             """A descriptor of the object the path names, or None."""
@@ -100,11 +104,13 @@ def _handler(root: str, page: bytes, csp: str):
                         self._send(416, b"", "text/plain",
                                    [("Content-Range", f"bytes */{size}")])
                         return
-                    self._send(206, _pread(fd, end + 1 - start, start),
+                    self._send(206, lambda: _pread(fd, end + 1 - start, start),
                                "application/octet-stream",
-                               [("Content-Range", f"bytes {start}-{end}/{size}")])
+                               [("Content-Range", f"bytes {start}-{end}/{size}")],
+                               length=end + 1 - start)
                     return
-                self._send(200, _pread(fd, size, 0), "application/octet-stream")
+                self._send(200, lambda: _pread(fd, size, 0), "application/octet-stream",
+                           length=size)
             finally:
                 os.close(fd)
 
