@@ -196,7 +196,7 @@ class BlockMap:
         ).fetchone()[0]
 
     def padding_bytes(self) -> int:
-        """Bytes of live packs after their envelopes (random padding to whole MiB)."""
+        """Bytes of live packs after their envelopes (their random padding)."""
         return self.ex(f"SELECT coalesce(sum(size - used), 0) {self._LIVE_PACKS}").fetchone()[0]
 
     def stats(self) -> dict:

@@ -9,7 +9,7 @@ Object keys (docs/format.md, "Object naming"):
 * ``m/<32 hex>``    a metadata snapshot (random name)
 * ``b/<32 hex>``    a data block (random name; its key is derived from the name)
 * ``p/<32 hex>``    a pack: data block envelopes, each still sealed under its own
-                    ``b/<32 hex>`` block id, padded to whole MiB (:mod:`megafs.store.packs`)
+                    ``b/<32 hex>`` block id, padded to n MiB + 64 KiB (:mod:`megafs.store.packs`)
 * ``q/<32 hex>``    a data block fsck found damaged, moved aside (quarantined)
 
 Every block the owner reads is verified twice: the envelope must authenticate under
