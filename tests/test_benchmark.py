@@ -130,12 +130,14 @@ def s3_tree_run(tmp_path_factory):
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("name", ["megafs-s3", "rclone", "s3ql"])
+@pytest.mark.parametrize("name", ["megafs-s3", "rclone"])
 def test_s3_tree_workloads_smoke(s3_tree_run, name):
+    """megafs and rclone (installed by ./dev.sh test). The S3QL peer runs wherever
+    S3QL is installed, but no test covers it: neither the PyPI index nor the Debian
+    archive this project's machines reach has S3QL."""
     from bench.s3tree import S3_PEERS
 
-    if name in S3_PEERS and not S3_PEERS[name].installed():
-        pytest.skip(f"{S3_PEERS[name].program} is not installed")
+    assert name not in S3_PEERS or S3_PEERS[name].installed(), f"{name} is not installed"
     t = s3_tree_run["s3_tree"]["targets"][name]
     assert t["untar_s_median"] > 0 and t["coldtar_files_s_median"] > 0
     assert t["untar_requests_median"].get("PUT", 0) > 0  # counted by the server
