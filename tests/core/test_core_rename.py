@@ -209,3 +209,25 @@ async def test_rename_updates_the_dir_kind_for_directory_moves(core):
     assert row[0] == core.ino("b")
     assert stat.S_IFMT(attr(row, "mode")) == stat.S_IFMT(DIR)
     assert (UID, GID) == (attr(core.stat("b/d"), "uid"), attr(core.stat("b/d"), "gid"))
+
+
+async def test_an_entry_whose_inode_row_is_missing_is_enoent(core):
+    """A damaged database (an entry naming an inode without a row): renaming from or over
+    that entry answers ENOENT, never a constraint failure (EIO), and NOREPLACE still
+    answers EEXIST for the name that is taken."""
+    await core.create("f", b"F")
+    await core.create("g", b"G")
+    await core.create("h", b"H")
+    gone, lost = core.ino("g"), core.ino("h")
+    db = core.fs.db
+    db.execute("DELETE FROM inodes WHERE id IN (?, ?)", (gone, lost))
+    try:
+        assert core.rename_errno("f", "g") == errno.ENOENT
+        assert core.rename_errno("f", "g", RENAME_EXCHANGE) == errno.ENOENT
+        assert core.rename_errno("f", "g", RENAME_NOREPLACE) == errno.EEXIST
+        assert core.rename_errno("h", "f") == errno.ENOENT
+        entries = db.execute("SELECT name, inode FROM dentries WHERE parent=? ORDER BY name",
+                             (core.ino(""),)).fetchall()
+        assert entries == [(b"f", core.ino("f")), (b"g", gone), (b"h", lost)]
+    finally:  # repair what the test broke: the fixture's check then finds the tree whole
+        db.execute("DELETE FROM dentries WHERE inode IN (?, ?)", (gone, lost))
