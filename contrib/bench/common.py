@@ -1,12 +1,14 @@
 """Constants and helpers shared by the benchmark's modules: sizes, logging, the page
-cache, CPU placement and the CPU time of a process."""
+cache, CPU placement, the CPU time of a process, and waiting for rclone's uploads."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import socket
 import sys
+import time
 
 MiB = 1 << 20
 CHUNK = MiB
@@ -127,3 +129,29 @@ def find_tool(name: str, bin_dir: str | None) -> str:
     if p is None:
         raise RuntimeError(f"{name} not found (use --bin-dir)")
     return p
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_rclone_uploads(rc_port: int, wait_s: float, poll_s: float) -> None:
+    """Poll an rclone mount's remote control (``--rc-addr 127.0.0.1:rc_port``) until no
+    upload is queued or running; fail if one failed or *wait_s* passed."""
+    import httpx
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        r = httpx.post(f"http://127.0.0.1:{rc_port}/vfs/stats", timeout=30)
+        r.raise_for_status()
+        disk = r.json()["diskCache"]
+        if disk.get("erroredFiles"):
+            raise RuntimeError(f"rclone: {disk['erroredFiles']} files failed to upload")
+        if disk["uploadsInProgress"] + disk["uploadsQueued"] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("rclone: uploads did not finish")
+        time.sleep(poll_s)

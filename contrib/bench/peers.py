@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
-from .common import DEFAULT_PASSPHRASE, alive, log
+from .common import DEFAULT_PASSPHRASE, alive, free_port, log, wait_for_rclone_uploads
 from .targets import Target
 
 MOUNT_WAIT_S = 30.0  # how long a daemon may take to mount
@@ -199,39 +198,15 @@ class RcloneCryptTarget(FuseTarget):
                 "--vfs-write-back", "0s", "--cache-dir", self.vfs_cache, "--rc",
                 "--rc-no-auth", "--rc-addr", f"127.0.0.1:{self.rc_port}"]
 
-    def wait_for_uploads(self) -> None:
-        """Until rclone has no upload queued or running (and none failed)."""
-        import httpx
-
-        deadline = time.monotonic() + MOUNT_WAIT_S
-        while True:
-            r = httpx.post(f"http://127.0.0.1:{self.rc_port}/vfs/stats", timeout=30)
-            r.raise_for_status()
-            disk = r.json()["diskCache"]
-            if disk.get("erroredFiles"):
-                raise RuntimeError(f"rclone: {disk['erroredFiles']} files failed to upload")
-            if disk["uploadsInProgress"] + disk["uploadsQueued"] == 0:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("rclone: uploads did not finish")
-            time.sleep(POLL_S)
-
     def settle(self) -> float:
         t0 = time.perf_counter()
-        self.wait_for_uploads()
+        wait_for_rclone_uploads(self.rc_port, MOUNT_WAIT_S, POLL_S)
         os.sync()
         return time.perf_counter() - t0
 
     def stop(self) -> None:
-        self.wait_for_uploads()
+        wait_for_rclone_uploads(self.rc_port, MOUNT_WAIT_S, POLL_S)
         super().stop()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 #: name -> FUSE target measured beside megafs (the null fs first).

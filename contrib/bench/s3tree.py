@@ -32,7 +32,17 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .common import DEFAULT_PASSPHRASE, CpuWatch, alive, drop_page_cache, find_tool, log, pin
+from .common import (
+    DEFAULT_PASSPHRASE,
+    CpuWatch,
+    alive,
+    drop_page_cache,
+    find_tool,
+    free_port,
+    log,
+    pin,
+    wait_for_rclone_uploads,
+)
 from .targets import MegafsS3BeforeTarget, MegafsS3Target, Seaweed, Target
 from .workloads import Inputs
 
@@ -159,31 +169,15 @@ class RcloneTarget(S3PeerTarget):
             "RCLONE_CONFIG_SC_REMOTE": f"sw:{self.server.bucket}/{self.prefix}",
             "RCLONE_CONFIG_SC_PASSWORD": obscured,
         })
-        self.rc_port = Seaweed.module._free_ports(1)[0]
+        self.rc_port = free_port()
 
     def mount_cmd(self, cache: str) -> list[str]:
         return [self.program, "mount", "sc:", self.mnt, "--vfs-cache-mode", "full",
                 "--cache-dir", cache, "--vfs-write-back", "0s", "--rc", "--rc-no-auth",
                 "--rc-addr", f"127.0.0.1:{self.rc_port}"]
 
-    def vfs_stats(self) -> dict:
-        import httpx
-
-        r = httpx.post(f"http://127.0.0.1:{self.rc_port}/vfs/stats", timeout=30)
-        r.raise_for_status()
-        return r.json()
-
     def stop(self) -> None:
-        deadline = time.monotonic() + FLUSH_WAIT_S
-        while True:
-            disk = self.vfs_stats()["diskCache"]
-            if disk.get("erroredFiles"):
-                raise RuntimeError(f"rclone: {disk['erroredFiles']} files failed to upload")
-            if disk["uploadsInProgress"] + disk["uploadsQueued"] == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("rclone: uploads did not finish")
-            time.sleep(POLL_S)
+        wait_for_rclone_uploads(self.rc_port, FLUSH_WAIT_S, POLL_S)
         subprocess.run(["fusermount3", "-u", self.mnt], check=True, capture_output=True)
         self.wait_exit()
 

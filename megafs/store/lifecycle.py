@@ -40,9 +40,7 @@ async def unlock(backend: Backend, *, passphrase: bytes | None = None,
     sb = await read_superblock(backend)
     keys = await trio.to_thread.run_sync(
         lambda: superblock.unlock(sb, passphrase=passphrase, recovery_key=recovery_key))
-    store = ObjectStore(backend, keys)
-    store.block_size = sb["block_size"]
-    return store, sb
+    return ObjectStore(backend, keys, sb["block_size"]), sb
 
 
 async def _old_store(backend: Backend, passphrase: bytes) -> ObjectStore | None:
@@ -78,8 +76,7 @@ async def create(backend: Backend, passphrase: bytes, *, block_size: int, force:
             await backend.delete(k)
     blob, keys, recovery = await trio.to_thread.run_sync(superblock.create, passphrase, block_size,
                                                          quota)
-    store = ObjectStore(backend, keys)
-    store.block_size = block_size
+    store = ObjectStore(backend, keys, block_size)
     now = time.time()
     key = new_metadata_key()
     size, digest = await store.put_metadata(key, initial_metadata())

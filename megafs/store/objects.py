@@ -88,13 +88,13 @@ class ObjectStore:
     stops instead of forking the metadata (docs/format.md, §5a).
     """
 
-    def __init__(self, backend: Backend, keys: KeyRing):
+    def __init__(self, backend: Backend, keys: KeyRing, block_size: int | None = None):
         self.backend = backend
         self.keys = keys
         #: Awaited before every head write; raises (LockLost) when writing is not allowed.
         self.head_guard: Callable[[], Awaitable[None]] | None = None
         #: The store's block size (from its superblock): a full block is sealed unpadded.
-        self.block_size: int | None = None
+        self.block_size = block_size
         self._head_blob: bytes | None = None  # the head as last read or written here
         self._head_uncertain: list[bytes] = []  # head writes that failed without an answer
 
