@@ -176,7 +176,7 @@ class Control:
         if self.daemon.follower is not None:  # (megafs take-over remounts with these)
             return {**self.daemon.follower.status(), "url": self.daemon.cfg.url,
                     "cache_dir": os.path.dirname(self.daemon.fs.cache.dir)}
-        return {"role": "writer", "followers": [
+        return {"role": "writer", "handing_over": self.daemon.handing_over, "followers": [
             {"host": f.get("host"), "pid": f.get("pid"), "seq": f.get("seq")}
             for f in self.daemon.followers]}
 
@@ -205,6 +205,7 @@ class Daemon:
         self.followers: list[dict] = []  #: a writer: the followers found at the last look
         self._followers_checked = float("-inf")
         self.handed_over: str | None = None  #: to whom this writer handed its role over
+        self.handing_over: str | None = None  #: who asked, while this writer uploads for it
         self._nursery: trio.Nursery | None = None
         self._session_open = False  #: the FUSE session is open (the kernel may cache)
         self.ops: Operations | None = None
@@ -279,12 +280,14 @@ class Daemon:
             self.fs.read_failed = self.follower.wake
         else:
             self.snap.data_complete = lambda: not self.fs.cache.dirty
+            self.snap.unsent_blocks = lambda: list(self.fs.cache.dirty)
             self.snap.retention = cfg.retention
 
     async def _followed(self, changes: Changes, wait: bool) -> None:
         """A follower applied a newer state: drop what changed from the caches. The
         kernel's are dropped in the background when *wait* is false (a request in
         progress may hold a lock the invalidation needs; core/follow.py)."""
+        self.fs.blockmap.refresh_unsent()  # (a writer that died may have left some)
         for ino in changes.data | changes.inodes:
             self.fs.cache.drop_inode(ino)
         if changes.inodes:  # xattrs may have come or gone with them
@@ -446,15 +449,27 @@ class Daemon:
                 log.warning("looking for a take-over request failed: %s", e)
                 continue
             if request is not None and not self.lease.lost:
-                await self._hand_over(store_lock.describe(request))
-                return
+                if await self._hand_over(store_lock.describe(request)):
+                    return
 
-    async def _hand_over(self, who: str) -> None:
+    def _resume_writing(self) -> None:
+        """A hand-over that did not happen: take writes again (those waiting go on)."""
+        self.handing_over = None
+        self.ops.refuse_writes = None
+        self.ops.follower = False
+        self.fs.read_only = None
+        self.fs.compactor.live_fraction = self.cfg.compact_below
+        self._open_gate()
+
+    async def _hand_over(self, who: str) -> bool:
         """Refuse writes (those already waiting get EROFS once the data is up), upload
-        everything, release the lock, and follow the new writer."""
+        everything, release the lock, and follow the new writer. If the asking mount no
+        longer wants the role once everything is up (it gave up or went away), or the
+        upload fails, write again and return False: nothing changed."""
         log.warning("%s asks to take over: refusing writes, uploading everything", who)
         started = time.monotonic()
         reason = f"handed over to {who}"
+        self.handing_over = who
         self.ops.refuse_writes = reason
         self.ops.follower = True
         self.fs.read_only = reason
@@ -464,16 +479,38 @@ class Daemon:
             await trio.sleep(COMPACTION_POLL)
         try:
             await self.flush()
+            request = await handover.still_wanted(self.store)
+        except (MegafsError, OSError, apsw.Error) as e:
+            if self.lease.lost:  # taken over meanwhile (--force): never write again
+                log.error("handing over to %s failed: %s; this mount stays read-only",
+                          who, e)
+                self.handing_over = None
+                self._open_gate()
+                return True
+            log.error("handing over to %s failed: %s; writing again", who, e)
+            self._resume_writing()
+            return False
+        if request is None:
+            log.warning("%s gave up or went away before the hand-over was complete:"
+                        " writing again", who)
+            self._resume_writing()
+            return False
+        who = store_lock.describe(request)
+        reason = f"handed over to {who}"
+        self.ops.refuse_writes = self.fs.read_only = reason
+        try:
             async with self._snap_lock:
                 self.handed_over = who
                 self.lease.lost = reason  # the writer's tasks stop
                 await self.lease.release_handed_over()
         except (MegafsError, OSError, apsw.Error) as e:
+            # The lock may be gone already: never write again.
             log.error("handing over to %s failed: %s; this mount stays read-only", who, e)
             self.handed_over = who
             self.lease.lost = reason
-            return
+            return True
         finally:
+            self.handing_over = None
             self._open_gate()
         log.warning("handed the writer role over to %s in %.1fs: following it now", who,
                     time.monotonic() - started)
@@ -483,6 +520,7 @@ class Daemon:
         self.announcement = store_followers.Announcement(self.store, self.cfg.follow_interval)
         self._nursery.start_soon(_task, "follow", self.follower.run, name="follow")
         self._nursery.start_soon(_task, "announce", self._announce, name="announce")
+        return True
 
     async def _announce(self) -> None:
         """A follower: renew its announcement with the version it shows; withdraw it at

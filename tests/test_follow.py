@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DAMAGED_READ, MegaFS, rows_expecting_log_errors
+from helpers import DAMAGED_READ, PASSPHRASE, MegaFS, rows_expecting_log_errors
+
+from megafs.store import followers as store_followers
 
 WRITER_ARGS = ("--metadata-interval", "0.3", "--upload-delay", "0.1")
 VISIBLE_WITHIN = 2.0  # seconds after the follow interval (the issue's bound)
@@ -324,16 +326,25 @@ def test_follower_behind_recovers(megafs: MegaFS, row):
 
 
 FSCK_ROWS = {
-    # MEGAFS_RETENTION of fsck -> its exit code and what it says of the discarded objects
-    "inside-retention": ("600", 0, "pending deletion (inside the retention period): kept"),
-    "past-retention": ("0", 25, "1 objects in the store are not referenced by anything; removed"),
+    # MEGAFS_RETENTION of fsck, its options, the follow interval of a follower announced
+    # meanwhile -> fsck's exit code and what it says of the discarded objects
+    "inside-retention": ("600", (), None, 0,
+                         "pending deletion (inside the retention period): kept"),
+    "past-retention": ("0", (), None, 25,
+                       "1 objects in the store are not referenced by anything; removed"),
+    "past-the-retention-option": ("600", ("--retention", "0"), None, 25,
+                                  "1 objects in the store are not referenced by anything;"
+                                  " removed"),
+    "inside-10-intervals-of-a-follower": ("0", (), 120.0, 0,
+                                          "pending deletion (inside the retention period):"
+                                          " kept"),
 }
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 @pytest.mark.parametrize("row", list(FSCK_ROWS))
-def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row):
-    retention, code, says = FSCK_ROWS[row]
+def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row, monkeypatch):
+    retention, options, interval, code, says = FSCK_ROWS[row]
     megafs.mkfs()
     megafs.mount(args=(*WRITER_ARGS, "--retention", "600"))
     (megafs.mnt / "f").write_bytes(b"1" * 100_000)
@@ -342,13 +353,58 @@ def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row):
     megafs.umount()
     packs = {k for k, _ in megafs.store.objects() if k.startswith("p/")}
     assert len(packs) == 2, "the writer deleted the old pack inside its retention"
+    if interval is not None:  # a follower looking every 2 minutes announced itself
+        monkeypatch.setenv("MEGAFS_INSECURE_TEST_KDF", megafs.env["MEGAFS_INSECURE_TEST_KDF"])
+        _in_store(megafs, lambda store: store_followers.Announcement(store, interval).renew(1))
     megafs.env["MEGAFS_RETENTION"] = retention
-    r = megafs.fsck(check=False)
+    r = megafs.run("fsck.megafs", *options, megafs.url, check=False)
     assert r.returncode == code, r.stdout + r.stderr
     assert says in r.stdout + r.stderr, r.stdout + r.stderr
     left = {k for k, _ in megafs.store.objects() if k.startswith("p/")}
-    assert len(left) == (2 if row == "inside-retention" else 1)
+    assert len(left) == (1 if code else 2)
     megafs.mount(fresh_cache=True)
+    assert (megafs.mnt / "f").read_bytes() == b"2" * 100_000
+    megafs.umount()
+
+
+def _in_store(megafs: MegaFS, fn):
+    """Run *fn(store)* on the unlocked store in this process."""
+    import trio
+
+    from megafs.store import lifecycle
+
+    async def go():
+        backend = await lifecycle.connect(megafs.url)
+        try:
+            store, _ = await lifecycle.unlock(backend, passphrase=PASSPHRASE.encode())
+            return await fn(store)
+        finally:
+            await backend.aclose()
+
+    return trio.run(go)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_writer_deletes_what_it_no_longer_needs_after_the_retention(megafs: MegaFS):
+    """The writer itself keeps an overwritten pack for --retention seconds, then deletes
+    it (at a metadata upload after that)."""
+    megafs.mkfs()
+    megafs.mount(args=(*WRITER_ARGS, "--retention", "3"))
+    (megafs.mnt / "f").write_bytes(b"1" * 100_000)
+    megafs.flush()
+    first = {k for k, _ in megafs.store.objects() if k.startswith("p/")}
+    overwritten = time.monotonic()  # (the pack becomes garbage after this)
+    (megafs.mnt / "f").write_bytes(b"2" * 100_000)
+    megafs.flush()
+    packs = {k for k, _ in megafs.store.objects() if k.startswith("p/")}
+    assert len(first) == 1 and first < packs, "the old pack went inside the retention"
+    deadline = overwritten + 30
+    while first & {k for k, _ in megafs.store.objects() if k.startswith("p/")}:
+        assert time.monotonic() < deadline, "the writer never deleted the old pack"
+        (megafs.mnt / "touch").write_bytes(b"t")  # a change: a metadata upload
+        megafs.flush()
+        time.sleep(0.5)
+    assert time.monotonic() - overwritten >= 3, "deleted before its retention ended"
     assert (megafs.mnt / "f").read_bytes() == b"2" * 100_000
     megafs.umount()
 

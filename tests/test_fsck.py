@@ -140,3 +140,21 @@ def test_wrong_block_count(fs):
     _repair(fs, "/dir/file: block count 7, should be 2")
     fs.mount(fresh_cache=True)
     assert os.stat(fs.mnt / "dir" / "file").st_blocks == 100_000 // 4096 * 8 + 8
+
+
+@pytest.mark.parametrize("change", ["grown", "cut"])
+def test_pack_of_another_size_is_reported(fs, change):
+    """A pack made longer, or cut inside its padding after its last block, loses no data,
+    but the provider changed it: fsck says so and records the size it found."""
+    packs = [(key, data) for key, data in fs.store.objects() if key.startswith("p/")]
+    assert len(packs) == 1, [k for k, _ in packs]
+    path, data = packs[0]
+    fs.store.write(path, data + b"\0" * 4096 if change == "grown" else data[:-4096])
+    key = "p/" + path.rsplit("/", 1)[1]  # (the local store keeps p/KEY in p/XY/KEY)
+    fixed = _repair(fs, f"pack {key} is {len(data) + (4096 if change == 'grown' else -4096)}"
+                        f" bytes in the store, but the metadata records {len(data)}")
+    assert "the size found recorded" in fixed, fixed
+    fs.mount()
+    assert (fs.mnt / "dir" / "file").read_bytes() == b"x" * 100_000
+    assert (fs.mnt / "other").read_bytes() == b"y" * 5000
+    fs.umount()

@@ -240,6 +240,34 @@ def holder_that_lost_its_lock(fs: MegaFS):
                      absent=("probe", "mine"), leftovers=True)
 
 
+def old_writer_back_with_unsent_changes(fs: MegaFS):
+    """A writer killed with metadata changes not yet uploaded; another machine took the
+    lock (--force over the dead pid) and wrote. Mounting the old cache directory again
+    is refused, saying what it holds (before: those changes were dropped silently)."""
+    fs.mount(args=("--metadata-interval", "3600"))
+    (fs.mnt / "f").write_bytes(b"f" * 1000)
+    fs.flush()
+    mode = os.stat(fs.mnt / "f").st_mode
+    os.chmod(fs.mnt / "f", 0o604)
+    (fs.mnt / "d").mkdir()
+    time.sleep(1.5)  # the metadata batch is committed every second
+    old_cache = fs.cache_dir
+    fs.kill9()
+    fs.mount(fresh_cache=True, args=("--force",))
+    (fs.mnt / "theirs").write_bytes(b"t" * 1000)
+    fs.umount()
+    r = fs.mount(cache_dir=old_cache, check=False)
+    line = assert_cli_error(r, "mount.megafs", ExitCode.CACHE_ERROR)
+    assert "metadata changes never uploaded" in line, line
+    assert "move the cache directory away to discard them" in line, line
+    assert not fs.is_mounted()
+    assert lock_holder(fs) is None
+    fs.mount(fresh_cache=True)  # what the message says: the store's state, theirs
+    assert (fs.mnt / "theirs").read_bytes() == b"t" * 1000
+    assert os.stat(fs.mnt / "f").st_mode == mode and not (fs.mnt / "d").exists()
+    fs.umount()
+
+
 LOCK_ROWS = {
     "mount-force-beside-live-mount-same-host": force_beside_live_mount,
     "mount-force-over-dead-pid": force_over_dead_pid,
@@ -249,6 +277,7 @@ LOCK_ROWS = {
     "mkfs-force-other-passphrase-on-mounted-store": mkfs_force_with_other_passphrase,
     "fsck-while-mounted": fsck_while_mounted,
     "holder-that-lost-its-lock-stops-writing": holder_that_lost_its_lock,
+    "old-writer-back-with-unsent-metadata-changes": old_writer_back_with_unsent_changes,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import apsw
@@ -96,5 +97,64 @@ def test_old_store_is_checked_read_and_upgraded(store, tmp_path, name):
         assert (tmp_path / "got-after").read_bytes() == old.FILES[old.SHARED], got.stderr
         r = fs.run("fsck.megafs", fs.url, check=False)
         assert r.returncode == 0 and r.stdout.strip().endswith("no problems"), r.stdout
+    finally:
+        fs.cleanup()
+
+
+#: The sources of the last megafs that wrote format 2 (``git archive 867b735 megafs |
+#: gzip -n -9``), run as they were to see an older reader meet today's stores.
+FORMAT_2_MEGAFS = DATA / "megafs-format2.tar.gz"
+
+
+def _run_format_2_megafs(tmp_path: Path, env: dict, tool: str, *args: str):
+    """Run fsck.megafs or mount.megafs of the format-2 megafs (unpacked in *tmp_path*)."""
+    import subprocess
+    import tarfile
+
+    src = tmp_path / "megafs-format2"
+    if not src.exists():
+        with tarfile.open(FORMAT_2_MEGAFS) as tar:
+            tar.extractall(src, filter="data")
+    module = {"fsck.megafs": "fsck", "mount.megafs": "mount"}[tool]
+    code = (f"import sys; sys.path.insert(0, {str(src)!r}); import megafs;"
+            f" assert megafs.FORMAT_VERSION == 2, megafs.__file__;"
+            f" from megafs.cli.{module} import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("made", ["mkfs", "upgraded-v2"])
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_format_2_megafs_refuses_todays_stores(store, tmp_path, made):
+    """A megafs of format 2 meets a store of format 3 (new, or a format-2 store this
+    megafs has written to): its fsck and its mount refuse with exit 16 and one line
+    naming the versions, and change nothing."""
+    if made == "mkfs":
+        fs = MegaFS(store, tmp_path)
+        fs.mkfs()
+        mnt = fs.mnt
+    else:
+        old = _maker("store-v2")
+        copy = tmp_path / "store-v2"
+        shutil.copytree(DATA / "store-v2", copy)
+        fs = MegaFS(LocalStore(copy), tmp_path)
+        fs.env["MEGAFS_PASSPHRASE"] = old.PASSPHRASE
+        fs.mount()
+        (fs.mnt / "new.bin").write_bytes(os.urandom(10_000))
+        fs.umount()
+        mnt = fs.mnt
+    try:
+        before = sorted(fs.store.objects())
+        for tool, args in (("fsck.megafs", (fs.url,)),
+                           ("mount.megafs", ("--cache-dir", str(tmp_path / "old-cache"),
+                                             fs.url, str(mnt)))):
+            r = _run_format_2_megafs(tmp_path, fs.env, tool, *args)
+            assert r.returncode == 16, (tool, r.returncode, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+            assert lines[0].startswith(f"{tool}: ") and "version 3" in lines[0] \
+                and "this megafs reads" in lines[0], lines[0]
+        assert not fs.is_mounted()
+        assert sorted(fs.store.objects()) == before, "the older megafs changed the store"
     finally:
         fs.cleanup()

@@ -101,7 +101,7 @@ def test_compaction_reclaims_dead_space(megafs):
 KILL_POINTS = {
     "while-reading-live-blocks": ("compacting ", 0.3),
     "new-pack-committed-not-uploaded": ("compacted ", 0.0),
-    "after-upload-of-the-new-map": ("compacted ", 3.0),
+    "after-upload-of-the-new-map": ("compacted ", 0.5),
 }
 
 
@@ -117,9 +117,14 @@ def test_kill9_during_compaction_loses_nothing(megafs, point):
     fs.env["MEGAFS_FAULTS"] = "latency=0.02"  # every request 20 ms: compaction takes a while
     fs.mount(args=("--compact-interval", "0.1"))
     _wait_until(f"'{line}' in the log", lambda: line in _this_mount(fs))
+    head = fs.store.read("head")
+    if point == "after-upload-of-the-new-map":  # the map naming the new pack is up
+        _wait_until("a new head", lambda: fs.store.read("head") != head)
     time.sleep(after)
     if point == "while-reading-live-blocks":
         assert "compacted " not in _this_mount(fs), "compaction ended before the kill"
+    if point == "new-pack-committed-not-uploaded":
+        assert fs.store.read("head") == head, "the new map was up before the kill"
     fs.kill9()
     del fs.env["MEGAFS_FAULTS"]
     fs.mount()  # the same cache directory

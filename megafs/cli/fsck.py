@@ -13,9 +13,11 @@ from megafs.cli.common import (
     parser,
     read_passphrase,
     run,
+    seconds,
     setup_logging,
 )
 from megafs.core.check import Checker, Report, local_changes
+from megafs.core.retention import default_retention
 from megafs.core.localcopy import read_seen
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import default_cache_dir
@@ -73,13 +75,19 @@ def build_parser():
                         " store (default ~/.cache/megafs/STORE_ID)")
     p.add_argument("--force", action="store_true",
                    help="check and repair even a store older than the cache directory has seen")
+    p.add_argument("--retention", type=seconds(0), default=default_retention(),
+                   metavar="SECONDS",
+                   help="objects the metadata no longer names are kept while younger than"
+                        " this, as the writer keeps them for followers (default"
+                        " $MEGAFS_RETENTION or 300; at least 10 follow intervals of any"
+                        " announced follower)")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="where the filesystem is stored")
     return p
 
 
 async def check(url: str, passphrase: bytes, out, progress: Progress | None = None, *,
                 repair: bool = False, cache_dir: str | None = None,
-                force: bool = False) -> Report:
+                force: bool = False, retention_s: float | None = None) -> Report:
     backend = await lifecycle.connect(url)
     try:
         store, sb = await lifecycle.unlock(backend, passphrase=passphrase)
@@ -100,7 +108,7 @@ async def check(url: str, passphrase: bytes, out, progress: Progress | None = No
                               progress=progress.update if progress is not None
                               else lambda t: None,
                               seen=read_seen(cache_dir, sb["store_id"]), force=force,
-                              sb_version=superblock.version(sb))
+                              sb_version=superblock.version(sb), retention_s=retention_s)
             async with trio.open_nursery() as nursery:
                 if lease is not None:
                     nursery.start_soon(lease.keep)
@@ -134,7 +142,7 @@ def _main(argv=None) -> int:
     with Progress("fsck.megafs", "unlocking the store and reading the metadata") as progress:
         report = trio.run(lambda: check(args.storage_url, passphrase, sys.stdout, progress,
                                         repair=not args.dry_run, cache_dir=args.cache_dir,
-                                        force=args.force))
+                                        force=args.force, retention_s=args.retention))
     if not report.problems and not report.damaged:
         return 0
     unrepaired = not report.repaired or report.read_only_reason or report.damaged or any(

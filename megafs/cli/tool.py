@@ -110,6 +110,9 @@ def _role_rows(s: dict) -> list[tuple[str, object]]:
     if s.get("role") == "writer":
         followers = s.get("followers")
         rows = [("role", "writer")]
+        if s.get("handing_over"):
+            rows.append(("handing over to", f"{s['handing_over']} (uploading everything;"
+                                            " writes wait)"))
         if followers is not None:
             rows.append(("followers", len(followers)))
             rows += [("follower", f"{f['host']} pid {f['pid']}, at version {f['seq']}")

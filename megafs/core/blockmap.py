@@ -21,30 +21,64 @@ import apsw
 
 #: Positions in a block reference (:meth:`BlockMap.ref_of`).
 REF_KEY, REF_HASH, REF_DAMAGE, REF_WHERE = range(4)
+#: How the damage of a block in table ``unsent`` begins (:meth:`BlockMap.ref_of`).
+UNSENT = "its newest data was never uploaded by"
 
 
 class BlockMap:
     def __init__(self, conn: apsw.Connection):
         self.db = conn
         self.ex = conn.execute
+        #: False while the table ``unsent`` is known to be empty: removing blocks then
+        #: spares its DELETE (refreshed by :meth:`refresh_unsent`).
+        self.unsent_rows = True
+        self.refresh_unsent()
+
+    def refresh_unsent(self) -> None:
+        self.unsent_rows = bool(self.ex(
+            "SELECT 1 FROM sqlite_master WHERE name='unsent'").fetchone()) and bool(
+            self.ex("SELECT EXISTS (SELECT 1 FROM unsent)").fetchone()[0])
 
     def ref_of(self, ino: int, blockno: int) -> tuple | None:
         """(object key, its recorded keyed hash, the damage reason or None, where it is
         stored) of a stored block; None for a hole. Where: (pack key, offset, length)
-        for a block in a pack, None for a one-block object stored under its key."""
+        for a block in a pack, None for a one-block object stored under its key.
+
+        A block whose newest data its writer never uploaded (table ``unsent``) is
+        unreadable: its reference has that reason as damage, and the key "" when the
+        block map names no older content."""
         row = self.ex(
             "SELECT o.key, o.hash, d.reason, o.pack, o.pack_offset, o.stored_size"
             " FROM blocks b JOIN objects o ON o.id = b.object"
             " LEFT JOIN damaged d ON d.inode = b.inode AND d.blockno = b.blockno"
             " WHERE b.inode=? AND b.blockno=?", (ino, blockno)).fetchone()
+        if self.unsent_rows:
+            lost = self.ex("SELECT writer FROM unsent WHERE inode=? AND blockno=?",
+                           (ino, blockno)).fetchone()
+            if lost is not None:
+                reason = f"{UNSENT} {lost[0]}, which wrote it"
+                if row is None:
+                    return "", None, reason, None
+                row = (*row[:2], reason, *row[3:])
         if row is None:
             return None
         key, digest, damage, pack, offset, length = row
         return key, digest, damage, (pack, offset, length) if pack is not None else None
 
+    def record_unsent(self, blocks, writer: str) -> None:
+        """(At a metadata upload.) The blocks *blocks* ((inode, blockno) pairs) hold data
+        this writer has not uploaded yet: the state it uploads says so."""
+        self.db.executemany("INSERT OR IGNORE INTO unsent (inode, blockno, writer)"
+                            " VALUES (?, ?, ?)", [(i, b, writer) for i, b in blocks])
+        self.refresh_unsent()
+
     def is_damaged(self, ino: int, blockno: int) -> bool:
-        return self.ex("SELECT 1 FROM damaged WHERE inode=? AND blockno=?",
-                       (ino, blockno)).fetchone() is not None
+        """True if reading the block fails: damage recorded, or data never uploaded."""
+        if self.ex("SELECT 1 FROM damaged WHERE inode=? AND blockno=?",
+                   (ino, blockno)).fetchone() is not None:
+            return True
+        return self.unsent_rows and self.ex("SELECT 1 FROM unsent WHERE inode=? AND"
+                                            " blockno=?", (ino, blockno)).fetchone() is not None
 
     def mark_damaged(self, obj: int, reason: str, found_ns: int) -> list[tuple[int, int]]:
         """Record every block naming object *obj* as damaged and take the object out of
@@ -105,6 +139,8 @@ class BlockMap:
         with self.db:
             old = self.ex("SELECT object FROM blocks WHERE inode=? AND blockno=?",
                           (ino, blockno)).fetchone()
+            if self.unsent_rows:  # its newest data is uploaded now (or it is a hole)
+                self.ex("DELETE FROM unsent WHERE inode=? AND blockno=?", (ino, blockno))
             if old and old[0] == obj:
                 return
             if old:
@@ -135,12 +171,16 @@ class BlockMap:
             self.ex("DELETE FROM blocks WHERE inode=? AND blockno>=?", (ino, first_block))
             dropped = self.db.changes()
             self.ex("DELETE FROM damaged WHERE inode=? AND blockno>=?", (ino, first_block))
+            if self.unsent_rows:
+                self.ex("DELETE FROM unsent WHERE inode=? AND blockno>=?", (ino, first_block))
             if dropped and count:
                 self.ex("UPDATE inodes SET nblocks=nblocks-? WHERE id=?", (dropped, ino))
 
     def drop_damaged(self, ino: int) -> None:
         """Forget the damage records of *ino* (one without blocks: drop_from needs more)."""
         self.ex("DELETE FROM damaged WHERE inode=?", (ino,))
+        if self.unsent_rows:
+            self.ex("DELETE FROM unsent WHERE inode=?", (ino,))
 
     def garbage(self) -> list[tuple[int, str | None]]:
         """(id, key to delete) of every unreferenced object; the key is None for a block

@@ -46,7 +46,7 @@ import trio
 
 from megafs.backends import NoSuchObject
 from megafs.core import directio
-from megafs.core.blockmap import REF_DAMAGE, BlockMap
+from megafs.core.blockmap import REF_DAMAGE, UNSENT, BlockMap
 from megafs.core.cacheindex import CacheIndex, Entry, cache_error
 from megafs.errors import CacheError, CorruptObject, MegafsError
 from megafs.store.objects import ObjectStore
@@ -177,6 +177,8 @@ class BlockCache(CacheIndex):
         try:
             while True:
                 objkey, digest, damage, where = ref
+                if damage is not None and damage.startswith(UNSENT):
+                    raise CorruptObject(f"block {blk} is unreadable: {damage}")
                 if damage is not None:
                     raise CorruptObject(f"block {blk} is recorded as damaged ({damage});"
                                         f" the object {objkey} was moved aside by fsck")

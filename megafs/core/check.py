@@ -32,14 +32,16 @@ import apsw
 import trio
 
 from megafs.backends import NoSuchObject
-from megafs.core import fsynced, retention, snapshot
-from megafs.core.blockmap import BlockMap, byte_ranges
+from megafs.core import fsynced, retention, schema, snapshot
+from megafs.core.blockmap import UNSENT, BlockMap, byte_ranges
 from megafs.core.descent import Seen, check_superblock, refusal, relate
+from megafs.core.follow import writer_alive
 from megafs.core.localcopy import history_of
 from megafs.core.namespace import ROOT, Namespace, now_ns
 from megafs.core.rebuild import rebuild_head
 from megafs.errors import CorruptObject, RollbackDetected, UnsupportedFormat
 from megafs.store import lock as store_lock
+from megafs.store import followers as store_followers
 from megafs.store.followers import PREFIX as FOLLOWERS_PREFIX
 from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
 from megafs.store.share import WEB_PAGE
@@ -68,8 +70,13 @@ class Checker:
     def __init__(self, store: ObjectStore, block_size: int, *, repair: bool,
                  say: Callable[[str], None], progress: Callable[[str], None] = lambda text: None,
                  lease: store_lock.Lease | None = None,
-                 seen: Seen | None = None, force: bool = False, sb_version: int = 0):
+                 seen: Seen | None = None, force: bool = False, sb_version: int = 0,
+                 retention_s: float | None = None):
         self.seen = seen
+        #: How long objects the metadata no longer names are kept (raised to 10 follow
+        #: intervals of any announced follower when the run looks at them).
+        self.retention = retention.default_retention() if retention_s is None \
+            else retention_s
         self.force = force
         self.sb_version = sb_version
         self.keep_data = False  # the head was rebuilt: delete no data object this run
@@ -115,12 +122,13 @@ class Checker:
         garbage = await self._check_unreferenced(stored, head)
         if self.repair and (self.changed or garbage):
             snap = snapshot.Snapshotter(self.db, self.store, self.blockmap, keep_metadata=True)
-            snap.retention = retention.default_retention()
+            snap.retention = self.retention
             await snap.upload(full=True)
             self.report.repaired = True
         for key in self.moved:  # the committed metadata records them as damaged now
             await self.backend.delete(key)
         self._list_damaged()
+        await self._list_unsent()
         return self.report
 
     async def _head(self) -> dict | None:
@@ -194,7 +202,7 @@ class Checker:
         rows = self.db.execute("SELECT id, key, size, hash, pack, pack_offset, stored_size"
                                " FROM objects WHERE refcount > 0"
                                " AND key NOT IN (SELECT key FROM damaged)").fetchall()
-        self._check_packs(stored)
+        await self._check_packs(stored)
         bad: dict[int, str] = {}
         limit = trio.CapacityLimiter(self.backend.parallelism * 2)
         done = 0
@@ -258,12 +266,35 @@ class Checker:
         if where is None:
             self.moved.append(key)
 
-    def _check_packs(self, stored: set[str]) -> None:
-        """Every pack the metadata names exists; report the dead space in packs."""
+    async def _check_packs(self, stored: set[str]) -> None:
+        """Every pack the metadata names exists with the size it records (a pack cut or
+        grown after its last block loses nothing, but the provider changed it: a problem;
+        the repair records the size found, as its blocks are verified one by one); report
+        the dead space in packs."""
         packs = self.db.execute("SELECT key, size FROM packs").fetchall()
         missing = [key for key, _ in packs if key not in stored]
         for key in missing:
             self.say(f"pack {key} is missing from the store")
+        sizes: dict[str, int | None] = {}
+        limit = trio.CapacityLimiter(self.backend.parallelism * 2)
+
+        async def size_of(key: str) -> None:
+            async with limit:
+                sizes[key] = await self.backend.size(key)
+
+        async with trio.open_nursery() as nursery:
+            for key, _ in packs:
+                if key in stored:
+                    nursery.start_soon(size_of, key)
+        for key, size in packs:
+            found = sizes.get(key)
+            if found is not None and found != size:
+                self.problem(f"pack {key} is {found} bytes in the store, but the metadata"
+                             f" records {size}: changed outside megafs (its blocks are"
+                             " checked one by one)", fixed="the size found recorded")
+                if self.repair:
+                    self.db.execute("UPDATE packs SET size=? WHERE key=?", (found, key))
+                    self.changed = True
         if packs:
             dead, padding = self.blockmap.dead_bytes(), self.blockmap.padding_bytes()
             total = sum(size for _, size in packs)
@@ -302,6 +333,34 @@ class Checker:
             self.say(f"{path}: damaged, bytes {ranges} (objects under {QUARANTINE_PREFIX});"
                      " reading them fails until they are overwritten, truncated away or the"
                      " file is removed")
+
+    async def _list_unsent(self) -> None:
+        """Blocks whose newest data the state's writer had not uploaded (table ``unsent``):
+        with that writer still mounted, they are on their way (said, not a problem);
+        otherwise that data is lost to the store, and the files are listed as damaged."""
+        lost: dict[int, list[int]] = {}
+        writers: dict[int, str] = {}
+        for ino, blockno, writer in self.db.execute(
+                "SELECT inode, blockno, writer FROM unsent ORDER BY inode, blockno"):
+            lost.setdefault(ino, []).append(blockno)
+            writers[ino] = writer
+        if not lost:
+            return
+        try:
+            holder = None if self.lease is not None else await store_lock.read(self.store)
+        except (CorruptObject, UnsupportedFormat):
+            holder = None
+        if writer_alive(holder):
+            self.say(f"{sum(map(len, lost.values()))} blocks of {len(lost)} files wait for"
+                     f" upload by the writer {store_lock.describe(holder)} (mounted)")
+            return
+        for ino, blocknos in lost.items():
+            path = self.ns.path_of(ino)
+            ranges = ", ".join(f"{a}-{b}" for a, b in byte_ranges(blocknos, self.bs))
+            self.report.damaged.append(path)
+            self.say(f"{path}: bytes {ranges} unreadable: {UNSENT} {writers[ino]}, which"
+                     " stopped before it did; reading them fails until they are"
+                     " overwritten, truncated away or the file is removed")
 
     def _check_refcounts(self) -> None:
         wrong = self.db.execute(
@@ -393,7 +452,10 @@ class Checker:
         known |= {r[0] for r in self.db.execute("SELECT key FROM packs")}
         known |= {f"s/{r[0]}" for r in self.db.execute("SELECT id FROM shares")}
         known |= {k for k in stored if k.startswith(FOLLOWERS_PREFIX)}  # followers' leases
-        held = retention.pending(self.db, time.time(), retention.default_retention())
+        announced = await store_followers.followers(self.store)
+        self.retention = retention.effective(
+            self.retention, [float(f.get("interval", 0)) for f in announced])
+        held = retention.pending(self.db, time.time(), self.retention)
         held &= stored - known
         if held:  # followers may still read them (docs/format.md §5c)
             self.say(f"{len(held)} objects no longer named by the metadata are pending deletion"
@@ -432,7 +494,7 @@ def local_changes(cache_dir: str) -> str | None:
         if os.path.isdir(blocks) else 0
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        pending = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+        pending = schema.unsent_changes(conn)
         dirty += fsynced.count(conn)
     except apsw.Error:
         pending = 0

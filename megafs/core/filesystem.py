@@ -275,13 +275,15 @@ class Filesystem:
         bs = self.bs
         last, within = divmod(size, bs)
         if within:
-            # A damaged block cut in the middle stays damaged (its first part is lost too).
-            if not self.blockmap.is_damaged(ino, last):
+            # A damaged block cut in the middle stays damaged (its first part is lost too);
+            # one whose newest data waits for upload here is in the cache.
+            e = self.cache.entries.get((ino, last))
+            if e is None and not self.blockmap.is_damaged(ino, last):
                 e = await self.cache.entry(ino, last, create=False)
-                if e is not None:
-                    self.cache.truncate_block(e, within)
-                    if e.synced:  # what a crash brings back is cut the same way
-                        fsynced.truncate(self.db, ino, last, within)
+            if e is not None:
+                self.cache.truncate_block(e, within)
+                if e.synced:  # what a crash brings back is cut the same way
+                    fsynced.truncate(self.db, ino, last, within)
             first_dropped = last + 1
         else:
             first_dropped = last
@@ -457,7 +459,7 @@ class Filesystem:
             "file_bytes": logical,  # sum of file sizes (holes included)
             "block_bytes": blocks["logical_bytes"],  # stored blocks as files use them
             "unique_bytes": blocks["plain_bytes"],  # after deduplication
-            "stored_bytes": blocks["stored_bytes"],  # after compression, with padding
+            "stored_bytes": blocks["stored_bytes"],  # after compression, envelopes' padding
             "packs": blocks["packs"], "dead_bytes": blocks["dead_bytes"],  # in packs
             "padding_bytes": blocks["padding_bytes"],  # of packs (not in stored_bytes)
             "compacted_packs": self.compactor.rewritten,  # since the mount

@@ -68,7 +68,15 @@ def _collect(conn: apsw.Connection, schema: str, changes: Changes) -> None:
         f"SELECT parent, name FROM main.dentries WHERE id IN (SELECT id FROM {schema}.dentries"
         f" UNION SELECT a FROM {schema}.deleted WHERE tbl='dentries')")}
     changes.data |= {r[0] for r in q(f"SELECT inode FROM {schema}.blocks")}
-    changes.data |= {r[0] for r in q(f"SELECT a FROM {schema}.deleted WHERE tbl='blocks'")}
+    changes.data |= {r[0] for r in q(f"SELECT a FROM {schema}.deleted WHERE tbl='blocks'"
+                                     " OR tbl='unsent'")}
+    if _has_table(conn, schema, "unsent"):  # newer data than the block map names
+        changes.data |= {r[0] for r in q(f"SELECT inode FROM {schema}.unsent")}
+
+
+def _has_table(conn: apsw.Connection, schema: str, table: str) -> bool:
+    return conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name=?",
+                        (table,)).fetchone() is not None
 
 
 def _replace_all(conn: apsw.Connection, schema: str, changes: Changes) -> None:
@@ -85,9 +93,13 @@ def _replace_all(conn: apsw.Connection, schema: str, changes: Changes) -> None:
             f" EXCEPT SELECT * FROM {b}.dentries)")}
         changes.data |= {r[0] for r in q(
             f"SELECT inode FROM (SELECT * FROM {a}.blocks EXCEPT SELECT * FROM {b}.blocks)")}
+        if _has_table(conn, schema, "unsent"):
+            changes.data |= {r[0] for r in q(
+                f"SELECT inode FROM (SELECT * FROM {a}.unsent EXCEPT SELECT * FROM {b}.unsent)")}
     for table in JOURNALED:
         q(f"DELETE FROM main.{table}")
-        q(f"INSERT INTO main.{table} SELECT * FROM {schema}.{table}")
+        if _has_table(conn, schema, table):  # (an older image may lack a newer table)
+            q(f"INSERT INTO main.{table} SELECT * FROM {schema}.{table}")
 
 
 async def catch_up(conn: apsw.Connection, store: ObjectStore, head: dict) -> Changes:

@@ -123,10 +123,14 @@ async def open_local_metadata(store: ObjectStore, sb: dict, cache_dir: str) -> a
         blocks = os.path.join(cache_dir, "blocks")
         names = os.listdir(blocks) if os.path.isdir(blocks) else []
         dirty = len([n for n in names if n.endswith(".d")]) + fsynced.count(conn)
+        unsent = schema.unsent_changes(conn)
         conn.close()
-        if dirty:
+        if dirty or unsent:
+            what = " and ".join(part for part in (
+                f"{dirty} blocks" if dirty else "",
+                f"{unsent} metadata changes" if unsent else "") if part)
             raise CacheError(
-                f"cache directory {cache_dir} holds {dirty} blocks never uploaded, but"
+                f"cache directory {cache_dir} holds {what} never uploaded, but"
                 f" the store has newer metadata (version {head['seq']}) written elsewhere;"
                 " move the cache directory away to discard them")
         log.info("local metadata %d is older than the store's %d: downloading", seen.seq,

@@ -47,6 +47,14 @@ state     key/value: ``seq`` of the last snapshot committed to the store, etc.
 journal   keys of rows changed since the last metadata upload (filled by triggers),
           so that an upload ships only what changed (a delta), not the database.
           ``journal_sent`` holds the keys of an upload in flight.
+unsent    (inode, blockno) of blocks whose newest data the writer that uploaded this
+          state had not uploaded yet (``writer``: its host and pid): the state names
+          the file's new size, but the block map still names older content or none.
+          Rows are added at each metadata upload for the blocks dirty then, and go in
+          the transaction that records the block's upload, or with the block (truncate,
+          delete). Reading such a block anywhere but on that writer is EIO, never zeros
+          or old bytes. Added without a version bump, like ``retained``: a reader that
+          does not know it reads such blocks as before (holes or older content).
 fsynced   local only: the content, as of its last ``fsync``, of a small block not
           uploaded yet (the block's data lives in memory; this row makes it durable
           with the same WAL sync as the metadata: one device flush per fsync). The
@@ -144,6 +152,12 @@ CREATE TABLE retained (
     key TEXT PRIMARY KEY,
     since REAL NOT NULL
 );
+CREATE TABLE unsent (
+    inode INTEGER NOT NULL,
+    blockno INTEGER NOT NULL,
+    writer TEXT NOT NULL,
+    PRIMARY KEY (inode, blockno)
+) WITHOUT ROWID;
 CREATE TABLE journal (
     tbl TEXT NOT NULL,
     a NOT NULL,
@@ -175,7 +189,8 @@ _JOURNAL_KEYS = {"inodes": ("id", None), "dentries": ("id", None),
                  "xattrs": ("inode", "name"), "objects": ("id", None),
                  "blocks": ("inode", "blockno"), "shares": ("id", None),
                  "damaged": ("inode", "blockno"), "heads": ("seq", None),
-                 "packs": ("key", None), "retained": ("key", None)}
+                 "packs": ("key", None), "retained": ("key", None),
+                 "unsent": ("inode", "blockno")}
 
 
 def journal_trigger(table: str) -> str:
@@ -222,6 +237,15 @@ def connect(path: str) -> apsw.Connection:
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA cache_size=-65536")
     return conn
+
+
+def unsent_changes(conn: apsw.Connection) -> int:
+    """Rows changed since the last metadata upload the store may not hold (``journal``,
+    and ``journal_sent`` of an upload in flight); 0 for a database without them."""
+    tables = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table'"
+        " AND name IN ('journal', 'journal_sent') ORDER BY name")]
+    return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
 
 
 def commit_batch(conn: apsw.Connection, *, reopen: bool = True) -> None:
@@ -305,17 +329,21 @@ def upgrade(conn: apsw.Connection) -> bool:
 
 
 def add_missing_tables(conn: apsw.Connection) -> None:
-    """Create the tables added to the current schema version later (``retained``, with
-    its journal triggers when *conn* has a journal, and ``fsynced``)."""
+    """Create the tables added to the current schema version later (``retained`` and
+    ``unsent``, with their journal triggers when *conn* has a journal, and ``fsynced``)."""
     def exists(name: str) -> bool:
         return conn.execute("SELECT 1 FROM sqlite_master WHERE name=?", (name,)).fetchone() \
             is not None
 
-    if exists("retained") and exists("fsynced"):
+    if exists("retained") and exists("fsynced") and exists("unsent"):
         return
     with conn:
+        if not exists("unsent"):
+            conn.execute(_section("CREATE TABLE unsent", "CREATE TABLE journal ("))
+            if exists("journal"):
+                conn.execute(journal_trigger("unsent"))
         if not exists("retained"):
-            conn.execute(_section("CREATE TABLE retained", "CREATE TABLE journal ("))
+            conn.execute(_section("CREATE TABLE retained", "CREATE TABLE unsent"))
             if exists("journal"):
                 conn.execute(journal_trigger("retained"))
         if not exists("fsynced"):

@@ -153,6 +153,8 @@ class Snapshotter:
         #: True when every block the metadata names is in the store (no data waits for
         #: upload): recorded in the head as ``complete``, the states followers show.
         self.data_complete = lambda: True
+        #: The (inode, block) pairs whose data waits for upload (table ``unsent``).
+        self.unsent_blocks = lambda: ()
         #: seconds objects stay in the store after the metadata stops naming them
         self.retention = retention.default_retention()
 
@@ -200,6 +202,10 @@ class Snapshotter:
         now = time.time()
         with db:
             record_history(db, seq)
+            # The state names the new sizes of files whose data waits for upload: it
+            # says which blocks, so nobody else reads them as holes or older bytes.
+            self.blockmap.record_unsent(self.unsent_blocks(),
+                                        f"{socket.gethostname()} pid {os.getpid()}")
             if full:  # what fsck needs to rebuild a lost head (docs/format.md §5)
                 set_state(db, "chain_seq", seq)
                 set_state(db, "chain_time", now)
