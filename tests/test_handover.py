@@ -273,12 +273,11 @@ def test_kill9_during_hand_over(megafs: MegaFS, row):
     """Killing either side at some point of a hand-over never loses what the surviving
     side acknowledged and never shows bytes nobody wrote: a file whose data died with
     a killed old writer reads as EIO, and a later --take-over works."""
+    import random
     import signal
     import subprocess
 
     from helpers import BIN, wait_pid_gone
-
-    import random
 
     victim, after = KILL_ROWS[row]
     megafs.mkfs()

@@ -17,8 +17,8 @@ from megafs.cli.common import (
     setup_logging,
 )
 from megafs.core.check import Checker, Report, local_changes
-from megafs.core.retention import default_retention
 from megafs.core.localcopy import read_seen
+from megafs.core.retention import default_retention
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import default_cache_dir
 from megafs.store import lifecycle, superblock

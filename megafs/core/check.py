@@ -40,8 +40,8 @@ from megafs.core.localcopy import history_of
 from megafs.core.namespace import ROOT, Namespace, now_ns
 from megafs.core.rebuild import rebuild_head
 from megafs.errors import CorruptObject, RollbackDetected, UnsupportedFormat
-from megafs.store import lock as store_lock
 from megafs.store import followers as store_followers
+from megafs.store import lock as store_lock
 from megafs.store.followers import PREFIX as FOLLOWERS_PREFIX
 from megafs.store.objects import HEAD_KEY, QUARANTINE_PREFIX, ObjectStore, quarantine_key
 from megafs.store.share import WEB_PAGE
