@@ -444,7 +444,8 @@ class Daemon:
         while not self.lease.lost:
             await trio.sleep(handover.POLL)
             try:
-                request = await handover.read_request(self.store)
+                # (one about to expire would be given up before the upload is done)
+                request = await handover.read_request(self.store, left=handover.MARGIN)
             except (MegafsError, OSError) as e:
                 log.warning("looking for a take-over request failed: %s", e)
                 continue
@@ -455,63 +456,57 @@ class Daemon:
     def _resume_writing(self) -> None:
         """A hand-over that did not happen: take writes again (those waiting go on)."""
         self.handing_over = None
-        self.ops.refuse_writes = None
         self.ops.follower = False
         self.fs.read_only = None
         self.fs.compactor.live_fraction = self.cfg.compact_below
         self._open_gate()
 
     async def _hand_over(self, who: str) -> bool:
-        """Refuse writes (those already waiting get EROFS once the data is up), upload
-        everything, release the lock, and follow the new writer. If the asking mount no
-        longer wants the role once everything is up (it gave up or went away), or the
-        upload fails, write again and return False: nothing changed."""
-        log.warning("%s asks to take over: refusing writes, uploading everything", who)
+        """Hold every change at the gate, upload everything, and if the asking mount still
+        wants the role, release the lock and follow the new writer (the held changes get
+        EROFS). If it no longer does (it gave up or went away), or the upload fails, the
+        held changes go on and this mount keeps writing: return False, nothing changed."""
+        log.warning("%s asks to take over: holding changes, uploading everything", who)
         started = time.monotonic()
-        reason = f"handed over to {who}"
         self.handing_over = who
-        self.ops.refuse_writes = reason
-        self.ops.follower = True
-        self.fs.read_only = reason
-        self.fs.gate = trio.Event()
+        self.fs.gate = trio.Event()  # changes wait (operations.py _writes, Filesystem)
         self.fs.compactor.live_fraction = 0.0  # a follower compacts nothing
         while self.fs.compactor.busy:  # a round in progress ends with its map committed
             await trio.sleep(COMPACTION_POLL)
         try:
             await self.flush()
-            request = await handover.still_wanted(self.store)
+            async with self._snap_lock:  # nothing uploads between the look and the release
+                request = await handover.still_wanted(self.store)
+                if request is not None and not self.lease.lost:
+                    who = store_lock.describe(request)
+                    reason = f"handed over to {who}"
+                    self.ops.refuse_writes = self.fs.read_only = reason
+                    self.ops.follower = True
+                    self.handed_over = who
+                    self.lease.lost = reason  # the writer's tasks stop
+                    await self.lease.release_handed_over()
         except (MegafsError, OSError, apsw.Error) as e:
-            if self.lease.lost:  # taken over meanwhile (--force): never write again
-                log.error("handing over to %s failed: %s; this mount stays read-only",
-                          who, e)
+            if self.handed_over:  # the lock may be gone already: never write again
+                log.error("handing over to %s failed: %s; this mount stays read-only", who, e)
                 self.handing_over = None
                 self._open_gate()
                 return True
-            log.error("handing over to %s failed: %s; writing again", who, e)
-            self._resume_writing()
-            return False
-        if request is None:
+            if not self.lease.lost:
+                log.error("handing over to %s failed: %s; writing again", who, e)
+                self._resume_writing()
+                return False
+        if self.lease.lost and not self.handed_over:  # taken over meanwhile (--force)
+            self.fs.read_only = self.ops.refuse_writes = self.lease.lost
+            self.handing_over = None
+            self._open_gate()  # (what waited gets EROFS)
+            return True
+        if not self.handed_over:
             log.warning("%s gave up or went away before the hand-over was complete:"
                         " writing again", who)
             self._resume_writing()
             return False
-        who = store_lock.describe(request)
-        reason = f"handed over to {who}"
-        self.ops.refuse_writes = self.fs.read_only = reason
-        try:
-            async with self._snap_lock:
-                self.handed_over = who
-                self.lease.lost = reason  # the writer's tasks stop
-                await self.lease.release_handed_over()
-        except (MegafsError, OSError, apsw.Error) as e:
-            # The lock may be gone already: never write again.
-            log.error("handing over to %s failed: %s; this mount stays read-only", who, e)
-            self.handed_over = who
-            self.lease.lost = reason
-            return True
-        finally:
-            self.handing_over = None
-            self._open_gate()
+        self.handing_over = None
+        self._open_gate()
         log.warning("handed the writer role over to %s in %.1fs: following it now", who,
                     time.monotonic() - started)
         self.follower = Follower(self.fs.db, self.store, self.cfg.follow_interval,

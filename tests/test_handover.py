@@ -425,7 +425,7 @@ def test_writer_keeps_the_role_when_the_asking_mount_is_gone(megafs: MegaFS, row
     dirty = os.urandom(40 << 20)  # three packs: the upload takes seconds at 0.5 s a request
     (a / "dirty").write_bytes(dirty)
     lock_before = megafs.store.read(store_lock.LOCK_KEY)
-    timeout = "8" if row == "gave-up" else "120"
+    timeout = "12" if row == "gave-up" else "120"
     asking = subprocess.Popen([str(BIN / "mount.megafs"), "--cache-dir",
                                str(megafs.new_cache_dir()), "--take-over",
                                "--take-over-timeout", timeout, megafs.url, str(b)],
@@ -444,10 +444,16 @@ def test_writer_keeps_the_role_when_the_asking_mount_is_gone(megafs: MegaFS, row
     assert noticed <= 5.0, f"the writer took {noticed:.1f}s to notice the request"
     shown = megafs.run("megafs", "stat", a).stdout
     assert "handing over to" in shown, shown
+    # A change made meanwhile waits (no EROFS while the writer may still keep its role).
+    during = threading.Thread(target=(a / "during").write_bytes, args=(b"made meanwhile",),
+                              daemon=True)
+    during.start()
+    time.sleep(0.5)
+    assert during.is_alive(), "a change went through while the writer was handing over"
     if row == "gave-up":
         _, err = asking.communicate(timeout=60)
         assert asking.returncode == ExitCode.LOCKED, err
-        assert "did not hand over within 8 s" in err and "Traceback" not in err
+        assert "did not hand over within 12 s" in err and "Traceback" not in err
     else:
         for pid in processes_using(b):
             os.kill(pid, signal.SIGKILL)
@@ -462,6 +468,9 @@ def test_writer_keeps_the_role_when_the_asking_mount_is_gone(megafs: MegaFS, row
         time.sleep(0.1)
     stats = json.loads(os.getxattr(a, "megafs.stats"))
     assert stats["role"] == "writer", stats
+    during.join(30)
+    assert not during.is_alive(), "the change held during the hand-over never went on"
+    assert (a / "during").read_bytes() == b"made meanwhile"
     (a / "after").write_bytes(b"written after the hand-over did not happen")
     assert (a / "dirty").read_bytes() == dirty
     assert megafs.store.read(store_lock.LOCK_KEY) is not None, "the store has no writer"
@@ -472,6 +481,7 @@ def test_writer_keeps_the_role_when_the_asking_mount_is_gone(megafs: MegaFS, row
     megafs.mount(fresh_cache=True, mnt=a)
     assert (a / "dirty").read_bytes() == dirty
     assert (a / "after").read_bytes() == b"written after the hand-over did not happen"
+    assert (a / "during").read_bytes() == b"made meanwhile"
     megafs.umount(a)
 
 

@@ -2,7 +2,8 @@
 stay readable: fsck finds nothing wrong, a mount reads every file and every old link
 still downloads; the first upload moves the store to the current format (format 3:
 new data in packs, metadata of the current schema as a full snapshot) while the old
-one-block objects stay where they are and stay readable."""
+one-block objects (or, for store-v3, packs of schema 4) stay where they are and stay
+readable."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from megafs.store import lifecycle
 from megafs.store.packs import PACK_SLACK, PACK_UNIT
 
 DATA = Path(__file__).parent / "data"
-OLD_STORES = ["store-v1", "store-v2"]
+OLD_STORES = ["store-v1", "store-v2", "store-v3"]
+#: Stores made before packs: their data is in one-block objects (b/), not packs (p/).
+BEFORE_PACKS = {"store-v1", "store-v2"}
 
 
 def _maker(name: str):
@@ -61,7 +64,11 @@ def test_old_store_is_checked_read_and_upgraded(store, tmp_path, name):
     copy = tmp_path / name
     shutil.copytree(DATA / name, copy)
     one_block = _data_objects(copy, "b")
-    assert one_block and not (copy / "p").exists()
+    old_packs = _data_objects(copy, "p")
+    if name in BEFORE_PACKS:
+        assert one_block and not old_packs
+    else:
+        assert old_packs and not one_block
     fs = MegaFS(LocalStore(copy), tmp_path)
     fs.env["MEGAFS_PASSPHRASE"] = old.PASSPHRASE
     link = f"megafs+{fs.url}/" + (DATA / f"{name}.link").read_text().strip()
@@ -85,7 +92,8 @@ def test_old_store_is_checked_read_and_upgraded(store, tmp_path, name):
         assert head["format"] == FORMAT_VERSION == 3
         assert version == schema.SCHEMA_VERSION  # the upgrade uploaded a full snapshot
         assert _data_objects(copy, "b") == one_block  # old objects stay as they were
-        packs = [p for p in (copy / "p").rglob("*") if p.is_file()]
+        assert old_packs <= _data_objects(copy, "p")
+        packs = [p for p in (copy / "p").rglob("*") if p.is_file() and p.name not in old_packs]
         assert len(packs) == 1 and packs[0].stat().st_size == PACK_UNIT + PACK_SLACK  # new.bin
         fs.mount(fresh_cache=True)
         for path, data in old.FILES.items():

@@ -159,15 +159,15 @@ def test_dedup_hash_is_keyed_blake3_for_new_stores_hmac_for_older_ones():
 def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():
     conn = apsw.Connection(":memory:")
     schema.create(conn, root_uid=0, root_gid=0, now_ns=1)
-    assert schema.check_version(conn) == schema.SCHEMA_VERSION == 4
+    assert schema.check_version(conn) == schema.SCHEMA_VERSION == 5
     assert not schema.upgrade(conn)
     # a version 1 database (before inodes.nblocks, objects.sha256, objects.pack and
-    # pack_offset, damaged, heads and packs) with two blocks mapped for inode 1
+    # pack_offset, damaged, heads, packs and unsent) with two blocks mapped for inode 1
     conn.execute("ALTER TABLE inodes DROP COLUMN nblocks")
     conn.execute("DROP INDEX objects_pack")
     for column in ("sha256", "pack", "pack_offset"):
         conn.execute(f"ALTER TABLE objects DROP COLUMN {column}")
-    for table in ("damaged", "heads", "packs"):
+    for table in ("damaged", "heads", "packs", "unsent"):
         for op in ("insert", "update", "delete"):
             conn.execute(f"DROP TRIGGER {table}_{op}")
         conn.execute(f"DROP TABLE {table}")
@@ -179,7 +179,7 @@ def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():
     snap = snapshot.Snapshotter(conn, None, BlockMap(conn))
     assert not snap._want_full()
     snapshot.upgrade_schema(conn)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     assert conn.execute("SELECT nblocks FROM inodes WHERE id=1").fetchone()[0] == 2
     assert conn.execute("SELECT sha256, pack, pack_offset FROM objects").fetchall() == [
         (None, None, None)]
@@ -188,10 +188,11 @@ def test_metadata_schema_1_is_upgraded_and_unknown_versions_are_refused():
     conn.execute("INSERT INTO heads (seq, hash) VALUES (7, x'01')")
     conn.execute("INSERT INTO damaged VALUES (1, 5, 'b/00', 'tampered', 1)")
     conn.execute("INSERT INTO packs VALUES ('p/00', 1048576, 100)")
+    conn.execute("INSERT INTO unsent VALUES (1, 0, 'h pid 1')")
     assert sorted(conn.execute("SELECT tbl, a, b FROM journal")) == [
-        ("damaged", 1, 5), ("heads", 7, 0), ("packs", "p/00", 0)]
-    # the next upload is a full snapshot: deltas of version 4 must not follow a version 1 one
+        ("damaged", 1, 5), ("heads", 7, 0), ("packs", "p/00", 0), ("unsent", 1, 0)]
+    # the next upload is a full snapshot: deltas of version 5 must not follow a version 1 one
     assert snap._want_full()
-    conn.execute("PRAGMA user_version = 5")
-    with pytest.raises(UnsupportedFormat, match="metadata schema version 5"):
+    conn.execute("PRAGMA user_version = 6")
+    with pytest.raises(UnsupportedFormat, match="metadata schema version 6"):
         schema.check_version(conn)

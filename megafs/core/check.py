@@ -350,10 +350,14 @@ class Checker:
             holder = None if self.lease is not None else await store_lock.read(self.store)
         except (CorruptObject, UnsupportedFormat):
             holder = None
-        if writer_alive(holder):
-            self.say(f"{sum(map(len, lost.values()))} blocks of {len(lost)} files wait for"
-                     f" upload by the writer {store_lock.describe(holder)} (mounted)")
-            return
+        if writer_alive(holder):  # its own rows are on their way; another's are lost
+            mounted = store_lock.describe(holder)
+            waiting = [ino for ino in lost if writers[ino] == mounted]
+            if waiting:
+                self.say(f"{sum(len(lost[i]) for i in waiting)} blocks of {len(waiting)}"
+                         f" files wait for upload by the writer {mounted} (mounted)")
+            for ino in waiting:
+                del lost[ino]
         for ino, blocknos in lost.items():
             path = self.ns.path_of(ino)
             ranges = ", ".join(f"{a}-{b}" for a, b in byte_ranges(blocknos, self.bs))

@@ -247,7 +247,8 @@ class Filesystem:
         self._ref(row)
 
     # -- attributes ---------------------------------------------------------
-    async def _pass_gate(self) -> None:
+    async def pass_gate(self) -> None:
+        """Wait while the gate is set; EROFS if the mount stopped writing meanwhile."""
         while self.gate is not None:
             await self.gate.wait()
         if self.read_only:
@@ -255,7 +256,7 @@ class Filesystem:
 
     async def setattr(self, ino: int, fields: dict) -> tuple:
         if "size" in fields and self.gate is not None:
-            await self._pass_gate()
+            await self.pass_gate()
         t = now_ns()
         if "size" in fields:
             size = fields["size"]
@@ -356,7 +357,7 @@ class Filesystem:
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
         if self.gate is not None:
-            await self._pass_gate()
+            await self.pass_gate()
         self._reserve_quota(len(data))
         self.inflight += len(data)
         try:

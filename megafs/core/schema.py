@@ -4,7 +4,8 @@ The same database is the local working copy in the cache directory and, as a
 serialized image sealed in a metadata object, the filesystem's state in the
 store. Schema version lives in ``PRAGMA user_version``: 2 added ``inodes.nblocks``,
 3 added ``objects.sha256`` and the tables ``damaged`` and ``heads``, 4 (format 3)
-``objects.pack``, ``objects.pack_offset`` and the table ``packs``. Databases of
+``objects.pack``, ``objects.pack_offset`` and the table ``packs``, 5 the table
+``unsent``. Databases of
 older versions are upgraded when opened (:func:`upgrade`).
 
 Tables
@@ -53,8 +54,8 @@ unsent    (inode, blockno) of blocks whose newest data the writer that uploaded 
           Rows are added at each metadata upload for the blocks dirty then, and go in
           the transaction that records the block's upload, or with the block (truncate,
           delete). Reading such a block anywhere but on that writer is EIO, never zeros
-          or old bytes. Added without a version bump, like ``retained``: a reader that
-          does not know it reads such blocks as before (holes or older content).
+          or old bytes. Schema 5: an older megafs, which would neither honour nor
+          delete the rows, refuses the metadata (its schema version).
 fsynced   local only: the content, as of its last ``fsync``, of a small block not
           uploaded yet (the block's data lives in memory; this row makes it durable
           with the same WAL sync as the metadata: one device flush per fsync). The
@@ -67,9 +68,9 @@ from __future__ import annotations
 
 import apsw
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Older schema versions this megafs upgrades when it opens them.
-UPGRADABLE = (1, 2, 3)
+UPGRADABLE = (1, 2, 3, 4)
 
 SCHEMA = """
 CREATE TABLE inodes (
@@ -239,13 +240,21 @@ def connect(path: str) -> apsw.Connection:
     return conn
 
 
+#: The journaled tables whose changes a user made (the others are bookkeeping that the
+#: next upload redoes: objects, packs, retained, heads, damaged, unsent).
+USER_TABLES = ("inodes", "dentries", "xattrs", "blocks", "shares")
+
+
 def unsent_changes(conn: apsw.Connection) -> int:
-    """Rows changed since the last metadata upload the store may not hold (``journal``,
-    and ``journal_sent`` of an upload in flight); 0 for a database without them."""
+    """Changes a user made since the last metadata upload that the store may not hold
+    (rows of ``journal``, and of ``journal_sent`` of an upload in flight, for the
+    :data:`USER_TABLES`); 0 for a database without those tables."""
     tables = [row[0] for row in conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table'"
         " AND name IN ('journal', 'journal_sent') ORDER BY name")]
-    return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
+    marks = ",".join("?" * len(USER_TABLES))
+    return sum(conn.execute(f"SELECT count(*) FROM {t} WHERE tbl IN ({marks})",
+                            USER_TABLES).fetchone()[0] for t in tables)
 
 
 def commit_batch(conn: apsw.Connection, *, reopen: bool = True) -> None:
@@ -295,6 +304,8 @@ def upgrade(conn: apsw.Connection) -> bool:
     (empty) with their journal triggers.
     3 -> 4: ``objects.pack`` and ``objects.pack_offset`` (NULL: one-block objects), the
     table ``packs`` (empty) with its journal triggers.
+    4 -> 5: the table ``unsent`` (empty), with its journal triggers
+    (:func:`add_missing_tables`).
     The caller must make the next upload a full snapshot: deltas of the new schema
     cannot apply to an old snapshot, and an older megafs refuses the new snapshot
     clearly (its schema version).

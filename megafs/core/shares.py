@@ -165,6 +165,9 @@ class Shares:
         elif stat.S_ISREG(mode):
             if self.is_dirty(ino):  # listed once its data is in the store
                 return {}
+            if self.db.execute("SELECT 1 FROM unsent WHERE inode=? LIMIT 1",
+                               (ino,)).fetchone():  # its newest data never reached the store
+                return {}
             keys = self.store.keys
             entry.update(type="file", size=size, blocks=[
                 [blockno, objkey, keys.block_key(objkey).hex(), plain,

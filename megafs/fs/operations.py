@@ -83,10 +83,16 @@ def _errors(fn):
 
 
 def _writes(fn):
-    """A request that changes the filesystem: EROFS once the mount lost its lock."""
+    """A request that changes the filesystem: it waits while the writer hands over (the
+    gate is set), and gets EROFS once the mount lost its lock or handed its role over."""
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        if self.fs.gate is not None:
+            try:
+                await self.fs.pass_gate()
+            except FsError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
         if self.refuse_writes:
             raise pyfuse3.FUSEError(errno.EROFS)
         return await fn(self, *args)
@@ -327,7 +333,10 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode, name, value, ctx):
         self._control_name(inode, name, ctx)
-        if self.refuse_writes and not (inode == ROOT and name.startswith(CTRL_PREFIX)):
+        control = inode == ROOT and name.startswith(CTRL_PREFIX)
+        if self.fs.gate is not None and not control:  # a hand-over: wait (see _writes)
+            await self.fs.pass_gate()
+        if self.refuse_writes and not control:
             raise FsError(errno.EROFS)
         if name == SHARE_ATTR and self.shares:  # megafs share / unshare PATH
             if value == b"revoke":

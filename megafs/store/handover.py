@@ -20,6 +20,7 @@ and gives up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -32,6 +33,7 @@ from megafs.store import envelope
 from megafs.store import lock as store_lock
 from megafs.store.objects import ObjectStore
 
+log = logging.getLogger(__name__)
 REQUEST_KEY = "takeover"
 POLL = 3.0  #: the writer looks for a request this often (it must notice within 5 s)
 RETRY = 0.25  #: the asking mount tries to take the lock this often
@@ -93,7 +95,10 @@ async def take_over(store: ObjectStore, timeout: float, *, force: bool = False
                     await trio.sleep(RETRY)
                 if trio.current_time() - renewed >= ALIVE_EVERY:
                     record["alive"] = time.time()
-                    await store.backend.put(REQUEST_KEY, _seal(store, record))
+                    try:
+                        await store.backend.put(REQUEST_KEY, _seal(store, record))
+                    except (MegafsError, OSError) as e:  # the next renewal may get through
+                        log.warning("renewing the take-over request failed: %s", e)
                     renewed = trio.current_time()
     finally:
         with trio.CancelScope(shield=True):
