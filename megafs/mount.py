@@ -450,55 +450,77 @@ class Daemon:
                 log.warning("looking for a take-over request failed: %s", e)
                 continue
             if request is not None and not self.lease.lost:
-                if await self._hand_over(store_lock.describe(request)):
+                if await self._hand_over(request):
                     return
 
+    def _release_hold(self) -> None:
+        hold, self.ops.hold = self.ops.hold, None
+        if hold is not None:
+            hold.set()
+
     def _resume_writing(self) -> None:
-        """A hand-over that did not happen: take writes again (those waiting go on)."""
+        """A hand-over that did not happen: take changes again (those held go on)."""
         self.handing_over = None
         self.ops.follower = False
-        self.fs.read_only = None
         self.fs.compactor.live_fraction = self.cfg.compact_below
-        self._open_gate()
+        self._release_hold()
 
-    async def _hand_over(self, who: str) -> bool:
-        """Hold every change at the gate, upload everything, and if the asking mount still
-        wants the role, release the lock and follow the new writer (the held changes get
-        EROFS). If it no longer does (it gave up or went away), or the upload fails, the
-        held changes go on and this mount keeps writing: return False, nothing changed."""
+    async def _hand_over(self, request: dict) -> bool:
+        """Hold every change request, let those in progress end, upload everything, and
+        if the asking mount still wants the role, release the lock and follow the new
+        writer (the held requests get EROFS). If it no longer does (it gave up or went
+        away), or the upload fails or cannot end before the request expires, the held
+        requests go on and this mount keeps writing: return False, nothing changed."""
+        who = store_lock.describe(request)
         log.warning("%s asks to take over: holding changes, uploading everything", who)
         started = time.monotonic()
         self.handing_over = who
-        self.fs.gate = trio.Event()  # changes wait (operations.py _writes, Filesystem)
+        self.ops.hold = trio.Event()
         self.fs.compactor.live_fraction = 0.0  # a follower compacts nothing
-        while self.fs.compactor.busy:  # a round in progress ends with its map committed
-            await trio.sleep(COMPACTION_POLL)
-        try:
-            await self.flush()
-            async with self._snap_lock:  # nothing uploads between the look and the release
-                request = await handover.still_wanted(self.store)
-                if request is not None and not self.lease.lost:
-                    who = store_lock.describe(request)
-                    reason = f"handed over to {who}"
-                    self.ops.refuse_writes = self.fs.read_only = reason
-                    self.ops.follower = True
-                    self.handed_over = who
-                    self.lease.lost = reason  # the writer's tasks stop
-                    await self.lease.release_handed_over()
-        except (MegafsError, OSError, apsw.Error) as e:
-            if self.handed_over:  # the lock may be gone already: never write again
-                log.error("handing over to %s failed: %s; this mount stays read-only", who, e)
-                self.handing_over = None
-                self._open_gate()
-                return True
-            if not self.lease.lost:
-                log.error("handing over to %s failed: %s; writing again", who, e)
-                self._resume_writing()
-                return False
+        # The hold is bounded: give up in time for the asking mount to see it.
+        left = float(request.get("until", 0)) - time.time() - handover.MARGIN
+        with trio.move_on_after(max(0.0, left)) as in_time:
+            try:
+                while self.ops.changing or self.fs.compactor.busy:  # let them end
+                    await trio.sleep(COMPACTION_POLL)
+                await self.flush()
+            except (MegafsError, OSError, apsw.Error) as e:
+                if not self.lease.lost:
+                    log.error("handing over to %s failed: %s; writing again", who, e)
+                    self._resume_writing()
+                    return False
+        if in_time.cancelled_caught and not self.lease.lost:
+            log.warning("the upload for %s did not end before its request expires:"
+                        " writing again", who)
+            self._resume_writing()
+            return False
+        released = None
+        if not self.lease.lost:
+            try:
+                async with self._snap_lock:  # nothing uploads between the look and the release
+                    request = await handover.still_wanted(self.store)
+                    if request is not None and not self.lease.lost:
+                        who = store_lock.describe(request)
+                        reason = f"handed over to {who}"
+                        self.ops.refuse_writes = self.fs.read_only = reason
+                        self.ops.follower = True
+                        self.fs.atime = self.fs.diratime = False  # (reads change nothing)
+                        self.handed_over = who
+                        self.lease.lost = reason  # the writer's tasks stop
+                        await self.lease.release_handed_over()
+                        released = True
+            except (MegafsError, OSError, apsw.Error) as e:
+                if not self.handed_over and not self.lease.lost:
+                    log.error("handing over to %s failed: %s; writing again", who, e)
+                    self._resume_writing()
+                    return False
+                if self.handed_over:  # the lock may be gone already: never write again
+                    log.error("releasing the lock for %s failed: %s; following anyway (the"
+                              " lock expires unrenewed)", who, e)
         if self.lease.lost and not self.handed_over:  # taken over meanwhile (--force)
             self.fs.read_only = self.ops.refuse_writes = self.lease.lost
             self.handing_over = None
-            self._open_gate()  # (what waited gets EROFS)
+            self._release_hold()  # (what waited gets EROFS)
             return True
         if not self.handed_over:
             log.warning("%s gave up or went away before the hand-over was complete:"
@@ -506,9 +528,9 @@ class Daemon:
             self._resume_writing()
             return False
         self.handing_over = None
-        self._open_gate()
-        log.warning("handed the writer role over to %s in %.1fs: following it now", who,
-                    time.monotonic() - started)
+        self._release_hold()
+        log.warning("handed the writer role over to %s in %.1fs%s: following it now", who,
+                    time.monotonic() - started, "" if released else " (lock not released)")
         self.follower = Follower(self.fs.db, self.store, self.cfg.follow_interval,
                                  self._followed)
         self.fs.read_failed = self.follower.wake

@@ -68,8 +68,10 @@ class BlockMap:
     def record_unsent(self, blocks, writer: str) -> None:
         """(At a metadata upload.) The blocks *blocks* ((inode, blockno) pairs) hold data
         this writer has not uploaded yet: the state it uploads says so."""
-        self.db.executemany("INSERT OR IGNORE INTO unsent (inode, blockno, writer)"
-                            " VALUES (?, ?, ?)", [(i, b, writer) for i, b in blocks])
+        self.db.executemany(  # (a row of an earlier writer becomes this one's)
+            "INSERT INTO unsent (inode, blockno, writer) VALUES (?, ?, ?)"
+            " ON CONFLICT (inode, blockno) DO UPDATE SET writer=excluded.writer"
+            " WHERE writer != excluded.writer", [(i, b, writer) for i, b in blocks])
         self.refresh_unsent()
 
     def is_damaged(self, ino: int, blockno: int) -> bool:

@@ -338,33 +338,33 @@ class Checker:
         """Blocks whose newest data the state's writer had not uploaded (table ``unsent``):
         with that writer still mounted, they are on their way (said, not a problem);
         otherwise that data is lost to the store, and the files are listed as damaged."""
-        lost: dict[int, list[int]] = {}
-        writers: dict[int, str] = {}
-        for ino, blockno, writer in self.db.execute(
-                "SELECT inode, blockno, writer FROM unsent ORDER BY inode, blockno"):
-            lost.setdefault(ino, []).append(blockno)
-            writers[ino] = writer
-        if not lost:
+        rows = self.db.execute(
+            "SELECT inode, blockno, writer FROM unsent ORDER BY inode, blockno").fetchall()
+        if not rows:
             return
         try:
             holder = None if self.lease is not None else await store_lock.read(self.store)
         except (CorruptObject, UnsupportedFormat):
             holder = None
-        if writer_alive(holder):  # its own rows are on their way; another's are lost
-            mounted = store_lock.describe(holder)
-            waiting = [ino for ino in lost if writers[ino] == mounted]
-            if waiting:
-                self.say(f"{sum(len(lost[i]) for i in waiting)} blocks of {len(waiting)}"
-                         f" files wait for upload by the writer {mounted} (mounted)")
-            for ino in waiting:
-                del lost[ino]
+        mounted = store_lock.describe(holder) if writer_alive(holder) else None
+        waiting = [(ino, blockno) for ino, blockno, writer in rows if writer == mounted]
+        if waiting:  # the mounted writer's own: on their way
+            self.say(f"{len(waiting)} blocks of {len({i for i, _ in waiting})} files wait for"
+                     f" upload by the writer {mounted} (mounted)")
+        lost: dict[int, list[int]] = {}
+        writers: dict[int, set[str]] = {}
+        for ino, blockno, writer in rows:
+            if writer != mounted:
+                lost.setdefault(ino, []).append(blockno)
+                writers.setdefault(ino, set()).add(writer)
         for ino, blocknos in lost.items():
             path = self.ns.path_of(ino)
             ranges = ", ".join(f"{a}-{b}" for a, b in byte_ranges(blocknos, self.bs))
             self.report.damaged.append(path)
-            self.say(f"{path}: bytes {ranges} unreadable: {UNSENT} {writers[ino]}, which"
-                     " stopped before it did; reading them fails until they are"
-                     " overwritten, truncated away or the file is removed")
+            self.say(f"{path}: bytes {ranges} unreadable: {UNSENT}"
+                     f" {', '.join(sorted(writers[ino]))}, which stopped before it did;"
+                     " reading them fails until they are overwritten, truncated away or the"
+                     " file is removed")
 
     def _check_refcounts(self) -> None:
         wrong = self.db.execute(

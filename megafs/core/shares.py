@@ -198,6 +198,10 @@ class Shares:
                     if stat.S_ISDIR(row[MODE]):
                         todo.append((row[INO], path + "/"))
         else:
-            entries.append(self._file(root, ""))
+            entry = self._file(root, "")
+            if not entry:  # (dirty ones were flushed first)
+                raise CorruptObject(f"{self.ns.path_of(ino)}: its newest data never reached"
+                                    " the store (its writer stopped first)")
+            entries.append(entry)
         return {"v": share_format.MANIFEST_VERSION, "name": name, "block_size": self.bs,
                 "kind": "dir" if stat.S_ISDIR(root[MODE]) else "file", "entries": entries}

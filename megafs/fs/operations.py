@@ -83,19 +83,21 @@ def _errors(fn):
 
 
 def _writes(fn):
-    """A request that changes the filesystem: it waits while the writer hands over (the
-    gate is set), and gets EROFS once the mount lost its lock or handed its role over."""
+    """A request that changes the filesystem: it waits while the writer decides on a
+    hand-over (``hold`` is set), and gets EROFS once the mount lost its lock or handed
+    its role over. ``changing`` counts those in progress."""
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
-        if self.fs.gate is not None:
-            try:
-                await self.fs.pass_gate()
-            except FsError as e:
-                raise pyfuse3.FUSEError(e.errno) from None
+        while self.hold is not None:
+            await self.hold.wait()
         if self.refuse_writes:
             raise pyfuse3.FUSEError(errno.EROFS)
-        return await fn(self, *args)
+        self.changing += 1
+        try:
+            return await fn(self, *args)
+        finally:
+            self.changing -= 1
 
     return wrapper
 
@@ -128,6 +130,9 @@ class Operations(pyfuse3.Operations):
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         #: Why changes are refused (the store's lock was taken over), or None.
         self.refuse_writes: str | None = "a read-only follower" if follower else None
+        #: While set, change requests wait (the writer decides on a hand-over).
+        self.hold: trio.Event | None = None
+        self.changing = 0  #: change requests in progress
         self._dirs: dict[int, _OpenDir] = {}  #: open directory handles
         self._dir_fhs = itertools.count(1)
 
@@ -333,9 +338,11 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode, name, value, ctx):
         self._control_name(inode, name, ctx)
-        control = inode == ROOT and name.startswith(CTRL_PREFIX)
-        if self.fs.gate is not None and not control:  # a hand-over: wait (see _writes)
-            await self.fs.pass_gate()
+        # (share and unshare change the metadata: writes like the others)
+        control = inode == ROOT and name.startswith(CTRL_PREFIX) and \
+            name not in (SHARE_ATTR, UNSHARE_ATTR)
+        while self.hold is not None and not control:  # a hand-over: wait (see _writes)
+            await self.hold.wait()
         if self.refuse_writes and not control:
             raise FsError(errno.EROFS)
         if name == SHARE_ATTR and self.shares:  # megafs share / unshare PATH

@@ -3,11 +3,11 @@ metadata schema 4, made before the table ``unsent`` (schema 5) existed.
 
 The store is checked in; tests/test_old_formats.py mounts and checks a copy of it on
 every run to prove that schema 4 stays readable and is upgraded. It must be made by a
-megafs that writes schema 4 (commit 615fe76), never by the current code: unpack that
+megafs that writes schema 4 (commit 22e03c8), never by the current code: unpack that
 commit's sources anywhere (no install needed) and run this script with them first on
 the module path, from outside the repository::
 
-    git archive 615fe76 | tar -x -C SRC
+    git archive 22e03c8 | tar -x -C SRC
     cd / && PYTHONPATH=SRC REPO/.venv/bin/python REPO/tests/data/make_store_v3.py \\
         --src SRC REPO/tests/data/store-v3
 
