@@ -68,10 +68,13 @@ class BlockMap:
     def record_unsent(self, blocks, writer: str) -> None:
         """(At a metadata upload.) The blocks *blocks* ((inode, blockno) pairs) hold data
         this writer has not uploaded yet: the state it uploads says so."""
-        self.db.executemany(  # (a row of an earlier writer becomes this one's)
-            "INSERT INTO unsent (inode, blockno, writer) VALUES (?, ?, ?)"
-            " ON CONFLICT (inode, blockno) DO UPDATE SET writer=excluded.writer"
-            " WHERE writer != excluded.writer", [(i, b, writer) for i, b in blocks])
+        rows = [(writer, i, b, writer) for i, b in blocks]
+        # A row of an earlier writer becomes this one's. (Not an upsert: its conflict
+        # clause would override the journal triggers' OR IGNORE.)
+        self.db.executemany("UPDATE unsent SET writer=? WHERE inode=? AND blockno=?"
+                            " AND writer != ?", rows)
+        self.db.executemany("INSERT OR IGNORE INTO unsent (inode, blockno, writer)"
+                            " VALUES (?, ?, ?)", [r[1:] for r in rows])
         self.refresh_unsent()
 
     def is_damaged(self, ino: int, blockno: int) -> bool:

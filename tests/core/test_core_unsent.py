@@ -106,3 +106,18 @@ async def test_removing_a_file_drops_its_rows(core):
                               (ino,)).fetchone()[0] == 1
     core.unlink("gone")
     assert core.fs.db.execute("SELECT count(*) FROM unsent").fetchone()[0] == 0
+
+
+async def test_a_row_takes_the_name_of_the_writer_that_dirties_its_block_again(core):
+    """A block a dead writer left unsent, written again here: the next state names this
+    writer (fsck then waits for it while it is mounted, instead of calling it lost)."""
+    import socket
+
+    ino = await core.create("again", os.urandom(BS))
+    core.fs.db.execute("INSERT INTO unsent VALUES (?, 0, 'gone.example pid 1')", (ino,))
+    core.fs.blockmap.refresh_unsent()
+    await _upload_state(core)
+    assert core.fs.db.execute("SELECT writer FROM unsent WHERE inode=?", (ino,)).fetchall() \
+        == [(f"{socket.gethostname()} pid {os.getpid()}",)]
+    await core.fs.uploader.flush()
+    assert core.fs.db.execute("SELECT count(*) FROM unsent").fetchone()[0] == 0
