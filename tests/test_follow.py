@@ -19,7 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DAMAGED_READ, PASSPHRASE, MegaFS, rows_expecting_log_errors
+from helpers import (
+    DAMAGED_READ,
+    PASSPHRASE,
+    MegaFS,
+    rows_expecting_log_errors,
+    with_unlocked_store,
+)
 
 from megafs.store import followers as store_followers
 
@@ -355,7 +361,8 @@ def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row, monkeypatc
     assert len(packs) == 2, "the writer deleted the old pack inside its retention"
     if interval is not None:  # a follower looking every 2 minutes announced itself
         monkeypatch.setenv("MEGAFS_INSECURE_TEST_KDF", megafs.env["MEGAFS_INSECURE_TEST_KDF"])
-        _in_store(megafs, lambda store: store_followers.Announcement(store, interval).renew(1))
+        with_unlocked_store(megafs.url, lambda store: store_followers.Announcement(
+            store, interval).renew(1), PASSPHRASE)
     megafs.env["MEGAFS_RETENTION"] = retention
     r = megafs.run("fsck.megafs", *options, megafs.url, check=False)
     assert r.returncode == code, r.stdout + r.stderr
@@ -365,23 +372,6 @@ def test_fsck_keeps_objects_inside_the_retention(megafs: MegaFS, row, monkeypatc
     megafs.mount(fresh_cache=True)
     assert (megafs.mnt / "f").read_bytes() == b"2" * 100_000
     megafs.umount()
-
-
-def _in_store(megafs: MegaFS, fn):
-    """Run *fn(store)* on the unlocked store in this process."""
-    import trio
-
-    from megafs.store import lifecycle
-
-    async def go():
-        backend = await lifecycle.connect(megafs.url)
-        try:
-            store, _ = await lifecycle.unlock(backend, passphrase=PASSPHRASE.encode())
-            return await fn(store)
-        finally:
-            await backend.aclose()
-
-    return trio.run(go)
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)

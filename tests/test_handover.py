@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 from helpers import (
     PASSPHRASE,
     MegaFS,
@@ -26,10 +25,11 @@ from helpers import (
     assert_cli_error,
     rows_expecting_log_errors,
     tool_env,
+    with_unlocked_store,
 )
 
 from megafs.errors import ExitCode
-from megafs.store import envelope, handover, lifecycle
+from megafs.store import envelope, handover
 from megafs.store import lock as store_lock
 
 SLOW_UPLOADS = ("--upload-delay", "60")  # data stays dirty until someone asks for it
@@ -192,15 +192,7 @@ def test_hand_over_time_with_100_mib_dirty(megafs: MegaFS):
 
 
 def _with_store(megafs: MegaFS, fn):
-    async def go():
-        backend = await lifecycle.connect(megafs.url)
-        try:
-            store, _ = await lifecycle.unlock(backend, passphrase=PASSPHRASE.encode())
-            return await fn(store)
-        finally:
-            await backend.aclose()
-
-    return trio.run(go)
+    return with_unlocked_store(megafs.url, fn, PASSPHRASE)
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)

@@ -78,6 +78,17 @@ def seconds(lo: float, *, allow_lo: bool = True, hi: float = MAX_SECONDS):
     return parse
 
 
+def add_retention_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--retention SECONDS``: how long objects the metadata no longer names are kept
+    (for followers that have not caught up); *what* says what the tool does with it."""
+    from megafs.core.retention import default_retention
+
+    p.add_argument("--retention", type=seconds(0), default=default_retention(),
+                   metavar="SECONDS",
+                   help=f"{what} (default $MEGAFS_RETENTION or 300; at least 10 follow"
+                        " intervals of any follower)")
+
+
 # -- parsers -------------------------------------------------------------------------
 
 

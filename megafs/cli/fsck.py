@@ -10,15 +10,14 @@ import trio
 from megafs.cli.common import (
     Progress,
     add_passphrase_option,
+    add_retention_option,
     parser,
     read_passphrase,
     run,
-    seconds,
     setup_logging,
 )
 from megafs.core.check import Checker, Report, local_changes
 from megafs.core.localcopy import read_seen
-from megafs.core.retention import default_retention
 from megafs.errors import ExitCode, MegafsError
 from megafs.mount import default_cache_dir
 from megafs.store import lifecycle, superblock
@@ -75,12 +74,8 @@ def build_parser():
                         " store (default ~/.cache/megafs/STORE_ID)")
     p.add_argument("--force", action="store_true",
                    help="check and repair even a store older than the cache directory has seen")
-    p.add_argument("--retention", type=seconds(0), default=default_retention(),
-                   metavar="SECONDS",
-                   help="objects the metadata no longer names are kept while younger than"
-                        " this, as the writer keeps them for followers (default"
-                        " $MEGAFS_RETENTION or 300; at least 10 follow intervals of any"
-                        " announced follower)")
+    add_retention_option(p, "objects the metadata no longer names are kept while younger"
+                            " than this, as the writer keeps them for followers")
     p.add_argument("storage_url", metavar="STORAGE_URL", help="where the filesystem is stored")
     return p
 

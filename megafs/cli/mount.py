@@ -12,6 +12,7 @@ import trio
 from megafs.cli.common import (
     Progress,
     add_passphrase_option,
+    add_retention_option,
     log_to_file,
     logging_buffered,
     parser,
@@ -21,7 +22,6 @@ from megafs.cli.common import (
     seconds,
     setup_logging,
 )
-from megafs.core.retention import default_retention
 from megafs.errors import CacheError, ExitCode, LocalIOError, MegafsError, UsageError
 from megafs.mount import Daemon, MountConfig, check_mountpoint
 from megafs.osutil import private_dir, tune_malloc
@@ -136,12 +136,8 @@ def build_parser():
                    metavar="SECONDS",
                    help="with -o ro (a follower): look for the writer's changes this often"
                         " (default 5)")
-    p.add_argument("--retention", type=seconds(0), default=default_retention(),
-                   metavar="SECONDS",
-                   help="keep objects the metadata no longer names this long before deleting"
-                        " them, for followers that have not caught up yet (default"
-                        " $MEGAFS_RETENTION or 300; at least 10 follow intervals of any"
-                        " follower)")
+    add_retention_option(p, "keep objects the metadata no longer names this long before"
+                            " deleting them, for followers that have not caught up yet")
     p.add_argument("--take-over", action="store_true",
                    help="while another machine writes the store, ask it to hand the writer"
                         " role over: it uploads everything, releases the lock and follows")

@@ -38,8 +38,11 @@ SYMLINK = ("link", "dir/b.txt")
 SHARED = "dir/b.txt"
 
 
-def build(src: Path, dest: Path) -> str:
-    env = dict(os.environ, MEGAFS_PASSPHRASE=PASSPHRASE, MEGAFS_INSECURE_TEST_KDF="1",
+def build(src: Path, dest: Path, *, passphrase: str = PASSPHRASE, files: dict = FILES,
+          symlink: tuple = SYMLINK, shared: str = SHARED) -> str:
+    """Make the store *dest* with the megafs whose sources are *src* (make_store_v3.py
+    uses this too, with its own contents); return the share link."""
+    env = dict(os.environ, MEGAFS_PASSPHRASE=passphrase, MEGAFS_INSECURE_TEST_KDF="1",
                PYTHONPATH=str(src))
 
     def tool(*args) -> str:
@@ -58,10 +61,10 @@ def build(src: Path, dest: Path) -> str:
         tool("mount.megafs", "--cache-dir", cache, url, mnt)
         try:
             (mnt / "dir").mkdir()
-            for name, data in FILES.items():
+            for name, data in files.items():
                 (mnt / name).write_bytes(data)
-            os.symlink(SYMLINK[1], mnt / SYMLINK[0])
-            link = tool("megafs", "share", mnt / SHARED).strip()
+            os.symlink(symlink[1], mnt / symlink[0])
+            link = tool("megafs", "share", mnt / shared).strip()
         finally:
             tool("umount.megafs", mnt)
     tail = link[len(f"megafs+{url}/"):]

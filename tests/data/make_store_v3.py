@@ -20,53 +20,21 @@ store as ``store-v3.link`` (the URL is wherever a test copies the store).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+import make_store_v2  # noqa: E402 - the same build, with this store's contents
+
 PASSPHRASE = "format three schema four passphrase"
-FILES = {
-    "a.txt": b"hello from format 3, schema 4\n",
-    "dir/b.txt": b"b" * 70_000 + b"end\n",  # two blocks of 64 KiB
-    "dir/c.bin": bytes(range(256)) * 300,  # 76,800 bytes, compressible
-    "dir/empty": b"",
-}
-SYMLINK = ("link", "dir/b.txt")
-SHARED = "dir/b.txt"
+FILES = {**make_store_v2.FILES, "a.txt": b"hello from format 3, schema 4\n"}
+SYMLINK = make_store_v2.SYMLINK
+SHARED = make_store_v2.SHARED
 
 
 def build(src: Path, dest: Path) -> str:
-    env = dict(os.environ, MEGAFS_PASSPHRASE=PASSPHRASE, MEGAFS_INSECURE_TEST_KDF="1",
-               PYTHONPATH=str(src))
-
-    def tool(*args) -> str:
-        launcher = src / "megafs" / "cli" / "launchers" / args[0]
-        return subprocess.run([sys.executable, str(launcher), *map(str, args[1:])], env=env,
-                              check=True, capture_output=True, text=True, cwd="/").stdout
-
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    url = f"local://{dest.resolve()}"
-    with tempfile.TemporaryDirectory() as tmp:
-        mnt, cache = Path(tmp, "mnt"), Path(tmp, "cache")
-        mnt.mkdir()
-        tool("mkfs.megafs", "--block-size", "64K", url)
-        tool("mount.megafs", "--cache-dir", cache, url, mnt)
-        try:
-            (mnt / "dir").mkdir()
-            for name, data in FILES.items():
-                (mnt / name).write_bytes(data)
-            os.symlink(SYMLINK[1], mnt / SYMLINK[0])
-            link = tool("megafs", "share", mnt / SHARED).strip()
-        finally:
-            tool("umount.megafs", mnt)
-    tail = link[len(f"megafs+{url}/"):]
-    (dest.parent / (dest.name + ".link")).write_text(tail + "\n")
-    return link
+    return make_store_v2.build(src, dest, passphrase=PASSPHRASE, files=FILES,
+                               symlink=SYMLINK, shared=SHARED)
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from helpers.procs import (
     tool_env,
     wait_pid_gone,
 )
-from helpers.stores import LocalStore, S3Store, Store
+from helpers.stores import LocalStore, S3Store, Store, with_unlocked_store
 
 __all__ = [
     "BIN", "BUG_LINE", "DAMAGED_READ", "PASSPHRASE", "SMALL_BLOCK", "TOOL_TIMEOUT",
@@ -41,5 +41,5 @@ __all__ = [
     "abort_fuse_connection", "assert_cli_error", "assert_same_tree", "become_subreaper", "daemon_log_errors",
     "daemon_log_sizes", "is_megafs_daemon", "mounted_paths", "oserror", "pid_alive",
     "read_file", "reap", "rows_expecting_log_errors", "tool_env", "tree_state",
-    "wait_pid_gone",
+    "wait_pid_gone", "with_unlocked_store",
 ]

@@ -154,3 +154,22 @@ class S3Store(Store):
 
     def missing_url(self) -> str:
         return self.server.url(self.prefix, bucket="megafs-no-such-bucket")
+
+
+def with_unlocked_store(url: str, fn, passphrase: str):
+    """Run ``await fn(store)`` on the store at *url*, unlocked with *passphrase* in this
+    process (the caller's environment must have what the tools' has: the test KDF, S3
+    credentials), and return its result."""
+    import trio
+
+    from megafs.store import lifecycle
+
+    async def go():
+        backend = await lifecycle.connect(url)
+        try:
+            store, _ = await lifecycle.unlock(backend, passphrase=passphrase.encode())
+            return await fn(store)
+        finally:
+            await backend.aclose()
+
+    return trio.run(go)
