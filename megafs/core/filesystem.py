@@ -247,8 +247,7 @@ class Filesystem:
         self._ref(row)
 
     # -- attributes ---------------------------------------------------------
-    async def pass_gate(self) -> None:
-        """Wait while the gate is set; EROFS if the mount stopped writing meanwhile."""
+    async def _pass_gate(self) -> None:
         while self.gate is not None:
             await self.gate.wait()
         if self.read_only:
@@ -256,7 +255,7 @@ class Filesystem:
 
     async def setattr(self, ino: int, fields: dict) -> tuple:
         if "size" in fields and self.gate is not None:
-            await self.pass_gate()
+            await self._pass_gate()
         t = now_ns()
         if "size" in fields:
             size = fields["size"]
@@ -357,7 +356,7 @@ class Filesystem:
         if end > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
         if self.gate is not None:
-            await self.pass_gate()
+            await self._pass_gate()
         self._reserve_quota(len(data))
         self.inflight += len(data)
         try:

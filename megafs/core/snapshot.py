@@ -43,6 +43,7 @@ from megafs.core.schema import (
     upgrade,
 )
 from megafs.errors import CorruptObject
+from megafs.store import lock as store_lock
 from megafs.store import superblock
 from megafs.store.objects import HEAD_FORMAT, ObjectStore, new_metadata_key
 from megafs.threads import run_sync
@@ -204,8 +205,8 @@ class Snapshotter:
             record_history(db, seq)
             # The state names the new sizes of files whose data waits for upload: it
             # says which blocks, so nobody else reads them as holes or older bytes.
-            self.blockmap.record_unsent(self.unsent_blocks(),
-                                        f"{socket.gethostname()} pid {os.getpid()}")
+            self.blockmap.record_unsent(self.unsent_blocks(), store_lock.describe(
+                {"host": socket.gethostname(), "pid": os.getpid()}))  # (as fsck names it)
             if full:  # what fsck needs to rebuild a lost head (docs/format.md §5)
                 set_state(db, "chain_seq", seq)
                 set_state(db, "chain_time", now)

@@ -89,8 +89,7 @@ def _writes(fn):
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
-        while self.hold is not None:
-            await self.hold.wait()
+        await self.held()
         if self.refuse_writes:
             raise pyfuse3.FUSEError(errno.EROFS)
         self.changing += 1
@@ -135,6 +134,11 @@ class Operations(pyfuse3.Operations):
         self.changing = 0  #: change requests in progress
         self._dirs: dict[int, _OpenDir] = {}  #: open directory handles
         self._dir_fhs = itertools.count(1)
+
+    async def held(self) -> None:
+        """Wait while a hand-over holds change requests (see :func:`_writes`)."""
+        while self.hold is not None:
+            await self.hold.wait()
 
     @staticmethod
     def set_timeouts(a: pyfuse3.EntryAttributes) -> None:
@@ -341,8 +345,8 @@ class Operations(pyfuse3.Operations):
         # (share and unshare change the metadata: writes like the others)
         control = inode == ROOT and name.startswith(CTRL_PREFIX) and \
             name not in (SHARE_ATTR, UNSHARE_ATTR)
-        while self.hold is not None and not control:  # a hand-over: wait (see _writes)
-            await self.hold.wait()
+        if not control:
+            await self.held()
         if self.refuse_writes and not control:
             raise FsError(errno.EROFS)
         if name == SHARE_ATTR and self.shares:  # megafs share / unshare PATH

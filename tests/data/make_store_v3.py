@@ -1,20 +1,9 @@
 """Build tests/data/store-v3: a small local store in on-storage format 3 (packs) with
 metadata schema 4, made before the table ``unsent`` (schema 5) existed.
 
-The store is checked in; tests/test_old_formats.py mounts and checks a copy of it on
-every run to prove that schema 4 stays readable and is upgraded. It must be made by a
-megafs that writes schema 4 (commit 22e03c8), never by the current code: unpack that
-commit's sources anywhere (no install needed) and run this script with them first on
-the module path, from outside the repository::
-
-    git archive 22e03c8 | tar -x -C SRC
-    cd / && PYTHONPATH=SRC REPO/.venv/bin/python REPO/tests/data/make_store_v3.py \\
-        --src SRC REPO/tests/data/store-v3
-
-The store's passphrase is PASSPHRASE below (with the fast test KDF). It holds FILES,
-the directory ``dir``, the symlink ``link -> dir/b.txt`` and one share of ``dir/b.txt``;
-the link's tail after the store URL (``s/<share id>#<key>``) is written next to the
-store as ``store-v3.link`` (the URL is wherever a test copies the store).
+Made and checked in as make_store_v2.py says for store-v2, but by the sources of commit
+22e03c8 (the last megafs that writes schema 4) and into ``store-v3``; the same build,
+with this store's passphrase and ``a.txt``.
 """
 
 from __future__ import annotations
